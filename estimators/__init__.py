@@ -2,10 +2,42 @@
 
 Knows nothing of ``rsmi_nn`` or ``graphs``; every bound is a pure function of a critic's
 score tensor ``[P, B, B]`` (P independent problems, positives on the diagonal).
+Public names are imported lazily (PEP 562), so ``import estimators`` stays cheap.
 """
 
-from estimators.batched import BatchedLinear, BatchedMLP
-from estimators.device import resolve_device
-from estimators.validation import check_samples
+from importlib import import_module
 
-__all__ = ["BatchedLinear", "BatchedMLP", "resolve_device", "check_samples"]
+_EXPORTS = {
+    "BatchedLinear": "estimators.batched",
+    "BatchedMLP": "estimators.batched",
+    "resolve_device": "estimators.device",
+    "check_samples": "estimators.validation",
+    "gaussian_mi": "estimators.reference",
+    "cca_mi": "estimators.reference",
+    "ksg_mi": "estimators.reference",
+    "canonical_correlations": "estimators.reference",
+    "infonce": "estimators.bounds",
+    "nwj": "estimators.bounds",
+    "dv": "estimators.bounds",
+    "smile": "estimators.bounds",
+    "get_bound": "estimators.bounds",
+    "Bound": "estimators.bounds",
+    "SeparableCritic": "estimators.critics",
+    "ConcatCritic": "estimators.critics",
+    "estimate_mi": "estimators.estimate",
+    "MIResult": "estimators.estimate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'estimators' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

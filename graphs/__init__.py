@@ -1,6 +1,38 @@
 """From model runs to activation graphs: capture, co-occurrence statistics, sparse graphs, regions.
 
-Knows nothing of ``rsmi_nn``; may use ``estimators`` for validation.
+Knows nothing of ``rsmi_nn``; uses ``estimators`` only for input validation.
+Public names are imported lazily (PEP 562): ``import graphs`` does not pull in
+torch_geometric or transformers until a name that needs them is used.
 """
 
-__all__: list[str] = []
+from importlib import import_module
+
+_EXPORTS = {
+    "ActivationGraph": "graphs.graph",
+    "build_graph": "graphs.cooccurrence",
+    "StreamingMoments": "graphs.cooccurrence",
+    "lattice_graph": "graphs.lattice",
+    "lattice_blocks": "graphs.lattice",
+    "partition": "graphs.partition",
+    "make_regions": "graphs.regions",
+    "Regions": "graphs.regions",
+    "capture": "graphs.capture",
+    "record_activations": "graphs.capture",
+    "ActivationStore": "graphs.store",
+    "load_source": "graphs.sources",
+    "Source": "graphs.sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'graphs' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,5 +1,39 @@
-"""rsmi-nn: real-space mutual-information coarse-graining of neural networks."""
+"""rsmi-nn: real-space mutual-information coarse-graining of neural networks.
+
+Composes ``graphs`` (activation graphs, regions) and ``estimators`` (MI bounds, critics)
+into the RSMI coarse-graining step and the decimation flow. Public names are imported
+lazily (PEP 562) so that ``rsmi --help`` starts fast.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "coarse_grain": "rsmi_nn.coarse_grain",
+    "CoarseGrainer": "rsmi_nn.coarse_grain",
+    "CoarseGrainResult": "rsmi_nn.coarse_grain",
+    "run_flow": "rsmi_nn.flow",
+    "FlowResult": "rsmi_nn.flow",
+    "correlation_length": "rsmi_nn.observables",
+    "locality_preservation": "rsmi_nn.observables",
+    "export_run": "rsmi_nn.export",
+    "load_run": "rsmi_nn.export",
+    "Run": "rsmi_nn.export",
+    "write_report": "rsmi_nn.report",
+    "run_pipeline": "rsmi_nn.pipeline",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rsmi_nn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,76 @@
+"""``python -m benchmarks [--quick]``: run every benchmark, print one table, write JSON.
+
+Every figure is a ratio measured in the same run (ours / baseline, ours / hardware limit),
+with the machine named, so results from different machines can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SUITES = ["bench_estimators", "bench_graph", "bench_rsmi"]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """Describe the machine the figures were measured on."""
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": sys.version.split()[0],
+    }
+    try:
+        with open("/proc/meminfo") as fh:
+            info["memory_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes; finishes in ~10 minutes on 2 CPU cores")
+    parser.add_argument("--only", nargs="*", choices=SUITES, help="run only these suites")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    results = {"machine": machine(), "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "suites": {}}
+    for name in args.only or SUITES:
+        module = importlib.import_module(f"benchmarks.{name}")
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.perf_counter()
+        try:
+            results["suites"][name] = module.run(quick=args.quick)
+        except Exception as err:  # a failed suite is reported, the others still run
+            logging.exception("benchmark %s failed", name)
+            results["suites"][name] = {"error": f"{type(err).__name__}: {err}"}
+        results["suites"][name]["wall_s"] = round(time.perf_counter() - t0, 2)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(results, fh, indent=2, default=float)
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out}")
+    return 1 if any("error" in r for r in results["suites"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

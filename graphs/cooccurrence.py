@@ -1,0 +1,305 @@
+"""Co-occurrence graphs from activations: streaming moments, then a tile-wise top-k pass.
+
+``build_graph`` makes two passes over the samples (an in-memory array, or an
+``ActivationStore``'s shards streamed from disk) and never forms a dense ``U × U`` matrix:
+
+1. **Moments** (:class:`StreamingMoments`, float64, Chan's merge): count, mean, variance,
+   min/max of every unit. Constant units are excluded (a warning lists them).
+2. **Products**, one row band ``[r0:r1, r0:U]`` at a time (the upper triangle; by symmetry
+   each band also updates the rows below it). The units are transformed once — standardised
+   ``z = (x - mean) / (std √N)`` for correlations, ``1[x > threshold]`` for co-firing — so a
+   band is a single float32 matrix product: either of a resident transformed copy
+   ``Zᵀ [U, N]`` (when it fits the memory budget; one pass) or accumulated over sample
+   batches (one pass over the data per band). :class:`graphs.topk.RunningTopK` keeps each
+   row's ``k`` best partners.
+
+Memory (bytes, float32): ``4·N·U`` for the resident copy when used, ``4·t·U`` for a band of
+``t`` rows, ``~12·U·k`` for the running top-k, plus one batch. ``memory_budget`` bounds the
+sum; the band height ``t`` is derived from it (``tile_size`` overrides). The input array
+itself is not counted. FLOPs: about ``N·U²`` (half the dense ``2·N·U²``, by symmetry).
+
+Edge metrics (weights; an edge's weight is the metric of its pair):
+``"corr"`` ``|ρ|``; ``"gaussian_mi"`` ``-½·log(1 - ρ²)`` in nats (same neighbours as
+``"corr"``); ``"pmi"`` ``log(p_ij / (p_i p_j))`` in nats for units binarised at ``threshold``
+(default: each unit's mean), neighbours ranked by PMI, pairs that never co-fire get no edge.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from estimators.device import resolve_device
+from estimators.validation import check_choice, check_positive_int, check_samples
+from graphs.graph import ActivationGraph
+from graphs.moments import StreamingMoments
+from graphs.topk import RunningTopK
+
+__all__ = ["METRICS", "StreamingMoments", "build_graph", "plan_bands"]
+
+log = logging.getLogger(__name__)
+
+METRICS = ("corr", "pmi", "gaussian_mi")
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+
+
+class _Samples:
+    """Uniform row-batch access to a tensor, a NumPy array or an ActivationStore (duck-typed)."""
+
+    def __init__(self, x, names):
+        if hasattr(x, "iter_batches") and hasattr(x, "num_units"):
+            self.store, self.array = x, None
+            self.num_samples, self.num_units = int(x.num_samples), int(x.num_units)
+            default = list(getattr(x, "names", None) or [])
+        else:
+            if isinstance(x, torch.Tensor):
+                arr = x.detach()
+            else:
+                arr = np.asarray(x)
+                if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+                    raise ValueError(f"x must be a numeric [N, U] array, tensor or ActivationStore, got dtype={arr.dtype}")
+            if arr.ndim != 2:
+                raise ValueError(f"x must have 2 dimensions [n_samples, n_units], got shape {tuple(arr.shape)}")
+            self.store, self.array = None, arr
+            self.num_samples, self.num_units = int(arr.shape[0]), int(arr.shape[1])
+            default = []
+        if names is None:
+            names = default or [f"unit:{i}" for i in range(self.num_units)]
+        names = list(names)
+        if len(names) != self.num_units:
+            raise ValueError(f"names has {len(names)} entries but x has {self.num_units} units; pass one name per column")
+        self.names = names
+
+    def batches(self, batch_size: int):
+        """Yield ``(start, batch)`` with ``batch`` a tensor of shape ``(b, U)``."""
+        if self.store is not None:
+            start = 0
+            for batch in self.store.iter_batches(batch_size):
+                yield start, batch
+                start += batch.shape[0]
+            return
+        for start in range(0, self.num_samples, batch_size):
+            chunk = self.array[start : start + batch_size]
+            yield start, chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
+
+
+def plan_bands(num_samples: int, num_units: int, k: int, memory_budget: int, batch_rows: int,
+               tile_size: int | None = None) -> dict:
+    """Choose resident-or-streamed mode and the band height ``t`` from the memory budget (bytes)."""
+    state = 3 * 12 * num_units * k  # running top-k values + indices, and the merge temporaries
+    batch = batch_rows * num_units * (8 + 8 + 4)  # a float64 chunk, its deviations, the float32 result
+    resident = 4 * num_samples * num_units
+    per_row = 4 * num_units + 16 * min(num_units, 2048) + 40 * k  # band row, one column chunk's candidates, top-k outputs
+    free = memory_budget - state - batch
+    mode = "resident" if free - resident >= per_row * min(num_units, 64) else "streamed"
+    avail = free - (resident if mode == "resident" else 0)
+    rows = tile_size if tile_size is not None else avail // per_row
+    if rows < 1:
+        need = state + batch + per_row
+        raise ValueError(f"memory_budget={memory_budget} bytes is too small for U={num_units} units and k={k}; "
+                         f"pass memory_budget >= {need}")
+    if tile_size is None:  # at least ~8 bands: the upper triangle then costs N·U²·(1 + 1/bands) FLOPs
+        rows = min(rows, max(256, math.ceil(num_units / 8)))
+    rows = int(min(rows, num_units))
+    num_bands = math.ceil(num_units / rows)
+    est = state + batch + rows * per_row + (resident if mode == "resident" else 0)
+    return {"mode": mode, "band_rows": rows, "num_bands": num_bands, "batch_rows": batch_rows,
+            "estimated_bytes": int(est), "data_passes": 2 if mode == "resident" else 1 + num_bands}
+
+
+def _thresholds(threshold, moments: StreamingMoments, kept: torch.Tensor) -> torch.Tensor:
+    if threshold is None:
+        return moments.mean[kept]
+    thr = torch.as_tensor(np.asarray(threshold) if not isinstance(threshold, torch.Tensor) else threshold,
+                          dtype=torch.float64).reshape(-1).to(moments.mean.device)
+    if thr.numel() == 1:
+        return thr.expand(kept.numel()).clone()
+    if thr.numel() != moments.num_units:
+        raise ValueError(f"threshold must be a number or have {moments.num_units} entries (one per unit), "
+                         f"got {thr.numel()}")
+    if not bool(torch.isfinite(thr).all()):
+        raise ValueError("threshold contains NaN/Inf; pass finite per-unit thresholds")
+    return thr[kept]
+
+
+def build_graph(
+    x,
+    k: int = 16,
+    metric: str = "corr",
+    *,
+    names=None,
+    threshold=None,
+    tile_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    device="auto",
+    progress: bool = False,
+) -> ActivationGraph:
+    """Sparse top-k co-occurrence graph of the units (columns) of ``x``.
+
+    Parameters
+    ----------
+    x : Tensor or ndarray of shape (n_samples, n_units), or an ``ActivationStore``
+        Activations; a store is streamed shard by shard (``iter_batches``).
+    k : int
+        Strongest partners kept per unit; the graph is the union of both directions, so
+        every node's ``k`` strongest partners are among its edges (degree >= k).
+    metric : {"corr", "pmi", "gaussian_mi"}
+        Edge weight: ``|ρ|``; co-firing PMI (nats); ``-½ log(1 - ρ²)`` (nats).
+    names : list of str, optional
+        Unit names (default: the store's names, else ``unit:<i>``).
+    threshold : float or array of shape (n_units,), optional
+        Firing threshold for ``metric="pmi"`` (default: each unit's mean).
+    tile_size : int, optional
+        Rows per band (overrides the height derived from ``memory_budget``).
+    memory_budget : int
+        Bytes of working memory (resident copy, band, top-k state, one batch; not the input).
+    device : "auto", "cpu", "cuda", ...
+    progress : bool
+        Show a tqdm bar over bands.
+
+    Returns
+    -------
+    ActivationGraph whose nodes are the non-constant units (in column order; constant units,
+    and for PMI units that never or always fire, are excluded with a warning and listed in
+    ``metadata["excluded_units"]``/``["excluded_names"]``; ``metadata["unit_index"]`` gives each
+    node's column in ``x``).
+    """
+    metric = check_choice(metric, METRICS, name="metric")
+    k = check_positive_int(k, name="k")
+    memory_budget = check_positive_int(memory_budget, name="memory_budget")
+    if tile_size is not None:
+        tile_size = check_positive_int(tile_size, name="tile_size")
+    if threshold is not None and metric != "pmi":
+        raise ValueError(f"threshold applies to metric='pmi' only, got metric={metric!r}; drop threshold")
+    dev = resolve_device(device)
+    src = _Samples(x, names)
+    n, u = src.num_samples, src.num_units
+    if n < 2:
+        raise ValueError(f"x has {n} samples but at least 2 are needed; pass more samples")
+    batch_rows = int(max(1, min(n, min(64 * 2**20, memory_budget // 8) // (20 * u))))
+
+    # pass 1: moments
+    moments = StreamingMoments(u, gram=False, device=dev)
+    for start, batch in src.batches(batch_rows):
+        chunk = check_samples(batch, name=f"x[{start}:{start + batch.shape[0]}]", min_samples=1,
+                              allow_constant=True, dtype=torch.float64, device=dev)
+        if chunk.shape[1] != u:
+            raise ValueError(f"batch at row {start} has {chunk.shape[1]} units, expected {u}; the store is inconsistent")
+        moments.update(chunk)
+    if moments.count != n:
+        raise ValueError(f"x yielded {moments.count} samples but reports num_samples={n}; re-record the store")
+    const = moments.constant_units().cpu()
+    keep = torch.ones(u, dtype=torch.bool)
+    keep[const] = False
+    _warn_excluded(const, src.names, "constant (zero variance)")
+    kept = keep.nonzero().flatten()
+    uk = kept.numel()
+    if uk < 2:
+        raise ValueError(f"only {uk} of {u} units vary across the samples; a graph needs at least 2 non-constant units")
+    k_eff = min(k, uk - 1)
+    if k_eff < k:
+        log.info("k=%d exceeds the %d other non-constant units; keeping all pairs (k=%d)", k, uk - 1, k_eff)
+    kept_dev = kept.to(dev)
+    all_kept = uk == u
+    if metric == "pmi":
+        thr = _thresholds(threshold, moments, kept_dev)
+        scale = None
+    else:
+        mean = moments.mean[kept_dev]
+        scale = 1.0 / (moments.std()[kept_dev] * math.sqrt(n))
+
+    def transform(batch: torch.Tensor) -> torch.Tensor:
+        b = batch.to(dev)
+        if not all_kept:
+            b = b[:, kept_dev]
+        b = b.double()
+        if metric == "pmi":
+            return (b > thr).float()
+        return ((b - mean) * scale).float()
+
+    plan = plan_bands(n, uk, k_eff, memory_budget, batch_rows, tile_size)
+    log.info("build_graph: U=%d N=%d metric=%s k=%d plan=%s", uk, n, metric, k_eff, plan)
+    rows, topk = plan["band_rows"], RunningTopK(uk, k_eff, dev)
+    counts = torch.zeros(uk, dtype=torch.float64, device=dev)
+    buf = torch.empty(rows * uk, dtype=torch.float32, device=dev)
+    bands = range(0, uk, rows)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bands = tqdm(bands, total=plan["num_bands"], desc="graph bands", unit="band")
+    zt = None
+    if plan["mode"] == "resident":
+        zt = torch.empty(uk, n, dtype=torch.float32, device=dev)
+        for start, batch in src.batches(batch_rows):
+            zt[:, start : start + batch.shape[0]] = transform(batch).T
+        if metric == "pmi":
+            counts = zt.sum(1, dtype=torch.float64)
+    for i, r0 in enumerate(bands):
+        r1 = min(r0 + rows, uk)
+        band = buf[: (r1 - r0) * (uk - r0)].view(r1 - r0, uk - r0)
+        if zt is not None:
+            torch.mm(zt[r0:r1], zt[r0:].T, out=band)
+        else:
+            band.zero_()
+            for _, batch in src.batches(batch_rows):
+                z = transform(batch)
+                band.addmm_(z[:, r0:r1].T, z[:, r0:])
+                if metric == "pmi" and i == 0:
+                    counts += z.sum(0, dtype=torch.float64)
+        if metric == "pmi":
+            _pmi_inplace(band, counts, r0, n)
+        else:
+            band.abs_()
+        topk.update(band, r0)
+    del buf, zt
+    return _assemble(topk, src, kept, counts, metric, k_eff, n, plan, threshold)
+
+
+def _pmi_inplace(band: torch.Tensor, counts: torch.Tensor, r0: int, n: int) -> None:
+    """Turn co-firing counts into PMI; rows/columns of units that never or always fire become -inf."""
+    c = counts.float()
+    band.mul_(float(n)).div_(c[r0 : r0 + band.shape[0], None]).div_(c[None, r0:]).log_()
+    degenerate = (counts <= 0) | (counts >= n)
+    if bool(degenerate.any()):
+        band[degenerate[r0 : r0 + band.shape[0]]] = -torch.inf
+        band[:, degenerate[r0:]] = -torch.inf
+    band.nan_to_num_(nan=-torch.inf)
+
+
+def _warn_excluded(units: torch.Tensor, names: list[str], why: str) -> None:
+    if units.numel():
+        shown = ", ".join(names[i] for i in units[:20].tolist()) + (" ..." if units.numel() > 20 else "")
+        log.warning("build_graph excludes %d %s unit(s) from the graph: %s", units.numel(), why, shown)
+
+
+def _assemble(topk, src, kept, counts, metric, k, n, plan, threshold) -> ActivationGraph:
+    rows, cols, vals = topk.edges()
+    node = torch.ones(kept.numel(), dtype=torch.bool)
+    if metric == "pmi":
+        degenerate = ((counts <= 0) | (counts >= n)).cpu()
+        _warn_excluded(kept[degenerate], src.names, "never- or always-firing (at the PMI threshold)")
+        node &= ~degenerate
+    new_id = torch.cumsum(node.long(), 0) - 1
+    ok = node[rows] & node[cols]
+    rows, cols, vals = new_id[rows[ok]], new_id[cols[ok]], vals[ok]
+    if metric == "gaussian_mi":
+        rho2 = vals.double().clamp(max=1.0 - 1e-12).square()
+        vals = (-0.5 * torch.log1p(-rho2)).float()
+    unit_index = kept[node]
+    excluded = torch.ones(src.num_units, dtype=torch.bool)
+    excluded[unit_index] = False
+    excluded = excluded.nonzero().flatten().tolist()
+    if threshold is None:
+        thr_meta = "mean" if metric == "pmi" else None
+    else:
+        arr = np.asarray(threshold.cpu() if isinstance(threshold, torch.Tensor) else threshold, dtype=float)
+        thr_meta = float(arr.reshape(-1)[0]) if arr.size == 1 else "per-unit"
+    meta = {"metric": metric, "k": k, "num_samples": n, "num_input_units": src.num_units,
+            "excluded_units": excluded, "excluded_names": [src.names[i] for i in excluded],
+            "unit_index": unit_index.tolist(), "threshold": thr_meta,
+            "plan": {key: plan[key] for key in ("mode", "band_rows", "num_bands", "estimated_bytes")}}
+    names = [src.names[i] for i in unit_index.tolist()]
+    return ActivationGraph(names, torch.stack([rows, cols]), vals, meta)

@@ -1,0 +1,405 @@
+"""``ActivationGraph``: named nodes joined by sparse, weighted, undirected edges.
+
+One small container in the spirit of PyTorch Geometric's ``Data``: ``edge_index``
+(LongTensor ``[2, E]`` holding both directions of every edge, no self-loops, sorted
+by source then target, no duplicates), ``edge_weight`` (``[E]``, float32), node
+``names`` and a JSON-able ``metadata`` dict. Hop distances come from
+``scipy.sparse.csgraph`` (breadth-first, unweighted); conversions go to and from
+PyG ``Data``, ``networkx`` and SciPy CSR; files are safetensors + JSON, no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from estimators.validation import check_positive_int
+
+__all__ = ["ActivationGraph", "atomic_write_bytes", "graph_paths"]
+
+log = logging.getLogger(__name__)
+
+_FORMAT = "rsmi-nn.ActivationGraph"
+_VERSION = 1
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def graph_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """Return ``(path.safetensors, path.json)`` for a path given bare or with either suffix."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def _check_names(names) -> list[str]:
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__len__"):
+        raise ValueError(f"names must be a list of strings, got {type(names).__name__}")
+    names = list(names)
+    bad = [i for i, n in enumerate(names) if not isinstance(n, str)]
+    if bad:
+        raise ValueError(
+            f"names must all be strings, but entry {bad[0]} is {type(names[bad[0]]).__name__}; convert with str()"
+        )
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        dup = next(n for n in names if n in seen or seen.add(n))
+        raise ValueError(f"names must be unique, but {dup!r} appears more than once; make node names unique")
+    return names
+
+
+def _canonical_edges(edge_index, edge_weight, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate, symmetrise, drop self-loops, merge duplicates (max weight) and sort edges."""
+    ei = torch.as_tensor(np.asarray(edge_index) if not isinstance(edge_index, torch.Tensor) else edge_index)
+    if ei.numel() == 0:
+        ei = ei.reshape(2, 0)
+    if ei.ndim != 2 or ei.shape[0] != 2:
+        raise ValueError(f"edge_index must have shape [2, num_edges], got {tuple(ei.shape)}; transpose a [E, 2] array")
+    if ei.dtype.is_floating_point or ei.dtype == torch.bool:
+        raise ValueError(f"edge_index must hold integers, got dtype={ei.dtype}; cast with .long()")
+    ei = ei.detach().to("cpu", torch.long)
+    num_edges = ei.shape[1]
+    if edge_weight is None:
+        w = torch.ones(num_edges, dtype=torch.float32)
+    else:
+        w = torch.as_tensor(
+            np.asarray(edge_weight) if not isinstance(edge_weight, torch.Tensor) else edge_weight
+        ).detach().to("cpu", torch.float32).reshape(-1)
+        if w.numel() != num_edges:
+            raise ValueError(
+                f"edge_weight has {w.numel()} entries but edge_index has {num_edges} edges; pass one weight per edge"
+            )
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("edge_weight contains NaN/Inf values; drop or clean those edges")
+    if num_edges and (int(ei.min()) < 0 or int(ei.max()) >= num_nodes):
+        raise ValueError(
+            f"edge_index refers to node {int(ei.min()) if int(ei.min()) < 0 else int(ei.max())} "
+            f"but the graph has num_nodes={num_nodes} (valid ids 0..{num_nodes - 1}); pass one name per node"
+        )
+    keep = ei[0] != ei[1]
+    ei, w = ei[:, keep], w[keep]
+    src = torch.cat([ei[0], ei[1]])
+    dst = torch.cat([ei[1], ei[0]])
+    w = torch.cat([w, w])
+    key = src * num_nodes + dst
+    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    merged = torch.full((uniq.numel(),), -torch.inf, dtype=torch.float32)
+    merged.scatter_reduce_(0, inverse, w, reduce="amax")
+    out = torch.stack([uniq // num_nodes, uniq % num_nodes]) if num_nodes else uniq.reshape(2, 0)
+    return out.contiguous(), merged
+
+
+def _jsonable(value, what: str):
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools): {err}") from err
+
+
+class ActivationGraph:
+    """Named nodes with sparse, weighted, undirected edges.
+
+    Parameters
+    ----------
+    names : list of str, length ``num_nodes``
+        Unique node names (``encoder.layer.3.intermediate:1207``, ``site:0,3``, ``block:7``).
+    edge_index : LongTensor of shape (2, n_edges)
+        Edges in either or both directions; they are symmetrised, self-loops dropped,
+        duplicates merged (the largest weight is kept) and sorted by (source, target).
+    edge_weight : Tensor of shape (n_edges,), optional
+        One finite weight per edge (default 1).
+    metadata : dict, optional
+        JSON-able facts about the graph (metric, k, excluded units, ``{"lattice": {"L", "periodic"}}``).
+    """
+
+    def __init__(self, names, edge_index, edge_weight=None, metadata: dict | None = None):
+        self.names: list[str] = _check_names(names)
+        self.edge_index, self.edge_weight = _canonical_edges(edge_index, edge_weight, len(self.names))
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        self.metadata: dict = _jsonable(dict(metadata or {}), "metadata")
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def num_nodes(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_edges(self) -> int:
+        """Number of directed entries in ``edge_index`` (twice the number of undirected edges)."""
+        return int(self.edge_index.shape[1])
+
+    def degree(self) -> torch.Tensor:
+        """LongTensor ``[num_nodes]``: number of neighbours of each node."""
+        return torch.bincount(self.edge_index[0], minlength=self.num_nodes)
+
+    def neighbors(self, node: int) -> torch.Tensor:
+        """LongTensor of the neighbours of ``node``, sorted."""
+        node = self._check_node(node)
+        ptr = self._indptr()
+        return self.edge_index[1, ptr[node] : ptr[node + 1]]
+
+    def __repr__(self) -> str:
+        return f"ActivationGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges // 2} undirected)"
+
+    def _check_node(self, node) -> int:
+        if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < self.num_nodes:
+            raise ValueError(f"node={node!r} is not a node id; expected an int in 0..{self.num_nodes - 1}")
+        return int(node)
+
+    def _indptr(self) -> torch.Tensor:
+        counts = torch.bincount(self.edge_index[0], minlength=self.num_nodes)
+        return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+    def _check_sources(self, sources) -> np.ndarray:
+        if sources is None:
+            return np.arange(self.num_nodes)
+        s = torch.as_tensor(sources).reshape(-1)
+        if s.dtype.is_floating_point or s.dtype == torch.bool:
+            raise ValueError(f"sources must be integer node ids, got dtype={s.dtype}")
+        if s.numel() and (int(s.min()) < 0 or int(s.max()) >= self.num_nodes):
+            raise ValueError(f"sources must be node ids in 0..{self.num_nodes - 1}, got values in "
+                             f"{int(s.min())}..{int(s.max())}")
+        return s.cpu().numpy().astype(np.int64)
+
+    # ------------------------------------------------------------------ distances
+    def to_scipy(self, weighted: bool = True):
+        """Adjacency as a ``scipy.sparse.csr_matrix`` of shape ``(num_nodes, num_nodes)`` (float32)."""
+        from scipy.sparse import csr_matrix
+
+        ei = self.edge_index.numpy()
+        data = self.edge_weight.numpy() if weighted else np.ones(ei.shape[1], dtype=np.float32)
+        return csr_matrix((data, (ei[0], ei[1])), shape=(self.num_nodes, self.num_nodes))
+
+    def hop_distances(self, sources=None, max_hops: int | None = None) -> torch.Tensor:
+        """Unweighted shortest-path lengths (hops) from ``sources`` to every node.
+
+        Parameters
+        ----------
+        sources : sequence of int, optional
+            Source node ids (default: every node, which costs O(num_nodes²) memory).
+        max_hops : int, optional
+            Stop the breadth-first search at this distance.
+
+        Returns
+        -------
+        LongTensor of shape (len(sources), num_nodes); -1 where a node is farther than
+        ``max_hops`` or unreachable.
+        """
+        from scipy.sparse.csgraph import dijkstra
+
+        src = self._check_sources(sources)
+        limit = np.inf
+        if max_hops is not None:
+            limit = check_positive_int(max_hops, name="max_hops", minimum=0) + 0.5
+        if src.size == 0:
+            return torch.empty(0, self.num_nodes, dtype=torch.long)
+        if self.num_edges == 0:
+            out = torch.full((src.size, self.num_nodes), -1, dtype=torch.long)
+            out[torch.arange(src.size), torch.as_tensor(src)] = 0
+            return out
+        adj = self.to_scipy(weighted=False)
+        dist = dijkstra(adj, directed=False, unweighted=True, indices=src, limit=limit)
+        dist = np.atleast_2d(dist)
+        out = np.where(np.isfinite(dist), dist, -1).astype(np.int64)
+        return torch.from_numpy(out)
+
+    def k_hop(self, nodes, hops: int) -> torch.Tensor:
+        """Sorted LongTensor of every node within ``hops`` hops of any of ``nodes`` (``nodes`` included)."""
+        from scipy.sparse.csgraph import dijkstra
+
+        hops = check_positive_int(hops, name="hops", minimum=0)
+        idx = self._check_sources(nodes)
+        if hops == 0 or idx.size == 0 or self.num_edges == 0:
+            return torch.unique(torch.from_numpy(idx))
+        dist = dijkstra(self.to_scipy(weighted=False), directed=False, unweighted=True, indices=idx,
+                        limit=hops + 0.5, min_only=True)
+        return torch.from_numpy(np.flatnonzero(np.isfinite(dist)).astype(np.int64))
+
+    def connected_components(self) -> torch.Tensor:
+        """LongTensor ``[num_nodes]``: the connected-component label of each node."""
+        from scipy.sparse.csgraph import connected_components
+
+        _, labels = connected_components(self.to_scipy(weighted=False), directed=False)
+        return torch.from_numpy(labels.astype(np.int64))
+
+    # ------------------------------------------------------------------ coarse graph
+    def quotient(self, blocks) -> ActivationGraph:
+        """The graph of blocks: one node per block, an edge where any edge joins two blocks.
+
+        Parameters
+        ----------
+        blocks : LongTensor of shape (num_nodes,)
+            Block id of every node, ids ``0..J-1`` each used at least once.
+
+        Returns
+        -------
+        ActivationGraph with ``J`` nodes named ``block:<j>``; an edge's weight is the sum
+        of the weights of the edges joining the two blocks. For a lattice cut into the
+        squares of ``lattice_blocks(L, b)`` the metadata names the coarse lattice.
+        """
+        b = check_blocks(blocks, self.num_nodes)
+        num_blocks = int(b.max()) + 1 if b.numel() else 0
+        bs, bd = b[self.edge_index[0]], b[self.edge_index[1]]
+        cross = bs != bd
+        key = bs[cross] * num_blocks + bd[cross]
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        weight = torch.zeros(uniq.numel(), dtype=torch.float64)
+        weight.index_add_(0, inverse, self.edge_weight[cross].double())
+        ei = torch.stack([uniq // max(num_blocks, 1), uniq % max(num_blocks, 1)])
+        meta: dict = {"quotient_of": {"num_nodes": self.num_nodes, "num_edges": self.num_edges}}
+        lat = self.metadata.get("lattice")
+        if lat is not None:
+            side = round(num_blocks**0.5)
+            L = int(lat["L"])
+            if side * side == num_blocks and side > 0 and L % side == 0:
+                from graphs.lattice import lattice_blocks
+
+                if torch.equal(lattice_blocks(L, L // side), b):
+                    meta["lattice"] = {"L": side, "periodic": bool(lat["periodic"])}
+        return ActivationGraph([f"block:{j}" for j in range(num_blocks)], ei, weight.float(), meta)
+
+    # ------------------------------------------------------------------ conversions
+    def to_pyg(self):
+        """``torch_geometric.data.Data`` with ``edge_index``, ``edge_weight``, ``num_nodes``, ``names``, ``metadata``."""
+        from torch_geometric.data import Data
+
+        data = Data(edge_index=self.edge_index.clone(), edge_weight=self.edge_weight.clone(), num_nodes=self.num_nodes)
+        data.names = list(self.names)
+        data.metadata = json.loads(json.dumps(self.metadata))
+        return data
+
+    @classmethod
+    def from_pyg(cls, data, names=None) -> ActivationGraph:
+        """Build from a PyG ``Data`` (``edge_weight``, or a 1-D ``edge_attr``, else weight 1)."""
+        if getattr(data, "edge_index", None) is None:
+            raise ValueError("data has no edge_index; pass a torch_geometric.data.Data graph")
+        n = data.num_nodes
+        if names is None:
+            names = getattr(data, "names", None)
+        if names is None:
+            names = [f"node:{i}" for i in range(n)]
+        if n is not None and len(names) != n:
+            raise ValueError(f"names has {len(names)} entries but data.num_nodes={n}; pass one name per node")
+        weight = getattr(data, "edge_weight", None)
+        if weight is None:
+            attr = getattr(data, "edge_attr", None)
+            if attr is not None:
+                if attr.ndim > 1 and attr.shape[-1] != 1:
+                    raise ValueError(f"data.edge_attr has shape {tuple(attr.shape)}; only scalar edge weights are supported")
+                weight = attr.reshape(-1)
+        return cls(names, data.edge_index, weight, getattr(data, "metadata", None))
+
+    def to_networkx(self):
+        """``networkx.Graph`` with nodes ``0..U-1`` (attribute ``name``) and edge attribute ``weight``."""
+        import networkx as nx
+
+        g = nx.Graph(metadata=self.metadata)
+        g.add_nodes_from((i, {"name": n}) for i, n in enumerate(self.names))
+        ei = self.edge_index.numpy()
+        upper = ei[0] < ei[1]
+        g.add_weighted_edges_from(
+            zip(ei[0, upper].tolist(), ei[1, upper].tolist(), self.edge_weight.numpy()[upper].tolist())
+        )
+        return g
+
+    @classmethod
+    def from_networkx(cls, G) -> ActivationGraph:
+        """Build from a ``networkx`` graph; names from the ``name`` node attribute, else ``str(node)``."""
+        nodes = list(G.nodes)
+        index = {v: i for i, v in enumerate(nodes)}
+        names = [str(G.nodes[v].get("name", v)) for v in nodes]
+        edges = list(G.edges(data="weight", default=1.0))
+        if edges:
+            ei = torch.tensor([[index[u] for u, _, _ in edges], [index[v] for _, v, _ in edges]], dtype=torch.long)
+            w = torch.tensor([float(x) for _, _, x in edges], dtype=torch.float32)
+        else:
+            ei, w = torch.empty(2, 0, dtype=torch.long), torch.empty(0)
+        meta = G.graph.get("metadata", {})
+        return cls(names, ei, w, meta if isinstance(meta, dict) else {})
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``path.safetensors`` (edges) and ``path.json`` (names, metadata), each atomically."""
+        from safetensors.torch import save
+
+        st_path, js_path = graph_paths(path)
+        blob = save({"edge_index": self.edge_index.contiguous(), "edge_weight": self.edge_weight.contiguous()})
+        doc = {"format": _FORMAT, "version": _VERSION, "num_nodes": self.num_nodes,
+               "num_edges": self.num_edges, "names": self.names, "metadata": self.metadata}
+        atomic_write_bytes(st_path, blob)
+        atomic_write_bytes(js_path, json.dumps(doc).encode())
+        return st_path, js_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ActivationGraph:
+        """Read a graph written by :meth:`save` (``path`` bare or with either suffix)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        st_path, js_path = graph_paths(path)
+        for p in (st_path, js_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"graph file {p} does not exist; write it with ActivationGraph.save({str(path)!r})")
+        try:
+            doc = json.loads(js_path.read_text())
+            tensors = load_file(str(st_path))
+        except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
+            raise ValueError(f"graph files {st_path} / {js_path} are unreadable ({err}); re-create them") from err
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT or "names" not in doc:
+            raise ValueError(f"{js_path} is not an ActivationGraph file (format={doc.get('format') if isinstance(doc, dict) else None!r})")
+        if "edge_index" not in tensors or "edge_weight" not in tensors:
+            raise ValueError(f"{st_path} lacks 'edge_index'/'edge_weight'; re-create it with ActivationGraph.save")
+        return cls(doc["names"], tensors["edge_index"], tensors["edge_weight"], doc.get("metadata") or {})
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, ActivationGraph):
+            return NotImplemented
+        return (self.names == other.names and torch.equal(self.edge_index, other.edge_index)
+                and torch.equal(self.edge_weight, other.edge_weight) and self.metadata == other.metadata)
+
+    __hash__ = None  # mutable container
+
+
+def check_blocks(blocks, num_nodes: int, *, name: str = "blocks") -> torch.Tensor:
+    """Validate block ids: LongTensor ``[num_nodes]`` with ids ``0..J-1``, each used at least once."""
+    b = torch.as_tensor(np.asarray(blocks) if not isinstance(blocks, torch.Tensor) else blocks)
+    if b.dtype.is_floating_point or b.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer block ids, got dtype={b.dtype}")
+    b = b.detach().to("cpu", torch.long).reshape(-1) if b.ndim <= 1 else b
+    if b.ndim != 1 or b.numel() != num_nodes:
+        raise ValueError(f"{name} must have shape [{num_nodes}] (one block id per node), got {tuple(b.shape)}")
+    if num_nodes == 0:
+        return b
+    if int(b.min()) < 0:
+        raise ValueError(f"{name} contains negative id {int(b.min())}; block ids must be 0..J-1")
+    used = torch.bincount(b)
+    missing = (used == 0).nonzero().flatten()
+    if missing.numel():
+        raise ValueError(
+            f"{name} skips block id(s) {missing[:10].tolist()} (max id {int(b.max())}); ids must be 0..J-1, "
+            "each used; relabel with torch.unique(blocks, return_inverse=True)[1]"
+        )
+    return b

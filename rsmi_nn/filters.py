@@ -1,0 +1,151 @@
+"""Coarse-graining maps Λ_j: V_j -> H_j for all blocks at once, and their binarisation.
+
+A filter acts on the *standardised* visible units of each block, gathered into a padded
+tensor ``V : [J, B, max_visible]`` (zeros where padded). Two kinds:
+
+- ``LinearFilter``: ``H = V @ ŵ`` with ``ŵ`` each column of ``W`` normalised to unit norm
+  (over the block's real units). The normalisation fixes the scale — MI is scale-free, so
+  only the direction is learnt — and makes "the filter shrinks to zero" impossible.
+  ``shared=True`` keeps one ``W`` broadcast over the J blocks (homogeneous lattices).
+- ``MLPFilter``: a small per-block MLP (``BatchedMLP``), for non-linear coarse variables.
+
+Binarisation (``binarize``): ``"anneal"`` trains on ``tanh(pre / τ)`` with τ a *tensor buffer*
+decayed inside the training step (so it really falls; a Python float would be frozen into a
+compiled step — the trap of the reference code), ``"straight-through"`` uses ``sign(pre)`` in
+the forward pass and the ``tanh`` gradient backwards. Evaluation and ``transform`` always use
+the hard value ``+1 if pre >= 0 else -1``, so a binarised H is exactly ±1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from estimators.batched import BatchedMLP
+
+__all__ = ["LinearFilter", "MLPFilter", "hard_sign", "binarize_modes"]
+
+binarize_modes = ("anneal", "straight-through")
+
+
+def hard_sign(pre: torch.Tensor) -> torch.Tensor:
+    """``+1`` where ``pre >= 0`` and ``-1`` elsewhere (never 0, unlike ``torch.sign``)."""
+    return torch.where(pre >= 0, torch.ones_like(pre), -torch.ones_like(pre))
+
+
+class _Filter(nn.Module):
+    """Common part: binarisation state (τ as a buffer) and the forward contract."""
+
+    def __init__(self, binarize: str | None, tau_start: float, tau_end: float, anneal_steps: int,
+                 noise: float = 0.0, generator: torch.Generator | None = None):
+        super().__init__()
+        self.binarize = binarize
+        self.noise, self.generator = float(noise), generator
+        self.register_buffer("tau", torch.tensor(float(tau_start)))
+        decay = (tau_end / tau_start) ** (1.0 / max(anneal_steps, 1))
+        self.register_buffer("tau_decay", torch.tensor(float(decay)))
+        self.register_buffer("tau_end", torch.tensor(float(tau_end)))
+
+    def preactivation(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def anneal_step(self) -> None:
+        """Decay τ geometrically towards ``tau_end`` (in place, a tensor operation)."""
+        with torch.no_grad():
+            self.tau.copy_(torch.maximum(self.tau * self.tau_decay, self.tau_end))
+
+    def forward(self, v: torch.Tensor, *, hard: bool = False) -> torch.Tensor:
+        """``v : [J, B, max_visible]`` -> ``H : [J, B, hidden]``; ``hard`` = evaluation mode."""
+        pre = self.preactivation(v)
+        if self.binarize is None:
+            return pre
+        if hard:
+            return hard_sign(pre)
+        if self.noise > 0:
+            # relaxed Bernoulli (RSMI-NE): logistic noise makes H a stochastic spin with
+            # P(H = +1) = sigmoid(2 pre / noise) in the τ -> 0 limit
+            u = torch.rand(pre.shape, generator=self.generator, device="cpu").to(pre.device).clamp(1e-6, 1 - 1e-6)
+            pre = pre + 0.5 * self.noise * (torch.log(u) - torch.log1p(-u))
+        soft = torch.tanh(pre / self.tau)
+        if self.binarize == "straight-through":
+            return hard_sign(pre).detach() + soft - soft.detach()
+        return soft
+
+
+class LinearFilter(_Filter):
+    """Bias-free linear maps, one per block (or one shared), columns of unit norm.
+
+    Parameters
+    ----------
+    n_blocks, max_visible, hidden : J, padded block width, h.
+    visible_mask : BoolTensor ``[J, max_visible]``.
+    shared : one weight ``[1, max_visible, hidden]`` for every block.
+    """
+
+    def __init__(self, n_blocks: int, max_visible: int, hidden: int, visible_mask: torch.Tensor, *,
+                 shared: bool = False, binarize: str | None = None, tau_start: float = 1.0,
+                 tau_end: float = 0.05, anneal_steps: int = 1000, noise: float = 0.0,
+                 generator: torch.Generator | None = None, device=None):
+        super().__init__(binarize, tau_start, tau_end, anneal_steps, noise, generator)
+        rows = 1 if shared else n_blocks
+        w = torch.randn(rows, max_visible, hidden, generator=generator).to(device)
+        self.weight = nn.Parameter(w)
+        self.register_buffer("mask", visible_mask[:rows].to(device=device, dtype=torch.float32).unsqueeze(-1))
+        self.n_blocks, self.shared = n_blocks, shared
+
+    def unit_weight(self) -> torch.Tensor:
+        """Masked weights with unit-norm columns, ``[J or 1, max_visible, hidden]``."""
+        w = self.weight * self.mask
+        return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def preactivation(self, v: torch.Tensor) -> torch.Tensor:
+        w = self.unit_weight()
+        if self.shared:
+            w = w.expand(v.shape[0], -1, -1)
+        return torch.bmm(v, w)
+
+    def linear_weights(self, v: torch.Tensor | None = None) -> torch.Tensor:
+        """The filter as weights ``[J, max_visible, hidden]``, zero where padded."""
+        w = self.unit_weight().detach()
+        return w.expand(self.n_blocks, -1, -1).clone() if self.shared else w.clone()
+
+    def flip(self, sign: torch.Tensor) -> None:
+        """Multiply column ``c`` of block ``j`` by ``sign[j, c]`` (±1); shared: ``sign[0]``."""
+        with torch.no_grad():
+            self.weight.mul_(sign[: self.weight.shape[0]].unsqueeze(1))
+
+
+class MLPFilter(_Filter):
+    """Per-block MLPs ``max_visible -> width -> hidden`` (ReLU), inputs masked to real units."""
+
+    def __init__(self, n_blocks: int, max_visible: int, hidden: int, visible_mask: torch.Tensor, *,
+                 width: int = 32, layers: int = 2, binarize: str | None = None, tau_start: float = 1.0,
+                 tau_end: float = 0.05, anneal_steps: int = 1000, noise: float = 0.0,
+                 generator: torch.Generator | None = None, device=None):
+        super().__init__(binarize, tau_start, tau_end, anneal_steps, noise, generator)
+        self.mlp = BatchedMLP(n_blocks, max_visible, width, hidden, layers=layers, generator=generator,
+                              device=device)
+        self.register_buffer("mask", visible_mask.to(device=device, dtype=torch.float32).unsqueeze(1))
+        self.register_buffer("sign", torch.ones(n_blocks, 1, hidden, device=device))
+        self.n_blocks, self.shared = n_blocks, False
+
+    def preactivation(self, v: torch.Tensor) -> torch.Tensor:
+        return self.mlp(v * self.mask) * self.sign
+
+    def linear_weights(self, v: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean Jacobian ``E[∂H/∂V]`` over the samples ``v`` (the best linear summary), unit-norm columns."""
+        if v is None:
+            raise ValueError("an MLP filter's linear summary needs samples v [J, B, max_visible]")
+        v = v.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            pre = self.preactivation(v)
+            cols = []
+            for c in range(pre.shape[-1]):
+                (g,) = torch.autograd.grad(pre[..., c].sum(), v, retain_graph=c < pre.shape[-1] - 1)
+                cols.append(g.mean(dim=1))
+        w = torch.stack(cols, dim=-1) * self.mask.squeeze(1).unsqueeze(-1)
+        return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def flip(self, sign: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.sign.mul_(sign.unsqueeze(1))

@@ -1,0 +1,183 @@
+"""Figures of a run, as PNG bytes: flow diagnostics against level, graph drawings, image sprites.
+
+matplotlib with the non-interactive Agg backend (imported inside the functions, so importing
+``rsmi_nn`` stays cheap). Every function returns PNG bytes; the report embeds them as base64
+and also writes them under ``run_dir/plots/``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+__all__ = ["filter_figure", "flow_figure", "graph_figure", "image_grid_png", "lattice_weights_png"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig, dpi: int = 110) -> bytes:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _num(value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def flow_figure(flow: list[dict]) -> bytes:
+    """Three panels against level: correlation length ξ (own hops and level-0 hops), locality, MI."""
+    plt = _pyplot()
+    levels = [int(r.get("level", i)) for i, r in enumerate(flow)]
+    xi = [_num(r.get("correlation_length")) for r in flow]
+    xi0 = [_num(r.get("correlation_length_level0")) for r in flow]
+    loc = [_num(r.get("locality")) for r in flow]
+    mi = [_num(r.get("mi_mean")) for r in flow]
+    ceil = [_num(r.get("mi_ceiling")) for r in flow]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    ax = axes[0]
+    ax.plot(levels, xi, "o-", label="ξ (own hops)")
+    ax.plot(levels, xi0, "s--", label="ξ (level-0 hops)")
+    ax.set_title("correlation length")
+    ax.set_ylabel("ξ [hops]")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.plot(levels, loc, "o-", color="tab:green")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("locality preservation")
+    ax.set_ylabel("fraction of local edges")
+    ax = axes[2]
+    per_block = [r.get("mi_per_block") or [] for r in flow]
+    for lv, blocks in zip(levels, per_block):
+        vals = [_num(b) for b in blocks]
+        if vals:
+            jitter = np.random.default_rng(lv).uniform(-0.12, 0.12, len(vals))
+            ax.scatter(np.full(len(vals), lv) + jitter, vals, s=6, alpha=0.35, color="tab:gray")
+    ax.plot(levels, mi, "o-", color="tab:red", label="mean I(H;E)")
+    if any(math.isfinite(c) for c in ceil):
+        ax.plot(levels, ceil, ":", color="black", label="bound ceiling")
+    ax.set_title("MI retained (held-out)")
+    ax.set_ylabel("nats")
+    ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("level")
+        ax.set_xticks(levels)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def graph_figure(graph, blocks, *, seed: int = 0, max_nodes: int = 400, title: str = "") -> tuple[bytes, str]:
+    """Draw ``graph`` with nodes coloured by block (spring layout, seeded).
+
+    Graphs with more than ``max_nodes`` nodes are drawn on the induced subgraph of whole blocks
+    chosen by a seeded draw; the returned note says so (``""`` when the whole graph is drawn).
+    """
+    import networkx as nx
+
+    plt = _pyplot()
+    blocks = np.asarray(blocks, dtype=np.int64)
+    n = graph.num_nodes
+    note = ""
+    nodes = np.arange(n)
+    if n > max_nodes:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(int(blocks.max()) + 1)
+        sizes = np.bincount(blocks)
+        chosen, total = [], 0
+        for b in order:
+            if total + sizes[b] > max_nodes and chosen:
+                break
+            chosen.append(b)
+            total += sizes[b]
+        nodes = np.flatnonzero(np.isin(blocks, chosen))
+        note = f"drawn: {len(nodes)} of {n} nodes ({len(chosen)} of {len(sizes)} blocks, seeded choice)"
+    G = graph.to_networkx().subgraph(nodes.tolist()).copy()
+    G.graph.clear()
+    lat = (graph.metadata or {}).get("lattice")
+    if lat and n <= max_nodes and int(lat.get("L", 0)) ** 2 == n:
+        L = int(lat["L"])
+        pos = {i: (i % L, -(i // L)) for i in G.nodes}
+    else:
+        pos = nx.spring_layout(G, seed=seed, weight="weight", iterations=60)
+    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    cmap = plt.get_cmap("tab20")
+    colors = [cmap((2 * int(blocks[i])) % 20 + (int(blocks[i]) // 10) % 2) for i in G.nodes]
+    weights = np.asarray([d.get("weight", 1.0) for _, _, d in G.edges(data=True)], dtype=float)
+    widths = 0.3 + 1.5 * weights / weights.max() if weights.size and weights.max() > 0 else 0.5
+    nx.draw_networkx_edges(G, pos, ax=ax, width=widths, alpha=0.25)
+    nx.draw_networkx_nodes(G, pos, ax=ax, node_color=colors, node_size=max(8, 2400 // max(len(G), 1)),
+                           linewidths=0)
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9)
+    ax.set_axis_off()
+    return _png(fig), note
+
+
+def filter_figure(weights, names: list[str], title: str = "") -> bytes:
+    """Horizontal bar chart of the strongest units feeding one coarse variable."""
+    plt = _pyplot()
+    weights = np.asarray(weights, dtype=float)
+    fig, ax = plt.subplots(figsize=(4.0, 0.25 * len(weights) + 0.8))
+    y = np.arange(len(weights))[::-1]
+    ax.barh(y, weights, color=["tab:blue" if w >= 0 else "tab:orange" for w in weights])
+    ax.set_yticks(y)
+    ax.set_yticklabels(names, fontsize=7)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_title(title, fontsize=9)
+    return _png(fig, dpi=90)
+
+
+def image_grid_png(rows: list[list[np.ndarray]], *, zoom: int = 4, gap: int = 1) -> bytes:
+    """A mosaic of small grey images (one row per coarse variable), as PNG bytes.
+
+    Each image is scaled on its own (2nd–98th percentile) and enlarged ``zoom`` times (nearest neighbour);
+    one mosaic is drawn with ``imsave`` (no axes), which stays fast for hundreds of images.
+    """
+    import matplotlib.image
+
+    _pyplot()
+    rows = [r for r in rows if len(r)] or [[np.zeros((1, 1))]]
+    h = max(img.shape[0] for r in rows for img in r)
+    w = max(img.shape[1] for r in rows for img in r)
+    ncols = max(len(r) for r in rows)
+    cell_h, cell_w = h * zoom + gap, w * zoom + gap
+    canvas = np.ones((len(rows) * cell_h + gap, ncols * cell_w + gap), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            a = np.asarray(img, dtype=np.float32)
+            lo, hi = (float(v) for v in np.percentile(a, [2.0, 98.0]))  # robust to a few extreme pixels
+            a = np.clip((a - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(a)
+            a = np.kron(1.0 - a, np.ones((zoom, zoom), dtype=np.float32))  # dark = high
+            y, x = gap + i * cell_h, gap + j * cell_w
+            canvas[y : y + a.shape[0], x : x + a.shape[1]] = a
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, canvas, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    return buf.getvalue()
+
+
+def lattice_weights_png(weights: np.ndarray, *, zoom: int = 10) -> bytes:
+    """An ``L x L`` map of one coarse variable's weights on the level-0 lattice (red +, blue −)."""
+    import matplotlib.image
+
+    _pyplot()
+    w = np.asarray(weights, dtype=np.float32)
+    vmax = float(np.abs(w).max()) or 1.0
+    big = np.kron(w, np.ones((zoom, zoom), dtype=np.float32))
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, big, cmap="RdBu_r", vmin=-vmax, vmax=vmax, format="png")
+    return buf.getvalue()

@@ -1,0 +1,226 @@
+"""Forward-hook capture and streamed recording: exact values, padding, reductions, shards, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from graphs.capture import capture, first_tensor, match_modules, record_activations
+from graphs.store import ActivationStore
+
+
+class PairOut(nn.Module):
+    """Returns a tuple, like attention blocks do: capture keeps the first tensor."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h, h.sum()
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 4), nn.Tanh())
+        self.pair = PairOut(4)
+        self.conv = nn.Conv1d(1, 2, kernel_size=3, padding=1)
+
+    def forward(self, x):
+        h = self.body(x)
+        h, _ = self.pair(h)
+        return self.conv(h.unsqueeze(1))
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return Net()
+
+
+def test_capture_equals_manual_forward(net, device):
+    net = net.to(device)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad(), capture(net, ["body.1", "body.3", "pair", "conv"]) as acts:
+        net(x)
+        h1 = torch.relu(net.body[0](x))
+        h3 = torch.tanh(net.body[2](h1))
+        p = net.pair.lin(h3)
+        c = net.conv(p.unsqueeze(1))
+    assert set(acts) == {"body.1", "body.3", "pair", "conv"}
+    torch.testing.assert_close(acts["body.1"], h1, rtol=0, atol=0)
+    torch.testing.assert_close(acts["body.3"], h3, rtol=0, atol=0)
+    torch.testing.assert_close(acts["pair"], p, rtol=0, atol=0)  # first tensor of the tuple
+    torch.testing.assert_close(acts["conv"], c, rtol=0, atol=0)
+
+
+def test_capture_stores_device_and_dtype(net):
+    with torch.no_grad(), capture(net, "body.1", device="cpu", dtype=torch.float64) as acts:
+        net(torch.randn(3, 5))
+    assert acts["body.1"].dtype == torch.float64 and not acts["body.1"].requires_grad
+
+
+def test_capture_survives_inplace_ops():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(inplace=True))
+    x = torch.randn(16, 3)
+    with torch.no_grad(), capture(model, "0") as acts:
+        model(x)
+        pre = model[0](x)
+    assert (pre < 0).any()
+    torch.testing.assert_close(acts["0"], pre, rtol=0, atol=0)  # not overwritten by the in-place ReLU
+
+
+def test_filters_pattern_list_predicate(net):
+    assert match_modules(net, "body.?") == ["body.0", "body.1", "body.2", "body.3"]
+    assert match_modules(net, ["pair", "conv"]) == ["pair", "conv"]
+    assert match_modules(net, lambda n: n.endswith("lin")) == ["pair.lin"]
+
+
+def test_no_hooks_left_after_exception(net):
+    with pytest.raises(RuntimeError, match="boom"), capture(net, "*"):
+        net(torch.randn(2, 5))
+        raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_unmatched_pattern_lists_close_names(net):
+    with pytest.raises(ValueError, match="closest module names.*'pair.lin'"), capture(net, "pair.lim"):
+        pass
+    with pytest.raises(ValueError, match="predicate matched none"):
+        match_modules(net, lambda n: False)
+
+
+def test_first_tensor():
+    t = torch.ones(2)
+    assert first_tensor((None, [t, torch.zeros(1)])) is t
+    assert first_tensor({"a": 3, "b": t}) is t
+    assert first_tensor((1, "x")) is None
+
+
+def test_record_tensor_inputs_shards_and_batches(net, tmp_path):
+    x = torch.randn(53, 5, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        h1 = torch.relu(net.body[0](x))
+        c = net.conv(net.pair.lin(torch.tanh(net.body[2](h1))).unsqueeze(1))
+    expected = torch.cat([h1, c.reshape(53, -1)], dim=1)
+    a = record_activations(net, x, ["body.1", "conv"], tmp_path / "a", batch_size=7, shard_size=10,
+                           device="cpu", progress=False)
+    b = record_activations(net, x, ["body.1", "conv"], tmp_path / "b", batch_size=64, device="cpu", progress=False)
+    assert len(a.manifest["shards"]) == 6 and len(b.manifest["shards"]) == 1
+    assert a.names[:2] == ["body.1:0", "body.1:1"] and a.names[7] == "conv:0" and a.num_units == 7 + 8
+    assert a.modules[1] == {"name": "conv", "shape": [2, 4], "dtype": "float32", "offset": 7, "num_units": 8}
+    torch.testing.assert_close(a.to_tensor(), expected, rtol=1e-6, atol=1e-6)
+    # a different batch size may change the matmul kernel's summation order: float32 round-off only
+    torch.testing.assert_close(a.to_tensor(), b.to_tensor(), rtol=1e-6, atol=1e-6)
+    c = record_activations(net, x, ["body.1", "conv"], tmp_path / "c", batch_size=7, shard_size=4,
+                           device="cpu", progress=False)
+    torch.testing.assert_close(a.to_tensor(), c.to_tensor(), rtol=0, atol=0)  # sharding alone changes nothing
+    streamed = list(a.iter_batches(batch_size=13))
+    assert [t.shape[0] for t in streamed] == [13, 13, 13, 13, 1]
+    torch.testing.assert_close(torch.cat(streamed), expected, rtol=1e-6, atol=1e-6)
+    assert a.sample_info([0, 52])["input_index"].tolist() == [0, 52]
+    assert net.training  # the training flag is restored
+
+
+def test_record_refuses_nonempty_out_unless_overwrite(net, tmp_path):
+    x = torch.randn(4, 5)
+    record_activations(net, x, "body.1", tmp_path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="not empty.*overwrite=True"):
+        record_activations(net, x, "body.1", tmp_path, device="cpu", progress=False)
+    (tmp_path / "notes.txt").write_text("keep me")
+    store = record_activations(net, x[:3], "body.3", tmp_path, device="cpu", progress=False, overwrite=True)
+    assert store.num_samples == 3 and store.num_units == 4 and (tmp_path / "notes.txt").exists()
+
+
+def test_record_errors(net, tmp_path):
+    with pytest.raises(ValueError, match="tokenizer=None"):
+        record_activations(net, ["a text"], "body.1", tmp_path / "t", progress=False)
+    with pytest.raises(ValueError, match="reduction"):
+        record_activations(net, torch.randn(2, 5), "body.1", tmp_path / "r", reduction="max", progress=False)
+    with pytest.raises(ValueError, match="matches no module"):
+        record_activations(net, torch.randn(2, 5), "bodyy", tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def test_interrupted_recording_is_detectable(tmp_path):
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("crash in batch 3")
+            return self.lin(x)
+
+    with pytest.raises(RuntimeError, match="crash"):
+        record_activations(Fails(), torch.randn(10, 3), "lin", tmp_path, batch_size=2, shard_size=2,
+                           device="cpu", progress=False)
+    assert any(tmp_path.glob("shard-*.safetensors"))
+    with pytest.raises(FileNotFoundError, match="not a finished activation store"):
+        ActivationStore.open(tmp_path)
+
+
+# ----------------------------------------------------------------------------- text models
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    words = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away", "and", "slept"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    path = tmp_path_factory.mktemp("tok") / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(path))
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=24, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    return model, tok
+
+
+TEXTS = ["the cat sat", "a dog ran far away and the cat slept on the mat", "the dog"]
+
+
+def _alone(model, tok, text):
+    """Intermediate outputs of one text run without any padding: [layers, tokens, 24]."""
+    enc = tok(text, return_tensors="pt")
+    with torch.no_grad(), capture(model, "encoder.layer.*.intermediate") as acts:
+        model(**enc)
+    return torch.cat([acts[f"encoder.layer.{i}.intermediate"][0] for i in range(2)], dim=-1)
+
+
+def test_per_token_capture_excludes_padding(tiny_bert, tmp_path):
+    model, tok = tiny_bert
+    store = record_activations(model, TEXTS, "encoder.layer.*.intermediate", tmp_path, batch_size=3,
+                               tokenizer=tok, device="cpu", progress=False)
+    alone = [_alone(model, tok, t) for t in TEXTS]
+    assert store.num_units == 48 and store.names[24] == "encoder.layer.1.intermediate:0"
+    assert store.num_samples == sum(a.shape[0] for a in alone)  # padding tokens are not samples
+    torch.testing.assert_close(store.to_tensor(), torch.cat(alone), rtol=1e-5, atol=1e-5)
+    info = store.sample_info(range(store.num_samples))
+    assert info["input_index"].tolist() == [i for i, a in enumerate(alone) for _ in range(a.shape[0])]
+    ex = store.examples([2, 5])  # text 0 is [CLS] the cat sat [SEP]; sample 5 opens text 1
+    assert ex[0]["text"] == "the [[cat]] sat" and ex[0]["token"] == "cat"
+    assert ex[1]["token"] == "[CLS]" and ex[1]["text"].startswith("[[[CLS]]] a dog")
+
+
+def test_mean_reduction_and_special_tokens(tiny_bert, tmp_path):
+    model, tok = tiny_bert
+    mean = record_activations(model, TEXTS, "encoder.layer.*.intermediate", tmp_path / "m", batch_size=2,
+                              tokenizer=tok, reduction="mean", device="cpu", progress=False)
+    alone = [_alone(model, tok, t) for t in TEXTS]
+    torch.testing.assert_close(mean.to_tensor(), torch.stack([a.mean(0) for a in alone]), rtol=1e-5, atol=1e-5)
+    assert mean.examples([2])[0]["text"] == "the dog"
+    no_special = record_activations(model, TEXTS, "encoder.layer.0.intermediate", tmp_path / "s", batch_size=2,
+                                    tokenizer=tok, keep_special_tokens=False, device="cpu", progress=False)
+    assert no_special.num_samples == sum(a.shape[0] - 2 for a in alone)
+    torch.testing.assert_close(no_special.to_tensor(), torch.cat([a[1:-1, :24] for a in alone]), rtol=1e-5, atol=1e-5)
+
+
+def test_text_module_without_token_dim_is_refused(tiny_bert, tmp_path):
+    model, tok = tiny_bert
+    with pytest.raises(ValueError, match="token dimension"):
+        record_activations(model, TEXTS, "pooler", tmp_path, tokenizer=tok, device="cpu", progress=False)

@@ -1,0 +1,68 @@
+"""Partition: connected, balanced blocks that keep heavy edges inside; bad input."""
+
+import networkx as nx
+import pytest
+import torch
+
+from graphs import ActivationGraph, lattice_graph, partition
+from graphs.partition import blocks_connected, partition_report
+
+
+def knn_like(n=600, k=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.arange(n).repeat_interleave(k)
+    dst = torch.randint(0, n, (n * k,), generator=gen)
+    return ActivationGraph([f"u{i}" for i in range(n)], torch.stack([src, dst]), torch.rand(n * k, generator=gen))
+
+
+@pytest.mark.parametrize("graph,block_size", [(lattice_graph(16), 4), (lattice_graph(12, periodic=False), 9),
+                                              (knn_like(), 8), (knn_like(seed=1), 3)])
+def test_blocks_connected_and_balanced(graph, block_size):
+    blocks = partition(graph, block_size, seed=0)
+    rep = partition_report(graph, blocks)
+    assert rep["num_disconnected_blocks"] == 0
+    assert bool(blocks_connected(graph, blocks).all())
+    assert torch.equal(torch.unique(blocks), torch.arange(rep["num_blocks"]))
+    # agglomeration never passes block_size; absorbing a leftover (< block_size/2) adds at most half again
+    assert rep["size_max"] <= block_size + block_size // 2
+    assert rep["size_mean"] >= 0.6 * block_size
+    assert torch.equal(blocks, partition(graph, block_size, seed=0))
+
+
+def test_heavy_edges_stay_inside():
+    # two triangles joined weakly: block_size 3 must cut the weak bridge
+    g = ActivationGraph(list("abcdef"), torch.tensor([[0, 1, 0, 3, 4, 3, 2], [1, 2, 2, 4, 5, 5, 3]]),
+                        torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.1]))
+    assert partition(g, 3).tolist() == [0, 0, 0, 1, 1, 1]
+    rep = partition_report(g, partition(g, 3))
+    assert rep["inside_weight_fraction"] == pytest.approx(6.0 / 6.1)
+
+
+def test_disconnected_graph_and_isolated_nodes():
+    nxg = nx.disjoint_union(nx.path_graph(7), nx.path_graph(2))
+    nxg.add_node(99)
+    g = ActivationGraph.from_networkx(nxg)
+    blocks = partition(g, 4)
+    assert bool(blocks_connected(g, blocks).all())
+    comp = g.connected_components()
+    for j in blocks.unique():
+        assert comp[blocks == j].unique().numel() == 1  # no block spans two components
+    assert blocks[9] != blocks[8] and (blocks == blocks[9]).sum() == 1
+
+
+def test_block_size_one_and_whole_graph():
+    g = lattice_graph(4)
+    assert torch.equal(partition(g, 1), torch.arange(16))
+    assert partition(g, 16).unique().numel() == 1
+
+
+def test_bad_input():
+    g = lattice_graph(4)
+    with pytest.raises(ValueError, match="exceeds the graph's num_nodes=16"):
+        partition(g, 17)
+    with pytest.raises(ValueError, match="block_size must be >= 1"):
+        partition(g, 0)
+    with pytest.raises(ValueError, match="integer"):
+        partition(g, 2.5)
+    with pytest.raises(ValueError, match="ActivationGraph"):
+        partition(None, 2)

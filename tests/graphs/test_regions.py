@@ -1,0 +1,114 @@
+"""Regions: hand-computed shells on lattices, agreement with BFS distances, capping, empty environments."""
+
+import logging
+
+import networkx as nx
+import pytest
+import torch
+
+from graphs import (
+    ActivationGraph,
+    lattice_blocks,
+    lattice_graph,
+    make_regions,
+    partition,
+)
+
+
+def rows(idx, mask):
+    return [sorted(r[m].tolist()) for r, m in zip(idx, mask)]
+
+
+def site(r, c, L=8):
+    return (r % L) * L + c % L
+
+
+def test_lattice_regions_by_hand_periodic():
+    reg = make_regions(lattice_graph(8), lattice_blocks(8, 2), buffer=1, env=1)
+    assert reg.num_blocks == 16 and reg.num_nodes == 64
+    assert rows(reg.visible, reg.visible_mask)[0] == [0, 1, 8, 9]
+    # block 0 = rows 0-1, cols 0-1; buffer: the 8 sites at distance 1 (wrapping)
+    buf = sorted({site(r, c) for r, c in [(-1, 0), (-1, 1), (2, 0), (2, 1), (0, -1), (1, -1), (0, 2), (1, 2)]})
+    env = sorted({site(r, c) for r, c in [(-2, 0), (-2, 1), (3, 0), (3, 1), (0, -2), (1, -2), (0, 3), (1, 3),
+                                            (-1, -1), (-1, 2), (2, -1), (2, 2)]})
+    assert rows(reg.buffer, reg.buffer_mask)[0] == buf
+    assert rows(reg.environment, reg.environment_mask)[0] == env
+    assert reg.empty_environment.numel() == 0
+
+
+def test_lattice_regions_by_hand_open():
+    reg = make_regions(lattice_graph(8, periodic=False), lattice_blocks(8, 2), buffer=1, env=1)
+    assert rows(reg.buffer, reg.buffer_mask)[0] == sorted([site(2, 0), site(2, 1), site(0, 2), site(1, 2)])
+    assert rows(reg.environment, reg.environment_mask)[0] == sorted([site(3, 0), site(3, 1), site(0, 3), site(1, 3), site(2, 2)])
+    centre = 5  # rows 2-3, cols 2-3: interior block, same shells as the periodic lattice
+    assert reg.buffer_mask[centre].sum() == 8 and reg.environment_mask[centre].sum() == 12
+    assert torch.equal(reg.visible[reg.visible_mask].sort().values, torch.arange(64))
+
+
+@pytest.mark.parametrize("buffer,env", [(0, 1), (1, 2), (2, 1)])
+def test_shells_match_hop_distances(buffer, env):
+    nxg = nx.random_geometric_graph(80, 0.2, seed=3)
+    g = ActivationGraph.from_networkx(nxg)
+    blocks = partition(g, 4)
+    reg = make_regions(g, blocks, buffer=buffer, env=env)
+    dist = g.hop_distances()
+    for j in range(reg.num_blocks):
+        members = (blocks == j).nonzero().flatten()
+        d = dist[members]
+        d = torch.where(d < 0, 10**6, d).min(0).values
+        assert rows(reg.buffer, reg.buffer_mask)[j] == ((d >= 1) & (d <= buffer)).nonzero().flatten().tolist()
+        assert rows(reg.environment, reg.environment_mask)[j] == ((d > buffer) & (d <= buffer + env)).nonzero().flatten().tolist()
+
+
+def test_max_env_cap_is_seeded_subset():
+    g, blocks = lattice_graph(16), lattice_blocks(16, 2)
+    full = make_regions(g, blocks, buffer=1, env=3)
+    capped = make_regions(g, blocks, buffer=1, env=3, max_env=10, seed=1)
+    again = make_regions(g, blocks, buffer=1, env=3, max_env=10, seed=1)
+    other = make_regions(g, blocks, buffer=1, env=3, max_env=10, seed=2)
+    assert capped.environment.shape == (64, 10) and bool(capped.environment_mask.all())
+    assert torch.equal(capped.environment, again.environment)
+    assert not torch.equal(capped.environment, other.environment)
+    for j in range(64):
+        assert set(capped.environment[j].tolist()) <= set(full.environment[j][full.environment_mask[j]].tolist())
+
+
+def test_empty_environment_reported(caplog):
+    g = ActivationGraph([f"n{i}" for i in range(6)], torch.tensor([[0, 1, 3, 4], [1, 2, 4, 5]]))
+    with caplog.at_level(logging.WARNING):
+        reg = make_regions(g, torch.tensor([0, 0, 1, 2, 2, 3]), buffer=1, env=1)
+    assert reg.num_blocks == 4  # nothing dropped
+    # paths 0-1-2 and 3-4-5: blocks {0,1} and {3,4} have nothing at distance 2; {2} and {5} do
+    assert reg.empty_environment.tolist() == [0, 2]
+    assert "empty environment" in caplog.text
+    assert not bool(reg.environment_mask[reg.empty_environment].any())
+
+
+def test_select_and_to():
+    reg = make_regions(lattice_graph(8, periodic=False), lattice_blocks(8, 2), buffer=1, env=1)
+    sub = reg.select([5, 0])
+    assert sub.num_blocks == 2 and sub.block_ids.tolist() == [5, 0]
+    assert torch.equal(sub.environment[1][sub.environment_mask[1]], reg.environment[0][reg.environment_mask[0]])
+    assert sub.environment.shape[1] == 12
+    moved = reg.to("cpu")
+    assert torch.equal(moved.buffer, reg.buffer)
+    assert set(reg.tensors()) == {"blocks", "visible", "visible_mask", "buffer", "buffer_mask", "environment",
+                                  "environment_mask"}
+    with pytest.raises(ValueError, match="row numbers"):
+        reg.select([16])
+
+
+def test_bad_input():
+    g = lattice_graph(4)
+    with pytest.raises(ValueError, match="ActivationGraph"):
+        make_regions("g", torch.zeros(16, dtype=torch.long))
+    with pytest.raises(ValueError, match="shape \\[16\\]"):
+        make_regions(g, torch.zeros(15, dtype=torch.long))
+    with pytest.raises(ValueError, match="env must be >= 1"):
+        make_regions(g, lattice_blocks(4, 2), env=0)
+    with pytest.raises(ValueError, match="buffer must be >= 0"):
+        make_regions(g, lattice_blocks(4, 2), buffer=-1)
+    with pytest.raises(ValueError, match="max_env"):
+        make_regions(g, lattice_blocks(4, 2), max_env=0)
+    with pytest.raises(ValueError, match="integer block ids"):
+        make_regions(g, lattice_blocks(4, 2).float())

@@ -1,0 +1,76 @@
+"""Run configs: TOML round trip, unknown keys named with the valid ones, flags over config values."""
+
+import tomllib
+
+import pytest
+
+from rsmi_nn.cli import main
+from rsmi_nn.config import Config, builtin_configs, load_config, parse_bytes, parse_override
+
+
+def test_shipped_configs_load_and_round_trip():
+    shipped = builtin_configs()
+    assert {"default", "minilm", "tiny"} <= set(shipped)
+    for name in shipped:
+        cfg = load_config(name)
+        again = Config.from_dict(tomllib.loads(cfg.to_toml()))
+        assert again == cfg, name
+    assert load_config(None) == load_config("default")
+    assert load_config("minilm").source.name == "minilm"
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[flow]\nlevelz = 2\n")
+    with pytest.raises(ValueError, match=r"unknown key flow\.levelz; valid keys of \[flow\] are levels, block_size"):
+        load_config(bad)
+    bad.write_text("[flwo]\nlevels = 2\n")
+    with pytest.raises(ValueError, match="unknown section \\[flwo\\]; valid sections are source, graph, flow"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[flow]\nlevels = 'two'\n", "flow.levels must be of type int"),
+        ("[flow]\nlevels = 0\n", "flow.levels must be >= 1"),
+        ("[graph]\nmetric = 'cosine'\n", "graph.metric='cosine' is not supported"),
+        ("[graph]\nmemory_budget = 'lots'\n", "memory size 'lots' is not understood"),
+        ("[flow\nlevels = 2\n", "is not valid TOML"),
+    ],
+)
+def test_bad_values_are_one_sentence_errors(tmp_path, text, match):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(bad)
+
+
+def test_missing_config_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(FileNotFoundError, match="shipped configs: default, minilm, tiny"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_flags_override_config_values(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[flow]\nlevels = 5\nhidden = 3\n[run]\nseed = 7\n")
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "o"), "--levels", "2", "--set", "flow.buffer=2",
+               "--seed", "3", "--print-config"])
+    assert rc == 0
+    resolved = Config.from_dict(tomllib.loads(capsys.readouterr().out))
+    assert resolved.flow.levels == 2 and resolved.flow.hidden == 3 and resolved.flow.buffer == 2
+    assert resolved.run.seed == 3
+    assert not (tmp_path / "o").exists()
+
+
+def test_source_flag_picks_the_shipped_config_of_that_name(tmp_path, capsys):
+    assert main(["run", "--source", "minilm", "--out", str(tmp_path / "o"), "--print-config"]) == 0
+    resolved = Config.from_dict(tomllib.loads(capsys.readouterr().out))
+    assert resolved == load_config("minilm")
+
+
+def test_parse_helpers():
+    assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("512MB") == 512_000_000 and parse_bytes(1024) == 1024
+    assert parse_override("flow.levels=3") == ("flow.levels", 3)
+    assert parse_override("source.name=digits-mlp") == ("source.name", "digits-mlp")
+    assert parse_override("flow.binarize=\"anneal\"") == ("flow.binarize", "anneal")

@@ -1,0 +1,122 @@
+"""The real pipeline end to end: `rsmi run` on the tiny config, `rsmi flow` on raw lattice/graph samples.
+
+These run the actual engine (recording, graph, RSMI flow, export, report) on small inputs, so they
+check the contracts between the packages: the run directory format, the feature maps composed back
+to level-0 units (they must reproduce the flow's own coarse variables), and resuming.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rsmi_nn import load_run
+from tests.rsmi_nn.test_cli import run_rsmi
+
+
+def smooth_field(L: int, n: int, *, width: float = 1.0, seed: int = 0) -> np.ndarray:
+    """``n`` samples of a periodic Gaussian random field on an L x L lattice, ``[n, L*L]`` (float32).
+
+    White noise smoothed by a Gaussian kernel (FFT), so neighbouring sites are correlated.
+    """
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(n, L, L))
+    k = np.fft.fftfreq(L)
+    kernel = np.exp(-0.5 * (2 * np.pi * width) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+    field = np.fft.ifft2(np.fft.fft2(noise) * kernel).real
+    field /= field.std()
+    return field.reshape(n, L * L).astype(np.float32)
+
+
+def _check_composition(run, level0: torch.Tensor) -> None:
+    """x0 @ M_l reproduces the flow's level-l coarse variables up to a constant (linear filters)."""
+    for level in run.levels:
+        coarse = level.coarse_samples().double()
+        pred = level0.double() @ run.feature_maps(level.index).double()
+        err = (pred - pred.mean(0)) - (coarse - coarse.mean(0))
+        scale = coarse.std(0).clamp_min(1e-6)
+        assert float((err.abs() / scale).max()) < 1e-3, f"level {level.index}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    proc = run_rsmi("run", "tiny", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_run_tiny_writes_the_whole_run_directory(tiny_run):
+    out, proc = tiny_run
+    assert "Traceback" not in proc.stderr
+    for name in ("flow.json", "report.html", "config.toml", "versions.json", "timings.json", "graph.json",
+                 "activations/manifest.json", "feature_maps/index.json", "feature_maps/level_000.safetensors",
+                 "feature_maps/level_000.json", "graphs/level_000.graphml", "examples/level_000.json",
+                 "plots/flow.png", "plots/graph_level_000.png"):
+        assert (out / name).is_file(), name
+    flow = json.loads((out / "flow.json").read_text())
+    assert len(flow) == 1
+    for key in ("level", "num_nodes", "num_blocks", "correlation_length", "locality", "mi_mean", "mi_per_block"):
+        assert key in flow[0]
+    run = load_run(out)
+    level = run.levels[0]
+    assert run.feature_maps(0).shape == (run.num_units, level.num_coarse)
+    assert run.unit_names[0].startswith("hidden.")
+    from graphs import ActivationStore
+
+    store = ActivationStore.open(out / "activations")
+    assert store.num_samples == 400
+    x0 = store.to_tensor(units=run.unit_names)
+    _check_composition(run, x0)
+    examples = run.examples(0)
+    assert len(examples["variables"]) == level.num_coarse and "input" in examples["variables"][0][0]
+
+
+def test_run_again_resumes_without_recomputing(tiny_run):
+    out, _ = tiny_run
+    before = (out / "flow.json").read_bytes()
+    (out / "report.html").unlink()
+    proc = run_rsmi("run", "tiny", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "flow.json").read_bytes() == before
+    stages = json.loads((out / "timings.json").read_text())["stages"]
+    assert stages["record"]["skipped"] and stages["graph"]["skipped"] and stages["flow"]["skipped"]
+    assert stages["export"]["skipped"] and not stages["report"]["skipped"]
+    assert (out / "report.html").is_file()
+
+
+def test_flow_on_raw_lattice_samples(tmp_path):
+    L = 8
+    np.save(tmp_path / "x.npy", smooth_field(L, 1200))
+    out = tmp_path / "lat"
+    proc = run_rsmi("flow", "--samples", tmp_path / "x.npy", "--lattice", L, "--levels", 2, "--out", out,
+                    "--steps", 150, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    flow = json.loads((out / "flow.json").read_text())
+    assert [r["num_nodes"] for r in flow] == [64, 16]
+    assert [r["num_blocks"] for r in flow] == [16, 4]
+    run = load_run(out)
+    assert run.feature_maps(1).shape == (64, 4)
+    # a level-1 variable is fed by the 16 sites of its 4x4 super-block only
+    support = run.feature_maps(1).abs() > 0
+    assert int(support.sum(0).max()) <= 16
+    _check_composition(run, torch.from_numpy(np.load(tmp_path / "x.npy")))
+    assert (out / "report.html").is_file() and (out / "plots" / "flow.png").is_file()
+
+
+def test_flow_on_samples_with_a_graph_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    from graphs import lattice_graph
+
+    L = 6
+    lattice_graph(L, periodic=False).save(tmp_path / "g")
+    save_file({"samples": smooth_field(L, 800, seed=1)}, str(tmp_path / "x.safetensors"))
+    out = tmp_path / "gr"
+    proc = run_rsmi("flow", "--samples", tmp_path / "x.safetensors", "--graph", tmp_path / "g.json",
+                    "--levels", 1, "--block-size", 4, "--steps", 100, "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    run = load_run(out)
+    assert run.levels[0].num_units == 36
+    assert run.feature_maps(0).shape[0] == 36
