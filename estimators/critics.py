@@ -84,6 +84,8 @@ class SeparableCritic(nn.Module):
 
     Scores for all ``B x B`` pairs cost one batched matmul of ``[P, B, embed]`` embeddings,
     so large batches are cheap (Poole et al. 2019, "separable" critic; the critic of RSMI-NE).
+    Embeddings are scaled by ``embed ** -1/4`` each, so initial scores are O(1) whatever
+    ``embed`` (large initial scores overflow ``exp f`` in NWJ/DV and stall training).
 
     Parameters
     ----------
@@ -108,14 +110,15 @@ class SeparableCritic(nn.Module):
         opts = {"layers": layers, "activation": activation, "skip": skip, "generator": generator, "device": device}
         self.g = EmbeddingMLP(n_problems, x_dim, hidden, embed, **opts)
         self.k = EmbeddingMLP(n_problems, y_dim, hidden, embed, **opts)
+        self._scale = embed ** -0.25
 
     def embed_x(self, x: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``g(x)``: ``[P, B, x_dim] -> [P, B, embed]``."""
-        return self.g(_apply_mask(x, x_mask))
+        return self.g(_apply_mask(x, x_mask)) * self._scale
 
     def embed_y(self, y: torch.Tensor, y_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``k(y)``: ``[P, B, y_dim] -> [P, B, embed]``."""
-        return self.k(_apply_mask(y, y_mask))
+        return self.k(_apply_mask(y, y_mask)) * self._scale
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | None = None,
                 y_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,7 +10,8 @@ Procedure (one batched program for all problems, no Python loop over them):
 4. every ``eval_every`` steps score the bound on the *whole* validation split; keep, per
    problem, the weights of its best validation score (the best starts at ``-inf``, so a
    fresh critic is never mistaken for a converged one) and stop a problem after ``patience``
-   evaluations without improvement (training ends when all have stopped);
+   evaluations without a gain beyond the validation standard error (training ends when all
+   have stopped);
 5. report the bound of the best weights on the *whole* test split (never a training batch),
    with a batch-means standard error (:func:`estimators.heldout.heldout_bound`).
 
@@ -131,10 +132,10 @@ def estimate_mi(
     x_mask=None,
     y_mask=None,
     batch_size: int | None = None,
-    max_steps: int = 1500,
+    max_steps: int = 2000,
     eval_every: int = 50,
-    patience: int = 6,
-    lr: float = 3e-3,
+    patience: int = 5,
+    lr: float = 1e-3,
     weight_decay: float = 1e-4,
     hidden: int = 64,
     embed: int = 32,
@@ -159,7 +160,8 @@ def estimate_mi(
     batch_size : training minibatch (default ``min(256, n_train)``); InfoNCE's training
         objective is capped at ``log batch_size``.
     max_steps, eval_every, patience : at most ``max_steps`` Adam steps; validation every
-        ``eval_every`` steps; a problem stops after ``patience`` evaluations without a new best.
+        ``eval_every`` steps; a problem stops after ``patience`` evaluations without a gain larger
+        than its validation standard error (its best weights are kept regardless).
     lr, weight_decay : AdamW settings. hidden, embed, layers : critic size.
     test_fraction, valid_fraction : fractions of the rows held out for the report and for
         early stopping.
@@ -225,6 +227,7 @@ def estimate_mi(
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
 
     best_val = torch.full((p,), -math.inf, device=dev)
+    mark = best_val.clone()
     best_step = torch.zeros(p, dtype=torch.long, device=dev)
     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     stale = torch.zeros(p, dtype=torch.long, device=dev)
@@ -255,10 +258,14 @@ def estimate_mi(
         train_count += 1
         if step % eval_every == 0 or step == max_steps:
             net.eval()
-            val, _ = heldout_bound(net, *split["valid"], objective, xm, ym)
+            val, val_se = heldout_bound(net, *split["valid"], objective, xm, ym)
             net.train()
             val = val.nan_to_num(-math.inf)
             improved = val > best_val
+            # Patience counts evaluations without a *significant* gain (beyond the validation
+            # standard error), so noise alone cannot keep a converged problem training.
+            significant = val > mark + val_se.nan_to_num(0.0)
+            mark = torch.where(significant, val, mark)
             if bool(improved.any()):
                 state = net.state_dict()
                 for k, v in state.items():
@@ -266,7 +273,7 @@ def estimate_mi(
                     best_state[k] = torch.where(keep, v.detach(), best_state[k])
             best_val = torch.where(improved, val, best_val)
             best_step = torch.where(improved, step, best_step)
-            stale = torch.where(improved, 0, stale + 1)
+            stale = torch.where(significant, 0, stale + 1)
             hist_step.append(step)
             hist_train.append((train_sum / train_count).cpu())
             hist_valid.append(val.cpu())

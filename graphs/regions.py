@@ -26,7 +26,7 @@ __all__ = ["Regions", "make_regions"]
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class Regions:
     """Padded index tensors of the visible block, buffer and environment of each block.
 
@@ -130,7 +130,7 @@ def _cap(shell, max_env: int, seed: int):
         return m
     cols = np.repeat(np.arange(m.shape[1]), counts)
     keys = np.random.default_rng(seed).random(m.indices.size)
-    order = np.lexsort((keys, cols))  # by column, then random key
+    order = np.argsort(cols + keys)  # by column, then by a uniform random key in [0, 1)
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size) - np.repeat(m.indptr[:-1], counts)
     keep = rank < max_env

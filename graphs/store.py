@@ -113,16 +113,24 @@ class StoreWriter:
             self._flush(self.shard_size)
 
     def _flush(self, rows: int) -> None:
-        keys = self._pending[0].keys()
-        merged = {k: torch.cat([p[k] for p in self._pending]) for k in keys}
-        shard = {k: v[:rows] for k, v in merged.items()}
-        rest = {k: v[rows:] for k, v in merged.items()}
+        """Write the first ``rows`` pending rows as one shard, copying only those rows."""
+        take, need = [], rows
+        while need:
+            chunk = self._pending[0]
+            n = chunk["activations"].shape[0]
+            if n <= need:
+                take.append(self._pending.pop(0))
+                need -= n
+            else:
+                take.append({k: v[:need] for k, v in chunk.items()})
+                self._pending[0] = {k: v[need:] for k, v in chunk.items()}
+                need = 0
+        shard = {k: take[0][k] if len(take) == 1 else torch.cat([t[k] for t in take]) for k in take[0]}
         name = f"shard-{len(self._shards):05d}.safetensors"
         _atomic_safetensors(shard, self.path / name)
         self._shards.append({"file": name, "offset": self._written, "num_samples": rows})
         self._written += rows
         self._pending_rows -= rows
-        self._pending = [rest] if self._pending_rows else []
 
     def write_inputs_text(self, texts: Sequence[str]) -> str:
         _atomic_json(list(texts), self.path / "inputs.json")

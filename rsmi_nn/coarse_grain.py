@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -141,6 +142,7 @@ def coarse_grain(
     eval_every: int = 50,
     patience: int = 10,
     test_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
     anneal_steps: int = 1000,
     noise: float | None = None,
     allow_constant: bool = False,
@@ -158,13 +160,19 @@ def coarse_grain(
     bound : "infonce" (default), "nwj", "dv" or "smile" (``estimators.get_bound``).
     seed : seeds the split, the initialisation and the minibatches (same seed, same bytes).
     filter : "linear" (bias-free, unit-norm columns) or "mlp".
-    binarize : False, True / "anneal" (tanh(pre/τ), τ decayed from 1 to 0.05 over ``anneal_steps``)
-        or "straight-through"; a binarised H is exactly ±1 at evaluation and in ``transform``.
+    binarize : False, True / "straight-through" (forward: a stochastic spin ``sign(pre + noise·logistic/2)``,
+        backward: the gradient of ``tanh((pre + noise)/τ)``) or "anneal" (forward ``tanh((pre + noise)/τ)``);
+        τ is decayed from 1 to 0.05 over ``anneal_steps`` inside the step. A binarised H is exactly ±1 at
+        evaluation and in ``transform`` (deterministic: ``+1`` iff ``pre >= 0``).
+    noise : scale of the logistic noise of a binarised H during training (default 1.0; the relaxed
+        Bernoulli of RSMI-NE). It makes the objective smooth in the weights, so the learnt filter is
+        identifiable (uniform block spin on the Ising model) instead of any of the many weight vectors
+        that realise the same threshold function.
     critic : "separable" (``estimators.SeparableCritic``) or "concat".
     batch_size, steps, lr : minibatch size, maximum steps, Adam learning rate.
     eval_every, patience : validation interval (steps) and per-block early-stopping patience (evaluations).
-    test_fraction : fraction of rows held out, split equally into validation (early stopping and
-        checkpoint selection) and test (the reported MI).
+    test_fraction : fraction of rows held out for the reported MI (never used in training or selection).
+    validation_fraction : fraction of rows held out for early stopping and checkpoint selection.
     allow_constant : accept constant units (they are standardised to 0 and carry nothing).
     device : "auto" (CUDA when present), "cpu", "cuda".
     progress : tqdm bar over steps.
@@ -183,10 +191,11 @@ def coarse_grain(
     check_choice(filter, ("linear", "mlp"), name="filter")
     check_choice(critic, ("separable", "concat"), name="critic")
     if binarize is True:
-        binarize = "anneal"
+        binarize = "straight-through"
     mode = None if binarize is False or binarize is None else check_choice(binarize, binarize_modes, name="binarize")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction={test_fraction} must be in (0, 1); e.g. 0.2")
+    if not (0.0 < test_fraction and 0.0 < validation_fraction and test_fraction + validation_fraction < 1.0):
+        raise ValueError(f"test_fraction={test_fraction} and validation_fraction={validation_fraction} must be "
+                         "positive with a sum below 1; e.g. 0.2 and 0.1")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr={lr} must be a positive number; e.g. 3e-3")
     from estimators import get_bound
@@ -196,15 +205,14 @@ def coarse_grain(
     x = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant)
     n, n_units = x.shape
     _check_regions(regions, n_units)
-    n_held = int(round(test_fraction * n))
-    n_val, n_test = n_held // 2, n_held - n_held // 2
-    n_train = n - n_held
+    n_val, n_test = int(round(validation_fraction * n)), int(round(test_fraction * n))
+    n_train = n - n_val - n_test
     eval_batch = min(batch_size, n_val, n_test)
     if n_train < batch_size or eval_batch < 16:
-        need = max(batch_size + 32, int(math.ceil(32 / test_fraction)), int(math.ceil(batch_size / (1 - test_fraction))))
-        raise ValueError(f"x has {n} samples: {n_train} for training and {n_val}/{n_test} held out at "
-                         f"test_fraction={test_fraction}, batch_size={batch_size}; pass at least {need} samples "
-                         "or lower batch_size")
+        frac = min(test_fraction, validation_fraction)
+        need = max(int(math.ceil(16 / frac)), int(math.ceil(batch_size / (1 - test_fraction - validation_fraction))))
+        raise ValueError(f"x has {n} samples: {n_train} for training, {n_val} for validation and {n_test} for test "
+                         f"(batch_size={batch_size}); pass at least {need} samples or lower batch_size")
     vis_sizes = regions.visible_mask.sum(1)
     if shared and bool((vis_sizes != vis_sizes[0]).any()):
         raise ValueError(f"shared=True needs blocks of equal size, got sizes {sorted(set(vis_sizes.tolist()))}; "
@@ -239,7 +247,7 @@ def coarse_grain(
         if shared:
             raise ValueError("shared=True is supported for filter='linear' only; use shared=False with 'mlp'")
         filt = MLPFilter(n_blocks, max_v, hidden, vm, **common).to(dev)
-    crit = CRITICS[critic](n_blocks, hidden, max_env, hidden=critic_hidden, embed=critic_embed,
+    crit = CRITICS[critic](n_blocks, max_env, hidden, hidden=critic_hidden, embed=critic_embed,
                            layers=critic_layers, generator=gen).to(dev)
     cfg = TrainConfig(batch_size=batch_size, steps=steps, lr=lr, eval_every=eval_every, patience=patience,
                       warmup_steps=anneal_steps if mode == "anneal" else 0, progress=progress)
@@ -291,3 +299,19 @@ class CoarseGrainer:
 
     def fit_transform(self, x, regions) -> torch.Tensor:
         return self.fit(x, regions).transform(x)
+
+
+class _CallableModule(sys.modules[__name__].__class__):
+    """This module, callable as :func:`coarse_grain`.
+
+    ``rsmi_nn.coarse_grain`` names both this module and the function: once the module has been
+    imported (``rsmi_nn.flow`` does), the import system binds the *module* to the package attribute,
+    and ``from rsmi_nn import coarse_grain`` would return it instead of the lazily exported function.
+    Making the module callable keeps ``coarse_grain(x, regions, ...)`` working either way.
+    """
+
+    def __call__(self, *args, **kwargs) -> CoarseGrainResult:
+        return coarse_grain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

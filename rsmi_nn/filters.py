@@ -61,15 +61,18 @@ class _Filter(nn.Module):
             return pre
         if hard:
             return hard_sign(pre)
+        noisy = pre
         if self.noise > 0:
             # relaxed Bernoulli (RSMI-NE): logistic noise makes H a stochastic spin with
-            # P(H = +1) = sigmoid(2 pre / noise) in the τ -> 0 limit
+            # P(H = +1) = sigmoid(2 pre / noise), i.e. E[H | pre] = tanh(pre / noise)
             u = torch.rand(pre.shape, generator=self.generator, device="cpu").to(pre.device).clamp(1e-6, 1 - 1e-6)
-            pre = pre + 0.5 * self.noise * (torch.log(u) - torch.log1p(-u))
-        soft = torch.tanh(pre / self.tau)
+            noisy = pre + 0.5 * self.noise * (torch.log(u) - torch.log1p(-u))
         if self.binarize == "straight-through":
-            return hard_sign(pre).detach() + soft - soft.detach()
-        return soft
+            # forward: the sampled spin; backward: the gradient of its mean tanh(pre / noise)
+            # (of tanh(pre / τ) when there is no noise)
+            soft = torch.tanh(pre / self.noise) if self.noise > 0 else torch.tanh(pre / self.tau)
+            return hard_sign(noisy).detach() + soft - soft.detach()
+        return torch.tanh(noisy / self.tau)
 
 
 class LinearFilter(_Filter):

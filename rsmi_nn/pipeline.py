@@ -196,14 +196,20 @@ def flow_kwargs(config: Config, *, progress: bool) -> dict:
     A setting the engine does not know is an error when it differs from its default (never
     silently ignored).
     """
+    from rsmi_nn.coarse_grain import coarse_grain
     from rsmi_nn.flow import run_flow
 
-    params = inspect.signature(run_flow).parameters
+    params = dict(inspect.signature(run_flow).parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        # run_flow forwards **kwargs to coarse_grain: those are accepted too
+        for name, p in inspect.signature(coarse_grain).parameters.items():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+                params.setdefault(name, p)
     f = config.flow
     wanted = {"levels": f.levels, "block_size": f.block_size, "buffer": f.buffer, "env": f.env,
               "max_env": f.max_env, "hidden": f.hidden, "bound": f.bound, "binarize": f.binarize,
               "shared": f.shared, "steps": f.steps, "batch_size": f.batch_size, "lr": f.lr,
-              "seed": config.run.seed, "device": config.run.device, "progress": progress}
+              "k": config.graph.k, "seed": config.run.seed, "device": config.run.device, "progress": progress}
     defaults = Config().flow
     kwargs = {}
     for key, value in wanted.items():

@@ -71,15 +71,25 @@ def _flow_table(flow: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _mark_text(text: str) -> str:
-    """Escape ``text`` and turn the ``[[token]]`` marker into ``<mark>``."""
-    out = html.escape(text)
-    return out.replace("[[", "<mark>").replace("]]", "</mark>")
+def _mark_text(text: str, token: str | None = None) -> str:
+    """Escape ``text`` and turn its ``[[token]]`` marker (the store's convention) into ``<mark>``."""
+    needle = f"[[{token}]]" if token is not None else None
+    i = text.find(needle) if needle else -1
+    if i < 0:
+        start = text.find("[[")
+        end = text.find("]]", start + 2) if start >= 0 else -1
+        if start < 0 or end < 0:
+            return html.escape(text)
+        i, needle = start, text[start : end + 2]
+    inner = needle[2:-2]
+    return (html.escape(text[:i]) + "<mark>" + html.escape(inner) + "</mark>"
+            + html.escape(text[i + len(needle) :]))
 
 
 def _example_html(ex: dict, plots) -> str:
     if "text" in ex:
-        return f'<div class="ex">{_mark_text(str(ex["text"]))} <span class="note">({_fmt(ex.get("value"))})</span></div>'
+        marked = _mark_text(str(ex["text"]), ex.get("token"))
+        return f'<div class="ex">{marked} <span class="note">({_fmt(ex.get("value"))})</span></div>'
     return ""
 
 

@@ -2,7 +2,11 @@
 
 Per step a minibatch of rows ``x[B, U]`` is gathered into ``V : [J, B, max_visible]`` and
 ``E : [J, B, max_env]`` through the padded region indices (padding masked to zero); the
-filter gives ``H : [J, B, hidden]``, the per-block critic scores ``[J, B, B]`` and the bound's
+filter gives ``H : [J, B, hidden]``, the per-block critic scores ``[J, B, B]`` with
+``scores[j, a, b] = f_j(E_a, H_b)`` — the environment in the rows, so InfoNCE classifies each
+environment's own H among the batch's H's. That orientation matters for a separable critic: the
+optimal critic ``log p(h|e) - log p(h)`` is then needed only up to functions of e alone, and the
+remaining non-linearity (e.g. the h² term of a Gaussian) sits on the low-dimensional H side. The bound's
 objective, summed over blocks, is maximised with one Adam optimiser. Blocks are independent
 slices of every parameter, so the sum trains each block as if alone.
 
@@ -62,7 +66,7 @@ def evaluate(filt, critic, bound, z: torch.Tensor, regions_dev, batch_size: int)
     for k in range(n_batches):
         rows = z[k * batch_size:(k + 1) * batch_size]
         h = filt(gather(rows, vis, vm), hard=True)
-        scores = critic(h, gather(rows, env, em), y_mask=em)
+        scores = critic(gather(rows, env, em), h, x_mask=em)
         est = bound.estimate(scores).double()
         total = est if total is None else total + est
     return (total / n_batches).float()
@@ -107,7 +111,7 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainCon
         rows = z_train[perm[pos:pos + cfg.batch_size]]
         pos += cfg.batch_size
         h = filt(gather(rows, vis, vm))
-        scores = critic(h, gather(rows, env, em), y_mask=em)
+        scores = critic(gather(rows, env, em), h, x_mask=em)
         obj = bound.objective(scores)
         finite = torch.isfinite(obj)
         if not bool(finite.all()):

@@ -224,3 +224,19 @@ def test_text_module_without_token_dim_is_refused(tiny_bert, tmp_path):
     model, tok = tiny_bert
     with pytest.raises(ValueError, match="token dimension"):
         record_activations(model, TEXTS, "pooler", tmp_path, tokenizer=tok, device="cpu", progress=False)
+
+
+def test_sort_window_keeps_input_order_and_truncation_is_reported(tiny_bert, tmp_path, caplog):
+    model, tok = tiny_bert
+    texts = TEXTS * 3
+    runs = [record_activations(model, texts, "encoder.layer.1.intermediate", tmp_path / str(w), batch_size=2,
+                               tokenizer=tok, sort_window=w, device="cpu", progress=False) for w in (1, 5, None)]
+    info = [r.sample_info(range(r.num_samples)) for r in runs]
+    for r, i in zip(runs[1:], info[1:]):
+        assert all(torch.equal(i[k], info[0][k]) for k in i)  # same samples, same (input, token) order
+        torch.testing.assert_close(r.to_tensor(), runs[0].to_tensor(), rtol=1e-5, atol=1e-5)
+    with caplog.at_level("WARNING"):
+        short = record_activations(model, TEXTS, "encoder.layer.0.intermediate", tmp_path / "t", max_length=4,
+                                   tokenizer=tok, device="cpu", progress=False)
+    assert "2 of 3 texts were truncated" in caplog.text and short.manifest["truncated_inputs"] == 2
+    assert short.num_samples == 4 + 4 + 4

@@ -100,6 +100,13 @@ def test_tilewise_topk_equals_dense(metric, tile_size, budget):
     assert g.metadata["metric"] == metric and g.metadata["k"] == k
 
 
+@pytest.mark.parametrize("budget", [2**30, 200_000])
+def test_large_offset_keeps_precision(budget):
+    x = correlated(seed=8).astype(np.float64) + 1e4  # mean/std ~ 1e3: a naive float32 centring loses digits
+    g = build_graph(x, 5, memory_budget=budget, device="cpu")
+    assert_topk_graph(g, dense_scores(x, "corr"), 5)
+
+
 def test_pmi_with_given_threshold():
     x = correlated(seed=3)
     thr = np.quantile(x, 0.8, axis=0)

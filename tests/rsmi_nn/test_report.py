@@ -86,3 +86,12 @@ def test_report_tables_cards_and_plots(report):
 def test_report_on_missing_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report(tmp_path / "absent")
+
+
+def test_text_examples_mark_the_token_and_escape_the_rest():
+    from rsmi_nn.report import _mark_text
+
+    assert _mark_text("a <b> [[cat]] sat", "cat") == "a &lt;b&gt; <mark>cat</mark> sat"
+    # a literal "[[...]]" earlier in the text is not mistaken for the marker
+    assert _mark_text("x[[1]] then [[tok]]", "tok") == "x[[1]] then <mark>tok</mark>"
+    assert _mark_text("no marker & more") == "no marker &amp; more"

@@ -1,0 +1,101 @@
+"""The decimation flow: valid metrics on a lattice and on a non-lattice graph, resume, bad inputs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from experiments.gaussian_field import gaussian_field
+from experiments.ising2d import sample_ising
+from graphs import lattice_graph
+from rsmi_nn import run_flow
+
+FAST = dict(steps=100, eval_every=25, batch_size=128, binarize=True, shared=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ising_flow(tmp_path_factory):
+    x = sample_ising(16, 2.5, 1500, seed=0)
+    out = tmp_path_factory.mktemp("flow") / "full"
+    result = run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST)
+    return x, out, result
+
+
+def _check_record(rec, level):
+    assert rec["level"] == level
+    for key in ("correlation_length", "correlation_length_level0", "locality", "mi_mean", "mi_ceiling"):
+        assert math.isfinite(rec[key]), key
+    assert rec["correlation_length"] > 0
+    assert 0.0 <= rec["locality"] <= 1.0 and 0.0 <= rec["locality_chance"] <= 1.0
+    assert len(rec["mi_per_block"]) == rec["num_blocks"]
+    assert all(-0.1 < m <= rec["mi_ceiling"] for m in rec["mi_per_block"])
+    assert rec["num_edges"] > 0 and rec["num_nodes"] > rec["num_blocks"]
+
+
+def test_lattice_flow_metrics(ising_flow):
+    _, out, result = ising_flow
+    records = json.loads((out / "flow.json").read_text())
+    assert [r["num_nodes"] for r in records] == [256, 64]
+    assert [r["num_blocks"] for r in records] == [64, 16]
+    for level, rec in enumerate(records):
+        _check_record(rec, level)
+        assert (out / "levels" / f"{level:03d}" / "level.json").exists()
+    # level-0 units: xi in level-1 hops times b = 2
+    assert records[1]["correlation_length_level0"] == pytest.approx(2 * records[1]["correlation_length"])
+    # the coarse lattice is local: its strongest correlations join neighbouring 2x2 blocks
+    assert records[0]["locality"] > 0.8 > records[0]["locality_chance"]
+    assert result.samples.shape == (1500, 16)
+    assert set(torch.unique(result.samples).tolist()) == {-1.0, 1.0}
+
+
+def test_resume_after_interruption_is_identical(ising_flow, tmp_path):
+    x, full_out, _ = ising_flow
+    out = tmp_path / "resumed"
+
+    def stop_after_level_0(level, record):
+        if level == 0:
+            raise KeyboardInterrupt("simulated kill after level 0")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, callback=stop_after_level_0, **FAST)
+    assert len(json.loads((out / "flow.json").read_text())) == 1
+    resumed = run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST)
+    assert resumed.results[0] is None  # level 0 was loaded, not retrained
+    assert (out / "flow.json").read_bytes() == (full_out / "flow.json").read_bytes()
+    for name in ("coarse.safetensors", "filters.safetensors", "level.json"):
+        assert (out / "levels/001" / name).read_bytes() == (full_out / "levels/001" / name).read_bytes()
+    # a different configuration on the same folder is refused
+    with pytest.raises(ValueError, match="different configuration.*overwrite=True"):
+        run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=4, **FAST)
+
+
+def test_flow_on_irregular_graph(tmp_path):
+    graph, _, x = gaussian_field(64, 3000, seed=1)
+    result = run_flow(x, graph, levels=2, block_size=4, out=tmp_path / "g", seed=0, k=4, steps=100,
+                      eval_every=25, batch_size=128, progress=False)
+    assert len(result.records) >= 1
+    for level, rec in enumerate(result.records):
+        _check_record(rec, level)
+    assert result.records[0]["num_nodes"] == 64
+    if len(result.records) == 2:
+        assert result.records[1]["num_nodes"] == result.records[0]["num_blocks"]
+    else:
+        assert result.stopped
+
+
+def test_flow_bad_inputs(tmp_path):
+    x = torch.randn(300, 16)
+    with pytest.raises(ValueError, match="units but the graph has"):
+        run_flow(x[:, :15], lattice_graph(4), out=tmp_path / "a")
+    with pytest.raises(ValueError, match="block_size=25 exceeds"):
+        run_flow(x, lattice_graph(4), block_size=25, out=tmp_path / "b")
+    with pytest.raises(ValueError, match="sqrt"):
+        run_flow(x, lattice_graph(4), block_size=3, out=tmp_path / "c")
+    with pytest.raises(ValueError, match="empty environment"):
+        run_flow(x, lattice_graph(4), block_size=4, buffer=2, out=tmp_path / "d")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # small problems: threads only add contention (conftest restores the count)
