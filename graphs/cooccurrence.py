@@ -6,7 +6,8 @@
 1. **Moments** (:class:`StreamingMoments`, float64, Chan's merge): count, mean, variance,
    min/max of every unit. Constant units are excluded (a warning lists them). When the
    transformed copy fits the budget, this same pass stores the raw values transposed
-   (float32, shifted by the first batch's mean for precision): the data is read once.
+   (float32; a float64 input is first shifted by its first batch's mean, for precision): the
+   data is read once.
 2. **Products**, one row band ``[r0:r1, r0:U]`` at a time (the upper triangle; by symmetry
    each band also updates the rows below it). The units are transformed once — standardised
    ``z = (x - mean) / (std √N)`` for correlations, ``1[x > threshold]`` for co-firing — so a
@@ -196,16 +197,18 @@ def build_graph(
     zt = torch.empty(u, n, dtype=torch.float32, device=dev) if resident else None
     shift = None
     for start, batch in src.batches(batch_rows):
-        dtype = torch.float64 if batch.dtype == torch.float64 else torch.float32
-        chunk = check_samples(batch, name=f"x[{start}:{start + batch.shape[0]}]", min_samples=1,
-                              allow_constant=True, dtype=dtype, device=dev).double()
-        if chunk.ndim != 2 or chunk.shape[1] != u or start + chunk.shape[0] > n:
-            raise ValueError(f"batch at row {start} has shape {tuple(chunk.shape)}, expected (b, {u}) within "
+        wide = batch.dtype == torch.float64
+        raw = check_samples(batch, name=f"x[{start}:{start + batch.shape[0]}]", min_samples=1,
+                            allow_constant=True, dtype=torch.float64 if wide else torch.float32, device=dev)
+        if raw.ndim != 2 or raw.shape[1] != u or start + raw.shape[0] > n:
+            raise ValueError(f"batch at row {start} has shape {tuple(raw.shape)}, expected (b, {u}) within "
                              f"{n} samples; the store is inconsistent, re-record it")
+        chunk = raw.double()
         moments.update(chunk)
-        if zt is not None:
-            shift = chunk.mean(0) if shift is None else shift
-            zt[:, start : start + chunk.shape[0]] = (chunk - shift).T
+        if zt is not None:  # float32 values are stored as they are; float64 ones shifted first (precision)
+            if shift is None:
+                shift = chunk.mean(0) if wide else torch.zeros(u, dtype=torch.float64, device=dev)
+            zt[:, start : start + raw.shape[0]] = (chunk - shift).T if wide else raw.T
     if moments.count != n:
         raise ValueError(f"x yielded {moments.count} samples but reports num_samples={n}; re-record the store")
     const = moments.constant_units().cpu()
@@ -233,7 +236,7 @@ def build_graph(
             t = thr[cols] - offset
             return (b > (t if axis == 1 else t[:, None])).float()
         m, sc = mean[cols] - offset, scale[cols]
-        return ((b - m) * sc).float() if axis == 1 else ((b - m[:, None]) * sc[:, None]).float()
+        return b.sub_(m).mul_(sc).float() if axis == 1 else b.sub_(m[:, None]).mul_(sc[:, None]).float()
 
     log.info("build_graph: U=%d N=%d metric=%s k=%d plan=%s", uk, n, metric, k_eff, plan)
     rows, topk = plan["band_rows"], RunningTopK(uk, k_eff, dev)
@@ -244,7 +247,7 @@ def build_graph(
         for a in range(0, uk, step):
             cols = slice(a, min(a + step, uk))
             rows_in = zt[a : cols.stop] if all_kept else zt[kept_dev[cols]]
-            zt[cols] = transform(rows_in.double(), cols, offset[cols], axis=0)
+            zt[cols] = transform(rows_in.double(), cols, offset[cols], axis=0)  # .double() copies: in place is safe
         zt = zt[:uk]
         if metric == "pmi":
             counts = zt.sum(1, dtype=torch.float64)
@@ -263,7 +266,7 @@ def build_graph(
             band.zero_()
             for _, batch in src.batches(batch_rows):
                 b = batch.to(dev)
-                z = transform((b if all_kept else b[:, kept_dev]).double())
+                z = transform((b if all_kept else b[:, kept_dev]).to(torch.float64, copy=True))
                 band.addmm_(z[:, r0:r1].T, z[:, r0:])
                 if metric == "pmi" and i == 0:
                     counts += z.sum(0, dtype=torch.float64)

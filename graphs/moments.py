@@ -84,12 +84,15 @@ class StreamingMoments:
         b = x.shape[0]
         if b == 0:
             return self
-        mean_b = x.mean(0)
-        dev = x - mean_b
+        var_b, mean_b = torch.var_mean(x, dim=0, correction=0)
+        lo, hi = torch.aminmax(x, dim=0)
+        comoment = None
+        if self.keep_gram:
+            dev = x - mean_b
+            comoment = dev.T @ dev
         other = StreamingMoments.__new__(StreamingMoments)
         other.__dict__.update(num_units=self.num_units, keep_gram=self.keep_gram, threshold=self.threshold, count=b,
-                              mean=mean_b, m2=(dev * dev).sum(0), min=x.amin(0), max=x.amax(0),
-                              comoment=dev.T @ dev if self.keep_gram else None)
+                              mean=mean_b, m2=var_b * b, min=lo, max=hi, comoment=comoment)
         if self.threshold is not None:
             fired = (x > self.threshold).double()
             other.active = fired.sum(0)

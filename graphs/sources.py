@@ -85,7 +85,7 @@ class Source:
     def record(self, out, **kwargs):
         """Record this source's activations into ``out``: :func:`graphs.record_activations` with the
         source's model, inputs, modules, tokenizer and input shape filled in (``kwargs`` override)."""
-        from graphs.capture import record_activations
+        from graphs.hooks import record_activations
 
         modules = kwargs.pop("modules", self.modules)
         opts = {"tokenizer": self.tokenizer, "input_shape": self.input_shape,

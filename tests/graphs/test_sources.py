@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from graphs import sources
-from graphs.capture import record_activations
+from graphs.hooks import record_activations
 from graphs.corpus import pydoc_corpus
 from graphs.sources import load_source, train_digits_mlp
 

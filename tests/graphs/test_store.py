@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphs.capture import record_activations
+from graphs.hooks import record_activations
 from graphs.store import MANIFEST_NAME, ActivationStore, StoreWriter
 
 

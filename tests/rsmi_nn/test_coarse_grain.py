@@ -15,6 +15,15 @@ from graphs.regions import Regions
 from rsmi_nn import CoarseGrainer, coarse_grain
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small problems: extra threads only add contention on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def ising_tc():
     L = 16
@@ -138,8 +147,3 @@ def test_bad_inputs(ising_tc):
         coarse_grain(torch.randn(500, 16), empty)
     with pytest.raises(ValueError, match="binarize"):
         coarse_grain(x, regions, binarize="gumbel")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # small problems: threads only add contention (conftest restores the count)

@@ -11,6 +11,15 @@ from experiments.ising2d import sample_ising
 from graphs import lattice_graph
 from rsmi_nn import run_flow
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small problems: extra threads only add contention on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 FAST = dict(steps=100, eval_every=25, batch_size=128, binarize=True, shared=True, progress=False)
 
 
@@ -94,8 +103,3 @@ def test_flow_bad_inputs(tmp_path):
         run_flow(x, lattice_graph(4), block_size=3, out=tmp_path / "c")
     with pytest.raises(ValueError, match="empty environment"):
         run_flow(x, lattice_graph(4), block_size=4, buffer=2, out=tmp_path / "d")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # small problems: threads only add contention (conftest restores the count)

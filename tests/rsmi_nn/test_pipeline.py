@@ -88,10 +88,10 @@ def test_run_again_resumes_without_recomputing(tiny_run):
 
 def test_flow_on_raw_lattice_samples(tmp_path):
     L = 8
-    np.save(tmp_path / "x.npy", smooth_field(L, 1200))
+    np.save(tmp_path / "x.npy", smooth_field(L, 600))
     out = tmp_path / "lat"
     proc = run_rsmi("flow", "--samples", tmp_path / "x.npy", "--lattice", L, "--levels", 2, "--out", out,
-                    "--steps", 150, "--quiet")
+                    "--steps", 40, "--train-batch-size", 64, "--quiet")
     assert proc.returncode == 0, proc.stderr
     flow = json.loads((out / "flow.json").read_text())
     assert [r["num_nodes"] for r in flow] == [64, 16]
@@ -112,10 +112,11 @@ def test_flow_on_samples_with_a_graph_file(tmp_path):
 
     L = 6
     lattice_graph(L, periodic=False).save(tmp_path / "g")
-    save_file({"samples": smooth_field(L, 800, seed=1)}, str(tmp_path / "x.safetensors"))
+    save_file({"samples": smooth_field(L, 400, seed=1)}, str(tmp_path / "x.safetensors"))
     out = tmp_path / "gr"
     proc = run_rsmi("flow", "--samples", tmp_path / "x.safetensors", "--graph", tmp_path / "g.json",
-                    "--levels", 1, "--block-size", 4, "--steps", 100, "--out", out, "--quiet")
+                    "--levels", 1, "--block-size", 4, "--steps", 30, "--train-batch-size", 64, "--out", out,
+                    "--quiet")
     assert proc.returncode == 0, proc.stderr
     run = load_run(out)
     assert run.levels[0].num_units == 36

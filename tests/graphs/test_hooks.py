@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphs.capture import capture, first_tensor, match_modules, record_activations
+from graphs.hooks import capture, first_tensor, match_modules, record_activations
 from graphs.store import ActivationStore
 
 
@@ -240,3 +240,13 @@ def test_sort_window_keeps_input_order_and_truncation_is_reported(tiny_bert, tmp
                                    tokenizer=tok, device="cpu", progress=False)
     assert "2 of 3 texts were truncated" in caplog.text and short.manifest["truncated_inputs"] == 2
     assert short.num_samples == 4 + 4 + 4
+
+
+def test_package_level_capture_is_usable_after_submodule_import(net):
+    # bug: `from graphs import capture` returned the submodule once graphs.capture had been imported;
+    # fixed by naming the submodule graphs.hooks
+    import graphs
+
+    with torch.no_grad(), graphs.capture(net, "body.1") as acts:
+        net(torch.randn(2, 5))
+    assert acts["body.1"].shape == (2, 7)
