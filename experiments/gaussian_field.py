@@ -27,7 +27,7 @@ import torch
 
 from estimators.validation import check_positive_int
 
-__all__ = ["gaussian_field", "block_optima", "run"]
+__all__ = ["block_optima", "gaussian_field", "run"]
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,15 @@ from experiments.ising_sampler import (
     sample_ising,
 )
 
-__all__ = ["sample_ising", "exact_energy", "exact_energy_finite", "exact_magnetisation",
-           "exact_correlation_length", "T_CRITICAL", "run"]
+__all__ = [
+    "T_CRITICAL",
+    "exact_correlation_length",
+    "exact_energy",
+    "exact_energy_finite",
+    "exact_magnetisation",
+    "run",
+    "sample_ising",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +136,7 @@ def run(out: str | os.PathLike = "runs/ising2d", *, quick: bool = False, seed: i
     xi_exact = exact_correlation_length(T)
     levels = []
     for rec in flow.records:
-        levels.append({"level": rec["level"], "L": int(round(rec["num_nodes"] ** 0.5)), "xi": rec["correlation_length"],
+        levels.append({"level": rec["level"], "L": round(rec["num_nodes"] ** 0.5), "xi": rec["correlation_length"],
                        "xi_level0": rec["correlation_length_level0"], "xi_out": rec["correlation_length_out"],
                        "fit": rec["correlation_fit"], "exact_xi": xi_exact / 2 ** rec["level"],
                        "mi_mean": rec["mi_mean"], "locality": rec["locality"]})

@@ -25,13 +25,13 @@ from estimators.validation import check_positive_int
 
 __all__ = [
     "T_CRITICAL",
-    "sample_ising",
-    "exact_energy",
-    "exact_magnetisation",
-    "exact_correlation_length",
-    "exact_energy_finite",
     "energy_per_site",
+    "exact_correlation_length",
+    "exact_energy",
+    "exact_energy_finite",
+    "exact_magnetisation",
     "integrated_autocorrelation_time",
+    "sample_ising",
 ]
 
 logger = logging.getLogger(__name__)

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rsmi",
         description="Real-space mutual-information (RSMI) coarse-graining of neural networks: record "
                     "activations, build activation graphs, run decimation flows, export feature maps.",
-        epilog="Start with `rsmi run --out runs/default` (the digits MLP, about a minute on 2 CPU cores), "
+        epilog="Start with `rsmi run --out runs/default` (the digits MLP, 1-2 minutes on 2 CPU cores), "
                "then open runs/default/report.html.",
         formatter_class=_Formatter,
     )

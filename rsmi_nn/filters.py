@@ -23,7 +23,7 @@ from torch import nn
 
 from estimators.batched import BatchedMLP
 
-__all__ = ["LinearFilter", "MLPFilter", "hard_sign", "binarize_modes"]
+__all__ = ["LinearFilter", "MLPFilter", "binarize_modes", "hard_sign"]
 
 binarize_modes = ("anneal", "straight-through")
 

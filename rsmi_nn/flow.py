@@ -26,7 +26,7 @@ from estimators.validation import check_choice, check_positive_int, check_sample
 from rsmi_nn.coarse_grain import CoarseGrainResult, coarse_grain
 from rsmi_nn.observables import correlation_length, graph_sizes, locality_preservation
 
-__all__ = ["run_flow", "FlowResult", "level_seed"]
+__all__ = ["FlowResult", "level_seed", "run_flow"]
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,14 @@ def run_flow(
     ``correlation_fit``, ``correlation_length_out`` (the coarse samples on the next graph),
     ``locality``, ``locality_chance``, ``mi_mean, mi_per_block, mi_ceiling, bound, hidden``.
     """
-    from graphs import ActivationGraph, build_graph, lattice_blocks, lattice_graph, make_regions, partition
+    from graphs import (
+        ActivationGraph,
+        build_graph,
+        lattice_blocks,
+        lattice_graph,
+        make_regions,
+        partition,
+    )
 
     levels = check_positive_int(levels, name="levels")
     block_size = check_positive_int(block_size, name="block_size", minimum=2)
@@ -138,7 +145,7 @@ def run_flow(
     check_choice(rebuild, ("auto", "samples", "quotient"), name="rebuild")
     min_nodes = 2 * block_size if min_nodes is None else check_positive_int(min_nodes, name="min_nodes")
     if not isinstance(graph, ActivationGraph):
-        raise ValueError(f"graph must be a graphs.ActivationGraph, got {type(graph).__name__}")
+        raise ValueError(f"graph must be a graphs.ActivationGraph, got {type(graph).__name__}")  # noqa: TRY004
     x = check_samples(x, name="x", min_samples=4)
     if x.shape[1] != graph.num_nodes:
         raise ValueError(f"x has {x.shape[1]} units but the graph has {graph.num_nodes} nodes; "

@@ -14,7 +14,7 @@ import torch
 
 from estimators.validation import check_positive_int, check_samples
 
-__all__ = ["correlation_length", "locality_preservation", "graph_sizes"]
+__all__ = ["correlation_length", "graph_sizes", "locality_preservation"]
 
 
 def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int = 256, seed: int = 0,

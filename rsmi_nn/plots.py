@@ -56,8 +56,12 @@ def flow_figure(flow: list[dict]) -> bytes:
     ax.set_title("correlation length")
     ax.set_ylabel("ξ [hops]")
     ax.legend(fontsize=8)
+    chance = [_num(r.get("locality_chance")) for r in flow]
     ax = axes[1]
-    ax.plot(levels, loc, "o-", color="tab:green")
+    ax.plot(levels, loc, "o-", color="tab:green", label="learned blocks")
+    if any(math.isfinite(c) for c in chance):
+        ax.plot(levels, chance, "x:", color="tab:gray", label="chance level")
+        ax.legend(fontsize=8)
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("locality preservation")
     ax.set_ylabel("fraction of local edges")

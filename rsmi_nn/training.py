@@ -27,7 +27,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainState", "gather", "train_blocks", "evaluate"]
+__all__ = ["TrainConfig", "TrainState", "evaluate", "gather", "train_blocks"]
 
 
 @dataclass

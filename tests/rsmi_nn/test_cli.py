@@ -27,7 +27,7 @@ def rsmi_command() -> list[str]:
 
 def run_rsmi(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([*rsmi_command(), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:

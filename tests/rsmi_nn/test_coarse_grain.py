@@ -39,10 +39,11 @@ def test_ising_block_spin_at_tc(ising_tc):
     res = coarse_grain(x, sub, shared=True, binarize=True, batch_size=128, seed=0)
     w = res.filters[0, :, 0]
     assert bool((w > 0).all()), w
-    # unit-norm uniform weights are 0.5 each; a single-spin or boundary filter would put >= 0.7 on one site
-    assert float(w.max() - w.min()) < 0.2, w
+    # unit-norm uniform weights are 0.5 each; the local optima seen (3-spin majority, single spin) put
+    # < 0.2 on some site. Seeds 0 and 2 gave a spread < 0.01.
+    assert float(w.max() - w.min()) < 0.1, w
     assert float(w.norm()) == pytest.approx(1.0, abs=1e-5)
-    # one binary H carries at most ln 2; the reference reaches ~0.40 nats at L = 32
+    # one binary H carries at most ln 2; the reference reaches ~0.40 nats at L = 32 (0.36 seen here)
     assert 0.25 < float(res.mi.mean()) <= math.log(2) + 0.05
     h = res.transform(x)
     assert h.shape == (x.shape[0], 16) and set(torch.unique(h).tolist()) == {-1.0, 1.0}
@@ -72,20 +73,42 @@ def _two_problem_samples(n, seed):
 
 def test_batched_blocks_train_independently():
     """Two different problems in one batch each reach their own optimum, as when trained alone."""
-    x, cov = _two_problem_samples(8000, seed=0)
+    x, cov = _two_problem_samples(5000, seed=0)
     regions = _two_problem_regions()
     both = coarse_grain(x, regions, seed=0)
     alone = coarse_grain(x, regions.select([1]), seed=0)
     opt = [cca_mi(cov, [0, 1], [2, 3]), cca_mi(cov, [4, 5], [6, 7])]
-    # held-out InfoNCE on 1600 test rows: sd ≈ 0.02 nats at these MIs; 0.06 is 3 sd
-    assert float(both.mi[0]) == pytest.approx(opt[0], abs=0.06)
-    assert float(both.mi[1]) == pytest.approx(opt[1], abs=0.06)
-    assert float(alone.mi[0]) == pytest.approx(float(both.mi[1]), abs=0.06)
-    # the filters are the CCA directions (here the uniform ones), signs fixed positive
-    assert torch.allclose(both.filters[:, :, 0], torch.full((2, 2), 2**-0.5), atol=0.1)
+    # held-out InfoNCE on 1000 test rows: sd ≈ 0.025 nats at these MIs; 0.08 is 3 sd
+    assert float(both.mi[0]) == pytest.approx(opt[0], abs=0.08)
+    assert float(both.mi[1]) == pytest.approx(opt[1], abs=0.08)
+    assert float(alone.mi[0]) == pytest.approx(float(both.mi[1]), abs=0.08)
+    # the filters are the CCA directions (here the uniform ones), signs fixed positive; MI depends on the
+    # angle θ to the optimum as cos²θ, so cos θ > 0.97 keeps > 94% of ρ² (the weak block's is flat)
+    cos = both.filters[:, :, 0] @ torch.full((2,), 2**-0.5)
+    assert float(cos[0]) > 0.97 and float(cos[1]) > 0.95, both.filters
 
 
+def _gaussian_ratio(n_nodes, n_samples, **options):
+    graph, cov, x = gaussian_field(n_nodes, n_samples, seed=3, mass=0.25)
+    regions = make_regions(graph, partition(graph, 4, seed=0), buffer=1, env=1)
+    optimum = block_optima(cov, regions)
+    res = coarse_grain(x, regions, seed=0, **options)
+    assert res.mi.max() < res.mi_ceiling
+    return res.mi.double().numpy() / optimum
+
+
+def test_gaussian_field_blocks_reach_cca_optimum_fast():
+    """Small field, smaller batches: the learnt filters still reach the CCA optimum."""
+    ratio = _gaussian_ratio(24, 5000, batch_size=128)
+    # held-out InfoNCE on 1000 rows: sd ≈ 0.03 nats per block (≤ 10% of these optima); the mean over
+    # 6 blocks has sd ≈ 4%, so mean >= 0.9 fails only if training falls short
+    assert ratio.mean() >= 0.9, ratio
+    assert ratio.min() >= 0.7, ratio
+
+
+@pytest.mark.slow
 def test_gaussian_field_blocks_reach_cca_optimum():
+    """Defaults, no tuning: every block within a few percent of its optimum."""
     graph, cov, x = gaussian_field(48, 8000, seed=3, mass=0.25)
     regions = make_regions(graph, partition(graph, 4, seed=0), buffer=1, env=1)
     optimum = block_optima(cov, regions)

@@ -5,7 +5,13 @@ import tomllib
 import pytest
 
 from rsmi_nn.cli import main
-from rsmi_nn.config import Config, builtin_configs, load_config, parse_bytes, parse_override
+from rsmi_nn.config import (
+    Config,
+    builtin_configs,
+    load_config,
+    parse_bytes,
+    parse_override,
+)
 
 
 def test_shipped_configs_load_and_round_trip():

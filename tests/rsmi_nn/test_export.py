@@ -58,7 +58,7 @@ def test_composed_map_reproduces_coarse_samples(fake):
 
 
 def test_export_files_round_trip(fake):
-    root, truth = fake
+    root, _ = fake
     index_path = export_run(root, top_units=3)
     index = json.loads(index_path.read_text())
     assert index["num_levels"] == 2 and index["num_units_level0"] == 14

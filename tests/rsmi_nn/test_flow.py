@@ -20,7 +20,7 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
-FAST = dict(steps=100, eval_every=25, batch_size=128, binarize=True, shared=True, progress=False)
+FAST = {"steps": 100, "eval_every": 25, "batch_size": 128, "binarize": True, "shared": True, "progress": False}
 
 
 @pytest.fixture(scope="module")

@@ -88,10 +88,10 @@ def test_run_again_resumes_without_recomputing(tiny_run):
 
 def test_flow_on_raw_lattice_samples(tmp_path):
     L = 8
-    np.save(tmp_path / "x.npy", smooth_field(L, 600))
+    np.save(tmp_path / "x.npy", smooth_field(L, 400))
     out = tmp_path / "lat"
     proc = run_rsmi("flow", "--samples", tmp_path / "x.npy", "--lattice", L, "--levels", 2, "--out", out,
-                    "--steps", 40, "--train-batch-size", 64, "--quiet")
+                    "--steps", 25, "--train-batch-size", 64, "--quiet")
     assert proc.returncode == 0, proc.stderr
     flow = json.loads((out / "flow.json").read_text())
     assert [r["num_nodes"] for r in flow] == [64, 16]

@@ -1,6 +1,7 @@
 """The report is one valid, self-contained HTML file (every image a data: URI) plus PNG plots."""
 
 from html.parser import HTMLParser
+from typing import ClassVar
 
 import pytest
 
@@ -11,7 +12,7 @@ from tests.rsmi_nn.fake_run import make_fake_run
 class _Collector(HTMLParser):
     """Collects tags, URL-bearing attributes, and checks that every opened element is closed."""
 
-    VOID = {"img", "meta", "br", "hr", "link", "input", "source", "wbr", "col", "area", "base", "embed"}
+    VOID: ClassVar[set[str]] = {"img", "meta", "br", "hr", "link", "input", "source", "wbr", "col", "area", "base", "embed"}
 
     def __init__(self):
         super().__init__()
