@@ -14,6 +14,7 @@ _EXPORTS = {
     "lattice_graph": "graphs.lattice",
     "lattice_blocks": "graphs.lattice",
     "partition": "graphs.partition",
+    "partition_report": "graphs.partition",
     "make_regions": "graphs.regions",
     "Regions": "graphs.regions",
     "capture": "graphs.hooks",

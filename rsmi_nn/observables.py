@@ -18,7 +18,7 @@ __all__ = ["correlation_length", "graph_sizes", "locality_preservation"]
 
 
 def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int = 256, seed: int = 0,
-                       noise_factor: float = 3.0) -> dict:
+                       noise_factor: float = 3.0, fit_max: int | None = None) -> dict:
     """Correlation length ξ (in hops of ``graph``) from the decay of |connected correlation|.
 
     For ``n_sources`` source nodes (all nodes when fewer; otherwise a seeded random choice, so the
@@ -27,7 +27,9 @@ def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int 
     ``E|ρ̂| = sqrt(2 / (π N))`` for uncorrelated pairs; it is removed in quadrature,
     ``C'(r) = sqrt(C(r)² - floor²)``. The fit range is ``r = 1 .. r_max`` (r = 0 is the variance,
     not a correlation), ``r_max`` the last distance before ``C(r)`` first drops below
-    ``noise_factor × floor``; ``log C'(r) = log A - r/ξ`` is fitted by least squares over it.
+    ``noise_factor × floor``, and at most ``fit_max`` (default: half the largest distance seen — beyond
+    it a finite or periodic graph's boundary and wrap-around images flatten ``C(r)``; on an L×L torus
+    this is L/2); ``log C'(r) = log A - r/ξ`` is fitted by least squares over it.
 
     Parameters
     ----------
@@ -36,6 +38,7 @@ def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int 
     max_hops : largest distance considered (default: no limit).
     n_sources, seed : number of source nodes and the seed choosing them.
     noise_factor : how far above the noise floor a point must lie to enter the fit.
+    fit_max : the largest distance fitted (default ``max(2, largest distance // 2)``).
 
     Returns
     -------
@@ -70,7 +73,8 @@ def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int 
     rs = rs[rs >= 1]
     curve = sums[rs] / counts[rs]
     floor = math.sqrt(2.0 / (math.pi * n))
-    above = curve > noise_factor * floor
+    fit_max = max(2, r_max_seen // 2) if fit_max is None else check_positive_int(fit_max, name="fit_max")
+    above = (curve > noise_factor * floor) & (rs <= fit_max)
     stop = int(np.argmin(above)) if not above.all() else len(above)
     fit_r, fit_c = rs[:stop], curve[:stop]
     corrected = np.sqrt(np.clip(fit_c**2 - floor**2, 1e-300, None))

@@ -124,6 +124,11 @@ def prepare_input(config: Config, out: str | Path | None = None):
                 f"samples in {file!r} have {x.shape[1]} columns but the graph {str(opts['graph'])!r} has "
                 f"{graph.num_nodes} nodes; pass samples with one column per node (node order)"
             )
+    if graph is not None and graph.num_nodes < 2 * config.flow.block_size:
+        raise ValueError(
+            f"{graph.num_nodes} units are too few for flow.block_size={config.flow.block_size} (a level needs at "
+            f"least 2 x block_size units); use a smaller block size"
+        )
     return "samples", x, graph
 
 
@@ -278,7 +283,10 @@ def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | Non
     t0 = time.perf_counter()
     x = load_level0(data, graph)
     before = (out / "flow.json").read_text() if (out / "flow.json").is_file() else None
-    flow_stage(config, out, x, graph, progress=progress)
+    result = flow_stage(config, out, x, graph, progress=progress)
+    if not (out / "flow.json").is_file():
+        reason = getattr(result, "stopped", None) or "no level finished"
+        raise ValueError(f"the flow produced no level ({reason}); use a smaller flow.block_size or more units")
     after = (out / "flow.json").read_text()
     flow_changed = before != after
     done("flow", t0, not flow_changed and before is not None)

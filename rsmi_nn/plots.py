@@ -86,6 +86,30 @@ def flow_figure(flow: list[dict]) -> bytes:
     return _png(fig)
 
 
+def _neighbouring_blocks(graph, blocks: np.ndarray, max_nodes: int, seed: int) -> list[int]:
+    """Whole blocks in breadth-first order over block adjacency from a seeded random block, up to
+    ``max_nodes`` nodes in all, so the drawing shows one connected neighbourhood."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order
+
+    num_blocks = int(blocks.max()) + 1
+    sizes = np.bincount(blocks, minlength=num_blocks)
+    ei = graph.edge_index.numpy()
+    bs, bd = blocks[ei[0]], blocks[ei[1]]
+    adj = coo_matrix((np.ones(bs.size), (bs, bd)), shape=(num_blocks, num_blocks)).tocsr()
+    start = int(np.random.default_rng(seed).integers(num_blocks))
+    order = list(breadth_first_order(adj, start, directed=False, return_predecessors=False))
+    seen = set(order)
+    order += [b for b in np.random.default_rng(seed).permutation(num_blocks).tolist() if b not in seen]
+    chosen, total = [], 0
+    for b in order:
+        if total + sizes[b] > max_nodes and chosen:
+            break
+        chosen.append(int(b))
+        total += int(sizes[b])
+    return chosen
+
+
 def graph_figure(graph, blocks, *, seed: int = 0, max_nodes: int = 400, title: str = "") -> tuple[bytes, str]:
     """Draw ``graph`` with nodes coloured by block (spring layout, seeded).
 
@@ -100,17 +124,10 @@ def graph_figure(graph, blocks, *, seed: int = 0, max_nodes: int = 400, title: s
     note = ""
     nodes = np.arange(n)
     if n > max_nodes:
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(int(blocks.max()) + 1)
-        sizes = np.bincount(blocks)
-        chosen, total = [], 0
-        for b in order:
-            if total + sizes[b] > max_nodes and chosen:
-                break
-            chosen.append(b)
-            total += sizes[b]
+        chosen = _neighbouring_blocks(graph, blocks, max_nodes, seed)
         nodes = np.flatnonzero(np.isin(blocks, chosen))
-        note = f"drawn: {len(nodes)} of {n} nodes ({len(chosen)} of {len(sizes)} blocks, seeded choice)"
+        note = (f"drawn: {len(nodes)} of {n} nodes ({len(chosen)} of {int(blocks.max()) + 1} neighbouring blocks "
+                "around a seeded random block)")
     G = graph.to_networkx().subgraph(nodes.tolist()).copy()
     G.graph.clear()
     lat = (graph.metadata or {}).get("lattice")

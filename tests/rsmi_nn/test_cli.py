@@ -92,6 +92,8 @@ def _err(capsys) -> str:
         ("ok", ["flow", "--samples", "{d}/ok.npy", "--open", "--graph", "g", "--out", "{d}/o"], "--open only"),
         ("ok", ["flow", "--samples", "{d}/ok.npy", "--lattice", "4", "--levels", "0", "--out", "{d}/o"],
          "flow.levels must be >= 1"),
+        ("ok", ["flow", "--samples", "{d}/ok.npy", "--lattice", "4", "--block-size", "16", "--out", "{d}/o"],
+         "too few for flow.block_size=16"),
         (None, ["export", "{d}/norun"], "does not exist"),
         (None, ["report", "{d}/norun"], "does not exist"),
         (None, ["run", "--out", "{d}/o", "--set", "flow.levels"], "section.key=value"),

@@ -170,3 +170,16 @@ def test_bad_inputs(ising_tc):
         coarse_grain(torch.randn(500, 16), empty)
     with pytest.raises(ValueError, match="binarize"):
         coarse_grain(x, regions, binarize="gumbel")
+
+
+@pytest.mark.parametrize("options", [{"filter": "mlp"}, {"filter": "mlp", "binarize": True}, {"bound": "smile"},
+                                     {"bound": "dv", "critic": "concat", "batch_size": 64}, {"binarize": "anneal", "anneal_steps": 20}])
+def test_other_filters_bounds_and_critics_run(options):
+    x, _ = _two_problem_samples(1500, seed=3)
+    res = coarse_grain(x, _two_problem_regions(), seed=0, steps=60, eval_every=20, **options)
+    assert torch.isfinite(res.mi).all() and torch.isfinite(res.filters).all()
+    assert float(res.mi[0]) > float(res.mi[1]) - 0.1  # the strong block is not worse than the weak one
+    h = res.transform(x)
+    assert h.shape == (1500, 2)
+    if options.get("binarize"):
+        assert set(torch.unique(h).tolist()) <= {-1.0, 1.0}

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rsmi_nn import load_run
+from rsmi_nn.cli import main
 from tests.rsmi_nn.test_cli import run_rsmi
 
 
@@ -90,9 +91,9 @@ def test_flow_on_raw_lattice_samples(tmp_path):
     L = 8
     np.save(tmp_path / "x.npy", smooth_field(L, 400))
     out = tmp_path / "lat"
-    proc = run_rsmi("flow", "--samples", tmp_path / "x.npy", "--lattice", L, "--levels", 2, "--out", out,
-                    "--steps", 25, "--train-batch-size", 64, "--quiet")
-    assert proc.returncode == 0, proc.stderr
+    rc = main(["flow", "--samples", str(tmp_path / "x.npy"), "--lattice", str(L), "--levels", "2", "--out", str(out),
+               "--steps", "25", "--train-batch-size", "64", "--quiet"])
+    assert rc == 0
     flow = json.loads((out / "flow.json").read_text())
     assert [r["num_nodes"] for r in flow] == [64, 16]
     assert [r["num_blocks"] for r in flow] == [16, 4]
@@ -114,10 +115,10 @@ def test_flow_on_samples_with_a_graph_file(tmp_path):
     lattice_graph(L, periodic=False).save(tmp_path / "g")
     save_file({"samples": smooth_field(L, 400, seed=1)}, str(tmp_path / "x.safetensors"))
     out = tmp_path / "gr"
-    proc = run_rsmi("flow", "--samples", tmp_path / "x.safetensors", "--graph", tmp_path / "g.json",
-                    "--levels", 1, "--block-size", 4, "--steps", 30, "--train-batch-size", 64, "--out", out,
-                    "--quiet")
-    assert proc.returncode == 0, proc.stderr
+    rc = main(["flow", "--samples", str(tmp_path / "x.safetensors"), "--graph", str(tmp_path / "g.json"),
+               "--levels", "1", "--block-size", "4", "--steps", "30", "--train-batch-size", "64", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
     run = load_run(out)
     assert run.levels[0].num_units == 36
     assert run.feature_maps(0).shape[0] == 36
