@@ -367,17 +367,17 @@ def load_config(path: str | Path | None = None) -> Config:
     if path is None:
         path = default_config_path()
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         shipped = builtin_configs()
         if str(path) in shipped:
             p = shipped[str(path)]
+        elif p.is_dir():
+            raise ValueError(f"config {str(p)!r} is a directory; pass a TOML file")
         else:
             raise FileNotFoundError(
                 f"config file {str(path)!r} does not exist; pass a TOML file or one of the shipped configs: "
                 f"{', '.join(sorted(shipped))}"
             )
-    if p.is_dir():
-        raise ValueError(f"config {str(p)!r} is a directory; pass a TOML file")
     try:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as err:

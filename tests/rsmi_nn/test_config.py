@@ -52,6 +52,13 @@ def test_bad_values_are_one_sentence_errors(tmp_path, text, match):
         load_config(bad)
 
 
+def test_shipped_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
+    """Regression: `rsmi run tiny` from a folder holding a run directory named `tiny`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert load_config("tiny") == load_config(builtin_configs()["tiny"])
+
+
 def test_missing_config_lists_the_shipped_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="shipped configs: default, minilm, tiny"):
         load_config(tmp_path / "absent.toml")

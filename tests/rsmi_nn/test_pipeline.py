@@ -67,7 +67,7 @@ def test_run_tiny_writes_the_whole_run_directory(tiny_run):
     from graphs import ActivationStore
 
     store = ActivationStore.open(out / "activations")
-    assert store.num_samples == 400
+    assert store.num_samples == 300
     x0 = store.to_tensor(units=run.unit_names)
     _check_composition(run, x0)
     examples = run.examples(0)
