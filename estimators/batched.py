@@ -48,7 +48,8 @@ class BatchedLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
     def extra_repr(self) -> str:
-        return f"n_problems={self.n_problems}, in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"n_problems={self.n_problems}, in_features={self.in_features}, "
+                f"out_features={self.out_features}, bias={self.bias is not None}")
 
 
 class BatchedMLP(nn.Module):

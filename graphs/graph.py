@@ -369,7 +369,8 @@ class ActivationGraph:
         except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
             raise ValueError(f"graph files {st_path} / {js_path} are unreadable ({err}); re-create them") from err
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT or "names" not in doc:
-            raise ValueError(f"{js_path} is not an ActivationGraph file (format={doc.get('format') if isinstance(doc, dict) else None!r})")
+            found = doc.get("format") if isinstance(doc, dict) else None
+            raise ValueError(f"{js_path} is not an ActivationGraph file (format={found!r})")
         if "edge_index" not in tensors or "edge_weight" not in tensors:
             raise ValueError(f"{st_path} lacks 'edge_index'/'edge_weight'; re-create it with ActivationGraph.save")
         return cls(doc["names"], tensors["edge_index"], tensors["edge_weight"], doc.get("metadata") or {})

@@ -33,7 +33,7 @@ def lattice_graph(L: int, periodic: bool = True) -> ActivationGraph:
     """
     L = check_positive_int(L, name="L", minimum=2)
     if not isinstance(periodic, bool):
-        raise ValueError(f"periodic must be True or False, got {periodic!r}")  # noqa: TRY004 (project rule: ValueError)
+        raise ValueError(f"periodic must be True or False, got {periodic!r}")
     row, col = torch.meshgrid(torch.arange(L), torch.arange(L), indexing="ij")
     row, col = row.reshape(-1), col.reshape(-1)
     node = row * L + col

@@ -81,7 +81,7 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
     See :func:`partition_report` for the size spread and the edge weight kept inside blocks.
     """
     if not isinstance(graph, ActivationGraph):
-        raise ValueError(f"graph must be an ActivationGraph, got {type(graph).__name__}")  # noqa: TRY004
+        raise ValueError(f"graph must be an ActivationGraph, got {type(graph).__name__}")
     n = graph.num_nodes
     if n == 0:
         raise ValueError("graph has no nodes; nothing to partition")

@@ -169,7 +169,7 @@ def make_regions(
     from scipy.sparse import csr_matrix, identity
 
     if not isinstance(graph, ActivationGraph):
-        raise ValueError(f"graph must be an ActivationGraph, got {type(graph).__name__}")  # noqa: TRY004
+        raise ValueError(f"graph must be an ActivationGraph, got {type(graph).__name__}")
     b = check_blocks(blocks, graph.num_nodes)
     buffer = check_positive_int(buffer, name="buffer", minimum=0)
     env = check_positive_int(env, name="env", minimum=1)

@@ -10,9 +10,9 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "coarse_grain": "rsmi_nn.coarse_grain",
-    "CoarseGrainer": "rsmi_nn.coarse_grain",
-    "CoarseGrainResult": "rsmi_nn.coarse_grain",
+    "coarse_grain": "rsmi_nn.coarse_graining",
+    "CoarseGrainer": "rsmi_nn.coarse_graining",
+    "CoarseGrainResult": "rsmi_nn.coarse_graining",
     "run_flow": "rsmi_nn.flow",
     "FlowResult": "rsmi_nn.flow",
     "correlation_length": "rsmi_nn.observables",

@@ -21,11 +21,12 @@ import json
 import math
 import platform
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 __all__ = [
     "Config",

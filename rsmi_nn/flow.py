@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from estimators.validation import check_choice, check_positive_int, check_samples
-from rsmi_nn.coarse_grain import CoarseGrainResult, coarse_grain
+from rsmi_nn.coarse_graining import CoarseGrainResult, coarse_grain
 from rsmi_nn.observables import correlation_length, graph_sizes, locality_preservation
 
 __all__ = ["FlowResult", "level_seed", "run_flow"]
@@ -145,7 +145,7 @@ def run_flow(
     check_choice(rebuild, ("auto", "samples", "quotient"), name="rebuild")
     min_nodes = 2 * block_size if min_nodes is None else check_positive_int(min_nodes, name="min_nodes")
     if not isinstance(graph, ActivationGraph):
-        raise ValueError(f"graph must be a graphs.ActivationGraph, got {type(graph).__name__}")  # noqa: TRY004
+        raise ValueError(f"graph must be a graphs.ActivationGraph, got {type(graph).__name__}")
     x = check_samples(x, name="x", min_samples=4)
     if x.shape[1] != graph.num_nodes:
         raise ValueError(f"x has {x.shape[1]} units but the graph has {graph.num_nodes} nodes; "

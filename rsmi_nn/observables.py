@@ -107,7 +107,8 @@ def locality_preservation(next_graph, blocks, graph, top_fraction: float = 0.1, 
 
     Node ``n`` of ``next_graph`` is component ``n % hidden`` of block ``n // hidden`` of ``blocks``
     (the partition of ``graph``), unless ``node_blocks`` (LongTensor ``[next_graph.num_nodes]``) gives
-    each coarse node's block explicitly (e.g. when constant coarse units were left out). The strongest ``ceil(top_fraction · E)`` undirected edges of
+    each coarse node's block explicitly (e.g. when constant coarse units were left out).
+    The strongest ``ceil(top_fraction · E)`` undirected edges of
     ``next_graph`` (by weight) are examined; an edge is *local* when its two blocks are the same
     block or are joined by at least one edge of ``graph``. 1 = perfectly local.
 

@@ -21,9 +21,9 @@ import inspect
 import json
 import logging
 import time
-import tomllib
 from pathlib import Path
 
+import tomllib
 import torch
 
 from rsmi_nn.config import Config, parse_bytes
@@ -184,6 +184,10 @@ def graph_stage(config: Config, out: Path, x, *, given=None, progress: bool):
 def load_level0(x, graph) -> torch.Tensor:
     """The level-0 samples ``[N, U]`` in the graph's node order (units the graph dropped are left out)."""
     if isinstance(x, torch.Tensor):
+        unit_index = graph.metadata.get("unit_index")
+        if unit_index is not None and x.shape[1] == graph.metadata.get("num_input_units", -1):
+            # build_graph left constant units out: keep the columns that became nodes
+            return x[:, torch.as_tensor(unit_index, dtype=torch.long)]
         if x.shape[1] != graph.num_nodes:
             raise ValueError(
                 f"the samples have {x.shape[1]} units but the graph has {graph.num_nodes} nodes; "
@@ -201,7 +205,7 @@ def flow_kwargs(config: Config, *, progress: bool) -> dict:
     A setting the engine does not know is an error when it differs from its default (never
     silently ignored).
     """
-    from rsmi_nn.coarse_grain import coarse_grain
+    from rsmi_nn.coarse_graining import coarse_grain
     from rsmi_nn.flow import run_flow
 
     params = dict(inspect.signature(run_flow).parameters)

@@ -62,7 +62,8 @@ def _fmt(value, digits: int = 3) -> str:
 def _flow_table(flow: list[dict]) -> str:
     cols = [("level", "level"), ("num_nodes", "units"), ("num_blocks", "blocks"), ("num_edges", "edges"),
             ("correlation_length", "ξ (own hops)"), ("correlation_length_level0", "ξ (level-0 hops)"),
-            ("locality", "locality"), ("locality_chance", "locality (chance)"), ("mi_mean", "mean I(H;E) [nats]"), ("mi_ceiling", "bound ceiling"),
+            ("locality", "locality"), ("locality_chance", "locality (chance)"), ("mi_mean", "mean I(H;E) [nats]"),
+            ("mi_ceiling", "bound ceiling"),
             ("bound", "bound"), ("hidden", "h")]
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in cols)
     rows = []

@@ -19,7 +19,8 @@ def random_graph(n=40, p=0.08, seed=0):
 
 
 def test_edges_are_symmetrised_sorted_merged_without_self_loops():
-    g = ActivationGraph(["a", "b", "c"], torch.tensor([[0, 1, 2, 2, 1], [1, 0, 2, 0, 0]]), torch.tensor([0.5, 0.7, 9.0, 0.2, 0.1]))
+    g = ActivationGraph(["a", "b", "c"], torch.tensor([[0, 1, 2, 2, 1], [1, 0, 2, 0, 0]]),
+                        torch.tensor([0.5, 0.7, 9.0, 0.2, 0.1]))
     assert g.edge_index.tolist() == [[0, 0, 1, 2], [1, 2, 0, 0]]
     assert g.edge_weight.tolist() == pytest.approx([0.7, 0.2, 0.7, 0.2])  # duplicates keep the largest weight
     assert g.num_nodes == 3 and g.num_edges == 4

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from graphs import sources
-from graphs.hooks import record_activations
 from graphs.corpus import pydoc_corpus
+from graphs.hooks import record_activations
 from graphs.sources import load_source, train_digits_mlp
 
 

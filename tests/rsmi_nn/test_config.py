@@ -1,8 +1,7 @@
 """Run configs: TOML round trip, unknown keys named with the valid ones, flags over config values."""
 
-import tomllib
-
 import pytest
+import tomllib
 
 from rsmi_nn.cli import main
 from rsmi_nn.config import (

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -300,19 +299,3 @@ class CoarseGrainer:
 
     def fit_transform(self, x, regions) -> torch.Tensor:
         return self.fit(x, regions).transform(x)
-
-
-class _CallableModule(sys.modules[__name__].__class__):
-    """This module, callable as :func:`coarse_grain`.
-
-    ``rsmi_nn.coarse_grain`` names both this module and the function: once the module has been
-    imported (``rsmi_nn.flow`` does), the import system binds the *module* to the package attribute,
-    and ``from rsmi_nn import coarse_grain`` would return it instead of the lazily exported function.
-    Making the module callable keeps ``coarse_grain(x, regions, ...)`` working either way.
-    """
-
-    def __call__(self, *args, **kwargs) -> CoarseGrainResult:
-        return coarse_grain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -54,7 +54,8 @@ def _two_problem_regions():
     visible = torch.tensor([[0, 1], [4, 5]])
     env = torch.tensor([[2, 3], [6, 7]])
     true = torch.ones(2, 2, dtype=torch.bool)
-    return Regions(visible=visible, visible_mask=true, buffer=torch.full((2, 0), -1), buffer_mask=torch.zeros(2, 0, dtype=torch.bool),
+    return Regions(visible=visible, visible_mask=true, buffer=torch.full((2, 0), -1),
+                   buffer_mask=torch.zeros(2, 0, dtype=torch.bool),
                    environment=env, environment_mask=true, blocks=torch.tensor([0, 0, 1, 1, 1, 1, 0, 0]),
                    block_ids=torch.arange(2), empty_environment=torch.empty(0, dtype=torch.long))
 
@@ -173,7 +174,8 @@ def test_bad_inputs(ising_tc):
 
 
 @pytest.mark.parametrize("options", [{"filter": "mlp"}, {"filter": "mlp", "binarize": True}, {"bound": "smile"},
-                                     {"bound": "dv", "critic": "concat", "batch_size": 64}, {"binarize": "anneal", "anneal_steps": 20}])
+                                     {"bound": "dv", "critic": "concat", "batch_size": 64},
+                                     {"binarize": "anneal", "anneal_steps": 20}])
 def test_other_filters_bounds_and_critics_run(options):
     x, _ = _two_problem_samples(1500, seed=3)
     res = coarse_grain(x, _two_problem_regions(), seed=0, steps=60, eval_every=20, **options)
