@@ -33,6 +33,7 @@ case "${1:-}" in
     test)
         setup
         shift
+        "$VENV/bin/ruff" check .
         set +e
         "$PY" -m pytest "$@"
         rc=$?

@@ -278,8 +278,9 @@ def estimate_mi(
             hist_train.append((train_sum / train_count).cpu())
             hist_valid.append(val.cpu())
             train_sum, train_count = torch.zeros(p, device=dev), 0
-            bar.set_postfix(valid=f"{float(val[torch.isfinite(val)].mean()) if bool(torch.isfinite(val).any()) else float('nan'):.3f}",
-                            active=int((stale < patience).sum()))
+            finite = val[torch.isfinite(val)]
+            shown = float(finite.mean()) if finite.numel() else float("nan")
+            bar.set_postfix(valid=f"{shown:.3f}", active=int((stale < patience).sum()))
             if bool((stale >= patience).all()):
                 break
     bar.close()
