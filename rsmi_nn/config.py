@@ -124,7 +124,10 @@ _SECTIONS: dict[str, type] = {
 
 @dataclass
 class Config:
-    """A whole run's configuration; ``Config()`` is the built-in default (the digits MLP)."""
+    """A whole run's configuration; ``Config()`` is the code-level fallback (the digits MLP).
+
+    The embedded default *run* is the shipped ``configs/default.toml`` (MiniLM), see :func:`load_config`.
+    """
 
     source: SourceConfig = field(default_factory=SourceConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)

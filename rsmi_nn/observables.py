@@ -43,7 +43,8 @@ def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int 
     Returns
     -------
     dict with ``xi`` (hops; finite), ``amplitude``, ``fit_range`` ([r_min, r_max]), ``r2`` (fit quality
-    of the log-linear fit, 1 = perfect), ``status`` ("fit"; "one_point" when only r = 1 is above the
+    of the log-linear fit, 1 = perfect; None for a two-point fit, which is always exact), ``status``
+    ("fit" with three or more points; "two_point"; "one_point" when only r = 1 is above the
     floor, ξ = -1/log C'(1) assuming A = 1; "below_noise" when nothing is, ξ is then the upper bound
     from the floor), ``r``/``c``/``counts`` (the curve), ``noise_floor``, ``n_sources``.
     """
@@ -85,16 +86,17 @@ def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int 
         pred = intercept + slope * fit_r
         resid = np.log(corrected) - pred
         total = np.log(corrected) - np.log(corrected).mean()
-        r2 = 1.0 - float((resid**2).sum() / max((total**2).sum(), 1e-300))
+        # two points always fit exactly: R² then says nothing and is reported as None
+        r2 = 1.0 - float((resid**2).sum() / max((total**2).sum(), 1e-300)) if len(fit_r) >= 3 else None
         xi = -1.0 / slope if slope < 0 else math.inf
-        status = "fit"
+        status = "fit" if len(fit_r) >= 3 else "two_point"
         if not math.isfinite(xi):  # no decay inside the fit range: bounded below by its extent
             xi, status = float(fit_r[-1]), "no_decay"
         out.update(xi=float(xi), amplitude=float(math.exp(intercept)), fit_range=[int(fit_r[0]), int(fit_r[-1])],
                    r2=r2, status=status)
     elif len(fit_r) == 1:
         c1 = float(min(corrected[0], 1.0 - 1e-9))
-        out.update(xi=-1.0 / math.log(c1), amplitude=1.0, fit_range=[1, 1], r2=1.0, status="one_point")
+        out.update(xi=-1.0 / math.log(c1), amplitude=1.0, fit_range=[1, 1], r2=None, status="one_point")
     else:
         level = min(noise_factor * floor, 1.0 - 1e-9)
         out.update(xi=-1.0 / math.log(level), amplitude=1.0, fit_range=[0, 0], r2=0.0, status="below_noise")

@@ -59,7 +59,7 @@ def test_shipped_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
 
 
 def test_missing_config_lists_the_shipped_ones(tmp_path):
-    with pytest.raises(FileNotFoundError, match="shipped configs: default, minilm, tiny"):
+    with pytest.raises(FileNotFoundError, match="shipped configs: default, digits-mlp, minilm, tiny"):
         load_config(tmp_path / "absent.toml")
 
 
