@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from estimators.validation import check_positive_int
+from graphs.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["block_optima", "gaussian_field", "run"]
 
@@ -104,12 +104,7 @@ def block_optima(cov: np.ndarray, regions) -> np.ndarray:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+
 
 
 def run(out: str | os.PathLike = "runs/gaussian_field", *, quick: bool = False, seed: int = 0,
@@ -137,7 +132,7 @@ def run(out: str | os.PathLike = "runs/gaussian_field", *, quick: bool = False, 
         "ratio_median": float(np.median(ratio)), "mi_ceiling": res.mi_ceiling,
         "steps_run": res.info["steps_run"], "seconds_setup": t1 - t0, "seconds_training": t2 - t1,
     }
-    _atomic_write(out / "gaussian_field.json", json.dumps(record, indent=2).encode())
+    atomic_write_bytes(out / "gaussian_field.json", json.dumps(record, indent=2).encode())
     _plot(out / "gaussian_field.png", optimum, learned)
     return record
 
@@ -160,11 +155,8 @@ def _plot(path: Path, optimum: np.ndarray, learned: np.ndarray) -> None:
     b.set_xlabel("learned / optimum")
     b.set_ylabel("blocks")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from experiments.ising_sampler import (
     exact_magnetisation,
     sample_ising,
 )
+from graphs.atomic import atomic_write, atomic_write_bytes
 
 __all__ = [
     "T_CRITICAL",
@@ -47,22 +47,11 @@ QUICK = {"L": 16, "n": 6000, "temperatures": [2.0, T_CRITICAL, 3.0],
          "flow_L": 32, "flow_n": 8000, "flow_levels": 2, "steps": 800}
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def _save_fig(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _block_step(x, L: int, seed: int, steps: int, progress: bool):
@@ -159,7 +148,7 @@ def run(out: str | os.PathLike = "runs/ising2d", *, quick: bool = False, seed: i
     ax.legend()
     _save_fig(fig, out / "xi_flow.png")
     record["seconds_total"] = time.time() - t_all
-    _atomic_bytes(out / "ising2d.json", json.dumps(record, indent=1).encode())
+    atomic_write_bytes(out / "ising2d.json", json.dumps(record, indent=1).encode())
     return record
 
 

@@ -13,37 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from estimators.validation import check_positive_int
+from graphs.atomic import atomic_write_bytes
 
-__all__ = ["ActivationGraph", "atomic_write_bytes", "graph_paths"]
+__all__ = ["ActivationGraph", "graph_paths"]
 
 log = logging.getLogger(__name__)
 
 _FORMAT = "rsmi-nn.ActivationGraph"
 _VERSION = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def graph_paths(path: str | os.PathLike) -> tuple[Path, Path]:

@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from graphs.atomic import atomic_write
+
 __all__ = ["DigitsMLP", "Source", "cache_dir", "default_modules", "load_source", "minilm_path", "train_digits_mlp"]
 
 logger = logging.getLogger(__name__)
@@ -202,12 +204,9 @@ def _digits_mlp(*, cache: bool = True, retrain: bool = False) -> Source:
         model, stats = train_digits_mlp(_DIGITS_RECIPE)
         mean, std, acc = stats["mean"], stats["std"], stats["test_accuracy"]
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
             tensors.update(_mean=mean, _std=std, _test_accuracy=torch.tensor([acc]))
-            save_file(tensors, str(tmp))
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: save_file(tensors, tmp))
     logger.info("digits-mlp test accuracy %.4f", acc)
     x, y = _digits_data()
     model.eval()

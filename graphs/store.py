@@ -21,13 +21,14 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from graphs.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["FORMAT_NAME", "MANIFEST_NAME", "ActivationStore", "StoreWriter"]
 
@@ -42,18 +43,11 @@ _DEFAULT_SHARD_BYTES = 64 * 2**20
 
 
 def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode("utf-8"))
 
 
 def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
 
 
 class StoreWriter:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from estimators.validation import check_choice, check_positive_int, check_samples
+from graphs.atomic import atomic_write_bytes
 from rsmi_nn.coarse_graining import CoarseGrainResult, coarse_grain
 from rsmi_nn.observables import correlation_length, graph_sizes, locality_preservation
 
@@ -57,15 +58,11 @@ def level_seed(seed: int, level: int) -> int:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    from graphs.graph import atomic_write_bytes
-
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True).encode())
 
 
 def _atomic_tensors(path: Path, tensors: dict) -> None:
     from safetensors.torch import save
-
-    from graphs.graph import atomic_write_bytes
 
     atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
