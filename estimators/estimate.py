@@ -231,6 +231,7 @@ def estimate_mi(
     best_step = torch.zeros(p, dtype=torch.long, device=dev)
     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     stale = torch.zeros(p, dtype=torch.long, device=dev)
+    stopped = torch.zeros(p, dtype=torch.bool, device=dev)  # out of patience: frozen for good
     hist_step, hist_train, hist_valid = [], [], []
     train_sum, train_count = torch.zeros(p, device=dev), 0
     x_tr, y_tr = split["train"]
@@ -261,10 +262,11 @@ def estimate_mi(
             val, val_se = heldout_bound(net, *split["valid"], objective, xm, ym)
             net.train()
             val = val.nan_to_num(-math.inf)
-            improved = val > best_val
+            # A stopped problem is never revived: exactly as if it had been trained alone.
+            improved = (val > best_val) & ~stopped
             # Patience counts evaluations without a *significant* gain (beyond the validation
             # standard error), so noise alone cannot keep a converged problem training.
-            significant = val > mark + val_se.nan_to_num(0.0)
+            significant = (val > mark + val_se.nan_to_num(0.0)) & ~stopped
             mark = torch.where(significant, val, mark)
             if bool(improved.any()):
                 state = net.state_dict()
@@ -274,14 +276,15 @@ def estimate_mi(
             best_val = torch.where(improved, val, best_val)
             best_step = torch.where(improved, step, best_step)
             stale = torch.where(significant, 0, stale + 1)
+            stopped |= stale >= patience
             hist_step.append(step)
             hist_train.append((train_sum / train_count).cpu())
             hist_valid.append(val.cpu())
             train_sum, train_count = torch.zeros(p, device=dev), 0
             finite = val[torch.isfinite(val)]
             shown = float(finite.mean()) if finite.numel() else float("nan")
-            bar.set_postfix(valid=f"{shown:.3f}", active=int((stale < patience).sum()))
-            if bool((stale >= patience).all()):
+            bar.set_postfix(valid=f"{shown:.3f}", active=int((~stopped).sum()))
+            if bool(stopped.all()):
                 break
     bar.close()
 
