@@ -5,7 +5,7 @@ score tensor ``[P, B, B]`` (P independent problems, positives on the diagonal).
 Public names are imported lazily (PEP 562), so ``import estimators`` stays cheap.
 """
 
-from importlib import import_module
+from estimators.lazy import lazy_exports
 
 _EXPORTS = {
     "BatchedLinear": "estimators.batched",
@@ -30,14 +30,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'estimators' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -5,7 +5,7 @@ Public names are imported lazily (PEP 562): ``import graphs`` does not pull in
 torch_geometric or transformers until a name that needs them is used.
 """
 
-from importlib import import_module
+from estimators.lazy import lazy_exports
 
 _EXPORTS = {
     "ActivationGraph": "graphs.graph",
@@ -26,14 +26,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'graphs' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -5,7 +5,7 @@ into the RSMI coarse-graining step and the decimation flow. Public names are imp
 lazily (PEP 562) so that ``rsmi --help`` starts fast.
 """
 
-from importlib import import_module
+from estimators.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -26,14 +26,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'rsmi_nn' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
