@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from estimators.validation import check_positive_int
 from rsmi_nn.cli_parser import UsageError, build_parser
 
 __all__ = ["build_parser", "main"]
@@ -205,8 +206,7 @@ def _cmd_export(args) -> int:
 
     _configure_logging(args.quiet, args.debug)
     for name in ("top_examples", "top_units"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        check_positive_int(getattr(args, name), name=f"--{name.replace('_', '-')}")
     index = export_run(args.run_dir, top_examples=args.top_examples, top_units=args.top_units,
                        graphml=not args.no_graphml, store=args.store)
     print(f"exported {args.run_dir} -> {index.parent}")
@@ -218,8 +218,7 @@ def _cmd_report(args) -> int:
 
     _configure_logging(args.quiet, args.debug)
     for name in ("max_cards", "top_units"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        check_positive_int(getattr(args, name), name=f"--{name.replace('_', '-')}")
     path = write_report(args.run_dir, max_cards=args.max_cards, top_units=args.top_units,
                         seed=args.seed if args.seed is not None else 0)
     print(f"report: {path}")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from graphs.atomic import atomic_write
+from graphs.atomic import atomic_write_bytes as write_bytes
 
 __all__ = [
     "atomic_write",
@@ -29,11 +30,6 @@ __all__ = [
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def to_jsonable(obj):

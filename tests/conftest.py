@@ -12,6 +12,15 @@ def device(request):
     return torch.device(request.param)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small problems: extra threads only add contention on a shared machine (use per module)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     """Keep CPU thread count fixed so timings and reductions are reproducible across runs."""

@@ -14,14 +14,7 @@ from graphs import lattice_blocks, lattice_graph, make_regions, partition
 from graphs.regions import Regions
 from rsmi_nn import CoarseGrainer, coarse_grain
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small problems: extra threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

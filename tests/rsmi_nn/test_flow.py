@@ -11,14 +11,7 @@ from experiments.ising2d import sample_ising
 from graphs import lattice_graph
 from rsmi_nn import run_flow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small problems: extra threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {"steps": 100, "eval_every": 25, "batch_size": 128, "binarize": True, "shared": True, "progress": False}
 
