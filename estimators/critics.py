@@ -91,15 +91,18 @@ class SeparableCritic(nn.Module):
     ----------
     n_problems, x_dim, y_dim : P and the (padded) widths of x and y.
     hidden : width of the hidden layers; embed : embedding dimension.
-    layers : number of linear layers in each of ``g`` and ``k`` (1 = linear embeddings).
+    layers : number of linear layers in each of ``g`` and ``k`` (1 = affine embeddings).
+    x_layers, y_layers : override ``layers`` for ``g`` or ``k`` alone. An affine ``g`` on a wide ``x``
+        with a non-linear ``k`` on a narrow ``y`` is a logistic-regression-like critic that overfits far
+        less on a few thousand rows (RSMI's environment side; see :func:`rsmi_nn.coarse_grain`).
     activation : ``"gelu"`` (default), ``"relu"``, ``"tanh"`` or ``"silu"``.
     skip : add a linear skip path to each embedding (see :class:`EmbeddingMLP`).
     generator : ``torch.Generator`` for a seeded initialisation.
     """
 
     def __init__(self, n_problems: int, x_dim: int, y_dim: int, *, hidden: int = 64, embed: int = 32,
-                 layers: int = 2, activation: str = "gelu", skip: bool = True,
-                 generator: torch.Generator | None = None, device=None):
+                 layers: int = 2, x_layers: int | None = None, y_layers: int | None = None,
+                 activation: str = "gelu", skip: bool = True, generator: torch.Generator | None = None, device=None):
         super().__init__()
         self.n_problems = check_positive_int(n_problems, name="n_problems")
         self.x_dim = check_positive_int(x_dim, name="x_dim")
@@ -107,9 +110,11 @@ class SeparableCritic(nn.Module):
         self.hidden = check_positive_int(hidden, name="hidden")
         self.embed = check_positive_int(embed, name="embed")
         self.n_layers = check_positive_int(layers, name="layers")
-        opts = {"layers": layers, "activation": activation, "skip": skip, "generator": generator, "device": device}
-        self.g = EmbeddingMLP(n_problems, x_dim, hidden, embed, **opts)
-        self.k = EmbeddingMLP(n_problems, y_dim, hidden, embed, **opts)
+        self.x_layers = check_positive_int(layers if x_layers is None else x_layers, name="x_layers")
+        self.y_layers = check_positive_int(layers if y_layers is None else y_layers, name="y_layers")
+        opts = {"activation": activation, "skip": skip, "generator": generator, "device": device}
+        self.g = EmbeddingMLP(n_problems, x_dim, hidden, embed, layers=self.x_layers, **opts)
+        self.k = EmbeddingMLP(n_problems, y_dim, hidden, embed, layers=self.y_layers, **opts)
         self._scale = embed ** -0.25
 
     def embed_x(self, x: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,7 +133,7 @@ class SeparableCritic(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"n_problems={self.n_problems}, x_dim={self.x_dim}, y_dim={self.y_dim}, "
-                f"hidden={self.hidden}, embed={self.embed}, layers={self.n_layers}")
+                f"hidden={self.hidden}, embed={self.embed}, layers=({self.x_layers}, {self.y_layers})")
 
 
 class ConcatCritic(nn.Module):

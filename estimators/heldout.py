@@ -21,14 +21,14 @@ import torch
 
 from estimators.bounds import Bound, InfoNCEBound, NWJBound, SMILEBound, get_bound
 
-__all__ = ["heldout_bound", "row_statistics"]
+__all__ = ["bound_with_stderr", "heldout_bound", "heldout_bound_from", "row_statistics", "row_statistics_from"]
 
-_BUDGET = 1 << 23  # elements of one scores chunk (~32 MiB of float32)
+SCORE_BUDGET = 1 << 23  # elements of one scores chunk (~32 MiB of float32)
 
 
 @torch.no_grad()
 def row_statistics(critic, x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None, *,
-                   clip: float | None = None, budget: int = _BUDGET) -> dict[str, torch.Tensor]:
+                   clip: float | None = None, budget: int = SCORE_BUDGET) -> dict[str, torch.Tensor]:
     """Per-row reductions of the held-out score matrix ``f[p, i, j] = f_p(x_i, y_j)``.
 
     Returns ``[P, M]`` tensors: ``diag`` (``f_ii``), ``lse`` (``logsumexp_j f_ij``),
@@ -36,19 +36,37 @@ def row_statistics(critic, x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask
     ``lse_off_clip`` (same over ``f`` clamped to ``[-clip, clip]``).
     """
     p, m = x.shape[0], x.shape[1]
-    per_pair = getattr(critic, "hidden", 1) if not hasattr(critic, "embed_x") else 1
-    chunk = max(1, min(m, budget // max(1, p * m * per_pair)))
-    if hasattr(critic, "embed_x"):
+    if hasattr(critic, "embed_x"):  # separable: embed the columns once
         ey = critic.embed_y(y, y_mask).transpose(1, 2)
+
+        def score_rows(start: int, stop: int) -> torch.Tensor:
+            return torch.bmm(critic.embed_x(x[:, start:stop], x_mask), ey)
+
+        per_pair = 1
+    else:
+        def score_rows(start: int, stop: int) -> torch.Tensor:
+            return critic(x[:, start:stop], y, x_mask, y_mask)
+
+        per_pair = getattr(critic, "hidden", 1)
+    return row_statistics_from(score_rows, p, m, clip=clip, budget=budget // per_pair)
+
+
+@torch.no_grad()
+def row_statistics_from(score_rows, n_problems: int, n_rows: int, *, clip: float | None = None,
+                        budget: int = SCORE_BUDGET) -> dict[str, torch.Tensor]:
+    """:func:`row_statistics` for any scorer: ``score_rows(start, stop) -> [P, stop - start, M]``.
+
+    The scorer sees row ranges only, so callers can build each chunk's inputs on the fly
+    (RSMI gathers every block's environment rows chunk by chunk).
+    """
+    p, m = n_problems, n_rows
+    chunk = max(1, min(m, budget // max(1, p * m)))
     out = {"diag": [], "lse": [], "lse_off": []}
     if clip is not None:
         out["lse_off_clip"] = []
     for start in range(0, m, chunk):
         stop = min(m, start + chunk)
-        if hasattr(critic, "embed_x"):
-            s = torch.bmm(critic.embed_x(x[:, start:stop], x_mask), ey)
-        else:
-            s = critic(x[:, start:stop], y, x_mask, y_mask)
+        s = score_rows(start, stop)
         rows = torch.arange(stop - start, device=s.device)
         cols = rows + start
         out["diag"].append(s[:, rows, cols])
@@ -76,7 +94,7 @@ def _combine(bound: Bound, stats: dict[str, torch.Tensor], m: int) -> torch.Tens
 
 
 def heldout_bound(critic, x: torch.Tensor, y: torch.Tensor, bound: str | Bound = "infonce", x_mask=None,
-                  y_mask=None, *, n_groups: int = 10, budget: int = _BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+                  y_mask=None, *, n_groups: int = 10, budget: int = SCORE_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
     """Bound on all M held-out rows and its batch-means standard error, both ``[P]`` nats.
 
     Parameters
@@ -88,13 +106,32 @@ def heldout_bound(critic, x: torch.Tensor, y: torch.Tensor, bound: str | Bound =
     """
     bound = get_bound(bound)
     m = x.shape[1]
-    if m < 2:
-        raise ValueError(f"the held-out set has {m} rows; at least 2 are needed")
+    _check_rows(m)
     clip = bound.clip if isinstance(bound, SMILEBound) else None
     stats = row_statistics(critic, x, y, x_mask, y_mask, clip=clip, budget=budget)
+    return bound_with_stderr(bound, stats, n_groups=n_groups)
+
+
+def heldout_bound_from(score_rows, n_problems: int, n_rows: int, bound: str | Bound = "infonce", *,
+                       n_groups: int = 10, budget: int = SCORE_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`heldout_bound` for a scorer ``score_rows(start, stop) -> [P, stop - start, M]``."""
+    bound = get_bound(bound)
+    _check_rows(n_rows)
+    clip = bound.clip if isinstance(bound, SMILEBound) else None
+    stats = row_statistics_from(score_rows, n_problems, n_rows, clip=clip, budget=budget)
+    return bound_with_stderr(bound, stats, n_groups=n_groups)
+
+
+def bound_with_stderr(bound: Bound, stats: dict[str, torch.Tensor], *, n_groups: int = 10):
+    """The bound from row statistics over all M rows, and its batch-means standard error (``[P]`` each)."""
+    m = stats["diag"].shape[1]
     value = _combine(bound, stats, m)
     g = max(2, min(n_groups, m // 2))
-    groups = torch.tensor_split(torch.arange(m, device=x.device), g)
+    groups = torch.tensor_split(torch.arange(m, device=stats["diag"].device), g)
     per_group = torch.stack([_combine(bound, {k: v[:, idx] for k, v in stats.items()}, m) for idx in groups], dim=1)
-    stderr = per_group.std(dim=1) / math.sqrt(g)
-    return value, stderr
+    return value, per_group.std(dim=1) / math.sqrt(g)
+
+
+def _check_rows(m: int) -> None:
+    if m < 2:
+        raise ValueError(f"the held-out set has {m} rows; at least 2 are needed")

@@ -3,7 +3,7 @@
 ``coarse_grain(x, regions)`` is the functional form; ``CoarseGrainer(...).fit(x, regions)``
 the scikit-learn-style one (``filters_``, ``mi_``, ``transform``). Both train all J blocks
 as one batched program (see :mod:`rsmi_nn.training`) and report each block's MI on held-out
-rows, in nats, with the bound's ceiling (``log B`` for InfoNCE).
+rows, in nats, with its standard error and the bound's ceiling (``log M`` for InfoNCE on M test rows).
 
 Conventions, so filters are comparable across runs: the map acts on standardised inputs
 ``(x - mean) / std``; each filter column has unit norm over its block's units and its sign
@@ -38,11 +38,14 @@ class CoarseGrainResult:
         Weights on the block's standardised units (row order = ``regions.visible``), zero where
         padded; for an MLP filter, its mean Jacobian (a linear summary).
     mi : Tensor of shape (n_blocks,)
-        Held-out I(H_j; E_j) in nats (the test rows; never seen in training or model selection).
+        Held-out I(H_j; E_j) in nats: the bound on the whole test split scored at once (never seen in
+        training or model selection).
+    mi_stderr : Tensor of shape (n_blocks,)
+        Its batch-means standard error over 10 disjoint groups of test rows.
     mi_validation : Tensor of shape (n_blocks,)
         The best validation estimate each block's checkpoint was selected on.
     mi_ceiling : float
-        The largest value the bound can report (``log batch`` for InfoNCE, ``inf`` otherwise).
+        The largest value the bound can report (``log n_test`` for InfoNCE, ``inf`` otherwise).
     mean, std : Tensor of shape (n_units,)
         The standardisation applied before the filters.
     visible, visible_mask : the regions' visible indices and mask ``[n_blocks, max_visible]``.
@@ -50,6 +53,7 @@ class CoarseGrainResult:
 
     filters: torch.Tensor
     mi: torch.Tensor
+    mi_stderr: torch.Tensor
     mi_validation: torch.Tensor
     mi_ceiling: float
     mean: torch.Tensor
@@ -132,9 +136,10 @@ def coarse_grain(
     filter: str = "linear",
     binarize: bool | str = False,
     critic: str = "separable",
-    critic_hidden: int = 64,
-    critic_embed: int = 32,
+    critic_hidden: int = 32,
+    critic_embed: int = 8,
     critic_layers: int = 2,
+    critic_env_layers: int = 1,
     batch_size: int = 256,
     steps: int = 3000,
     lr: float = 3e-3,
@@ -168,7 +173,13 @@ def coarse_grain(
         the weights, so the learnt filter is identifiable (the uniform block spin on the Ising model at
         T_c) instead of any of the many weight vectors that realise the same threshold function; with
         noise 1.0 a 3-spin majority (one weight near 0) was found as a local optimum on some seeds.
-    critic : "separable" (``estimators.SeparableCritic``) or "concat".
+    critic : "separable" (``estimators.SeparableCritic``, ``f(E, H) = <g(E), k(H)>``) or "concat".
+    critic_hidden, critic_embed, critic_layers : the critic's width, embedding size and depth.
+    critic_env_layers : depth of the separable critic's environment side ``g`` (1 = affine, the default):
+        with ``k`` an MLP on the narrow H it is a logistic-regression-like critic. Measured on Gaussian
+        fields (120 nodes, 6 000 samples): held-out MI / Gaussian plug-in on the same rows 0.977 ± 0.011
+        with an affine ``g``, 0.943 ± 0.03 with a 2-layer one (which overfits the environment); filters
+        within 0.2 % of the CCA optimum on average. Equal MI on Ising samples.
     batch_size, steps, lr : minibatch size, maximum steps, Adam learning rate.
     eval_every, patience : validation interval (steps) and per-block early-stopping patience (evaluations).
     test_fraction : fraction of rows held out for the reported MI (never used in training or selection).
@@ -207,8 +218,7 @@ def coarse_grain(
     _check_regions(regions, n_units)
     n_val, n_test = round(validation_fraction * n), round(test_fraction * n)
     n_train = n - n_val - n_test
-    eval_batch = min(batch_size, n_val, n_test)
-    if n_train < batch_size or eval_batch < 16:
+    if n_train < batch_size or min(n_val, n_test) < 16:
         frac = min(test_fraction, validation_fraction)
         need = max(math.ceil(16 / frac), math.ceil(batch_size / (1 - test_fraction - validation_fraction)))
         raise ValueError(f"x has {n} samples: {n_train} for training, {n_val} for validation and {n_test} for test "
@@ -247,13 +257,14 @@ def coarse_grain(
         if shared:
             raise ValueError("shared=True is supported for filter='linear' only; use shared=False with 'mlp'")
         filt = MLPFilter(n_blocks, max_v, hidden, vm, **common).to(dev)
+    critic_sides = {"x_layers": check_positive_int(critic_env_layers, name="critic_env_layers")} \
+        if critic == "separable" else {}
     crit = CRITICS[critic](n_blocks, max_env, hidden, hidden=critic_hidden, embed=critic_embed,
-                           layers=critic_layers, generator=gen).to(dev)
+                           layers=critic_layers, generator=gen, **critic_sides).to(dev)
     cfg = TrainConfig(batch_size=batch_size, steps=steps, lr=lr, eval_every=eval_every, patience=patience,
                       warmup_steps=anneal_steps if mode == "anneal" else 0, progress=progress)
-    state = train_blocks(filt, crit, bound_obj, z_train, z_val, regions_dev, cfg, gen, shared=shared,
-                         eval_batch=eval_batch)
-    mi = evaluate(filt, crit, bound_obj, z_test, regions_dev, eval_batch)
+    state = train_blocks(filt, crit, bound_obj, z_train, z_val, regions_dev, cfg, gen, shared=shared)
+    mi, mi_stderr = evaluate(filt, crit, bound_obj, z_test, regions_dev)
 
     sample_v = gather(z_train[: min(n_train, 2048)], regions_dev[0], regions_dev[1])
     w = filt.linear_weights(sample_v)
@@ -262,13 +273,13 @@ def coarse_grain(
     w = filt.linear_weights(sample_v).cpu()
     filt.eval()
     info = {"steps_run": state.steps_run, "collapsed_blocks": state.collapsed, "history": state.history,
-            "n_train": n_train, "n_validation": n_val, "n_test": n_test, "eval_batch": eval_batch,
+            "n_train": n_train, "n_validation": n_val, "n_test": n_test,
             "tau_final": float(filt.tau)}
     log.info("coarse_grain: %d blocks, %d steps, held-out MI mean %.4f nats (ceiling %.3f)",
-             n_blocks, state.steps_run, float(mi.mean()), bound_obj.ceiling(eval_batch))
+             n_blocks, state.steps_run, float(mi.mean()), bound_obj.ceiling(n_test))
     return CoarseGrainResult(
-        filters=w.contiguous(), mi=mi.cpu(), mi_validation=state.best_val.cpu(),
-        mi_ceiling=float(bound_obj.ceiling(eval_batch)), mean=mean.float(), std=std.float(),
+        filters=w.contiguous(), mi=mi.cpu(), mi_stderr=mi_stderr.cpu(), mi_validation=state.best_val.cpu(),
+        mi_ceiling=float(bound_obj.ceiling(n_test)), mean=mean.float(), std=std.float(),
         visible=regions.visible.cpu(), visible_mask=regions.visible_mask.cpu(), hidden=hidden,
         bound=bound_obj.name, binarize=mode, filter=filter, model=filt if filter == "mlp" else None, info=info)
 

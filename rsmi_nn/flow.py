@@ -123,7 +123,7 @@ def run_flow(
     FlowResult; ``flow.json`` records hold ``level, num_nodes, num_blocks, num_edges (undirected),
     correlation_length`` (this level's input, in its own hops), ``correlation_length_level0``,
     ``correlation_fit``, ``correlation_length_out`` (the coarse samples on the next graph),
-    ``locality``, ``locality_chance``, ``mi_mean, mi_per_block, mi_ceiling, bound, hidden``.
+    ``locality``, ``locality_chance``, ``mi_mean, mi_per_block, mi_stderr_per_block, mi_ceiling, bound, hidden``.
     """
     from graphs import (
         ActivationGraph,
@@ -274,6 +274,7 @@ def run_flow(
                 "correlation_length_out": None if xi_out is None else xi_out["xi"],
                 "locality": loc["locality"], "locality_chance": loc["chance"], "locality_edges": loc["n_edges"],
                 "mi_mean": float(mi.mean()), "mi_per_block": [float(v) for v in mi],
+                "mi_stderr_per_block": [float(v) for v in res.mi_stderr],
                 "mi_ceiling": res.mi_ceiling, "bound": res.bound, "hidden": hidden, "block_size": block_size,
                 "binarize": res.binarize, "seed": s, "steps_run": res.info["steps_run"],
                 "collapsed_blocks": res.info["collapsed_blocks"], "next_num_nodes": next_graph.num_nodes,
@@ -283,7 +284,8 @@ def run_flow(
                 cur_graph.save(level_dir / "graph")
                 _atomic_tensors(level_dir / "regions.safetensors", regions.tensors())
                 _atomic_tensors(level_dir / "filters.safetensors",
-                                {"filters": res.filters, "mean": res.mean, "std": res.std, "mi": res.mi})
+                                {"filters": res.filters, "mean": res.mean, "std": res.std, "mi": res.mi,
+                                 "mi_stderr": res.mi_stderr})
                 _atomic_tensors(level_dir / "coarse.safetensors", {"samples": coarse})
                 _atomic_json(level_dir / "timing.json", {"seconds_coarse_grain": t1 - t0,
                                                          "seconds_level": time.time() - t0})

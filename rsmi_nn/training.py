@@ -58,18 +58,32 @@ def gather(z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def evaluate(filt, critic, bound, z: torch.Tensor, regions_dev, batch_size: int) -> torch.Tensor:
-    """Mean held-out estimate per block ``[J]`` over consecutive full batches of ``z``, hard H."""
-    n_batches = z.shape[0] // batch_size
-    total = None
+def evaluate(filt, critic, bound, z: torch.Tensor, regions_dev, *, n_groups: int = 10):
+    """Held-out estimate per block on all rows of ``z`` at once, hard H: ``(mi [J], stderr [J])``.
+
+    Every block scores its ``M x M`` matrix (InfoNCE's ceiling is ``log M``, the finite-batch bias
+    the smallest the rows allow), built chunk by chunk (:func:`estimators.heldout.heldout_bound_from`):
+    each chunk gathers its rows' environments on the fly, so memory stays ``O(J M)``.
+    """
+    from estimators.heldout import SCORE_BUDGET, heldout_bound_from
+
     vis, vm, env, em = regions_dev
-    for k in range(n_batches):
-        rows = z[k * batch_size:(k + 1) * batch_size]
-        h = filt(gather(rows, vis, vm), hard=True)
-        scores = critic(gather(rows, env, em), h, x_mask=em)
-        est = bound.estimate(scores).double()
-        total = est if total is None else total + est
-    return (total / n_batches).float()
+    m = z.shape[0]
+    h = torch.cat([filt(gather(z[s:s + 4096], vis, vm), hard=True) for s in range(0, m, 4096)], dim=1)
+    if hasattr(critic, "embed_x"):  # separable: embed H once, each chunk's environments on the fly
+        keys = critic.embed_y(h).transpose(1, 2)
+
+        def score_rows(start: int, stop: int) -> torch.Tensor:
+            return torch.bmm(critic.embed_x(gather(z[start:stop], env, em), em), keys)
+
+        budget = SCORE_BUDGET
+    else:
+        def score_rows(start: int, stop: int) -> torch.Tensor:
+            return critic(gather(z[start:stop], env, em), h, x_mask=em)
+
+        budget = SCORE_BUDGET // getattr(critic, "hidden", 1)  # a concat critic holds [J, rows, M, hidden]
+    value, stderr = heldout_bound_from(score_rows, vis.shape[0], m, bound, n_groups=n_groups, budget=budget)
+    return value.float(), stderr.float()
 
 
 def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -87,7 +101,7 @@ def _restore_rows(params, best, rows: torch.Tensor) -> None:
 
 
 def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainConfig, generator, *,
-                 shared: bool, eval_batch: int) -> TrainState:
+                 shared: bool) -> TrainState:
     """Train ``filt`` and ``critic`` in place; on return they hold each block's best checkpoint."""
     from tqdm.auto import tqdm
 
@@ -131,7 +145,7 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainCon
         filt.anneal_step()
         bar.update()
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = evaluate(filt, critic, bound, z_val, regions_dev, eval_batch)
+            val, _ = evaluate(filt, critic, bound, z_val, regions_dev)
             val = torch.where(torch.isfinite(val) & ~collapsed, val, torch.full_like(val, -math.inf))
             if shared:
                 better = val.mean() > state.best_val.mean() + cfg.min_delta
