@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from estimators.bounds import InfoNCEBound
+from estimators.fused import infonce_separable
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "TrainState", "evaluate", "gather", "train_blocks"]
@@ -100,6 +103,13 @@ def _restore_rows(params, best, rows: torch.Tensor) -> None:
                 p.copy_(b)
 
 
+def _objective(critic, bound, env_rows, h, env_mask, fused: bool) -> torch.Tensor:
+    """Per-block training objective ``[J]``; a separable critic with InfoNCE never forms the ``[J, B, B]`` scores."""
+    if fused:
+        return infonce_separable(critic.embed_x(env_rows, env_mask), critic.embed_y(h))
+    return bound.objective(critic(env_rows, h, x_mask=env_mask))
+
+
 def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainConfig, generator, *,
                  shared: bool) -> TrainState:
     """Train ``filt`` and ``critic`` in place; on return they hold each block's best checkpoint."""
@@ -117,6 +127,8 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainCon
     collapsed = torch.zeros(n_blocks, dtype=torch.bool, device=device)
     n_train = z_train.shape[0]
     perm, pos = torch.randperm(n_train, generator=generator).to(device), 0
+    # InfoNCE's own objective on a separable critic: the fused path (same value and gradient, ~4x faster)
+    fused = hasattr(critic, "embed_x") and type(bound).objective is InfoNCEBound.objective
     bar = tqdm(total=cfg.steps, desc="RSMI blocks", disable=not cfg.progress, leave=False)
     step = 0
     for step in range(1, cfg.steps + 1):
@@ -125,8 +137,7 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainCon
         rows = z_train[perm[pos:pos + cfg.batch_size]]
         pos += cfg.batch_size
         h = filt(gather(rows, vis, vm))
-        scores = critic(gather(rows, env, em), h, x_mask=em)
-        obj = bound.objective(scores)
+        obj = _objective(critic, bound, gather(rows, env, em), h, em, fused)
         finite = torch.isfinite(obj)
         if not bool(finite.all()):
             newly = ~finite & ~collapsed

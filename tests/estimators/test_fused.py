@@ -1,0 +1,39 @@
+"""The fused separable InfoNCE equals InfoNCE on the full score tensor, in value and gradient."""
+
+import pytest
+import torch
+
+import estimators.fused as fused
+from estimators.bounds import infonce
+from estimators.fused import infonce_separable
+
+
+@pytest.mark.parametrize(("p", "b", "d"), [(1, 2, 1), (3, 5, 2), (37, 64, 8), (5, 300, 3)])
+def test_value_and_gradient_match_autograd(p, b, d, monkeypatch):
+    monkeypatch.setattr(fused, "_CHUNK_BYTES", 4 * b * b * 2)  # two problems a chunk: chunk edges are exercised
+    g = torch.Generator().manual_seed(p * 1000 + b)
+    a1 = (3 * torch.randn(p, b, d, generator=g, dtype=torch.float64)).requires_grad_()
+    b1 = (3 * torch.randn(p, b, d, generator=g, dtype=torch.float64)).requires_grad_()
+    a2, b2 = a1.detach().clone().requires_grad_(), b1.detach().clone().requires_grad_()
+    weights = torch.randn(p, generator=g, dtype=torch.float64)
+    mine = infonce_separable(a1, b1)
+    ref = infonce(torch.bmm(a2, b2.transpose(1, 2)))
+    (mine * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a1.grad, a2.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(b1.grad, b2.grad, rtol=0, atol=1e-12)
+
+
+def test_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(infonce_separable, (a, b))
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="one shape"):
+        infonce_separable(torch.zeros(2, 4, 3), torch.zeros(2, 4, 2))
+    with pytest.raises(ValueError, match="at least 2"):
+        infonce_separable(torch.zeros(2, 1, 3), torch.zeros(2, 1, 3))
