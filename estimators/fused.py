@@ -16,7 +16,7 @@ import math
 
 import torch
 
-__all__ = ["infonce_separable"]
+__all__ = ["critic_objective", "infonce_separable"]
 
 _CHUNK_BYTES = 1 << 21  # scores per chunk: ~2 MiB, about one core's L2 cache
 
@@ -70,3 +70,17 @@ def infonce_separable(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape[1] < 2:
         raise ValueError(f"InfoNCE needs a batch of at least 2 pairs, got B={a.shape[1]}")
     return _InfoNCESeparable.apply(a.contiguous(), b.contiguous())
+
+
+def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None) -> torch.Tensor:
+    """``bound.objective(critic(x, y))`` ``[P]``, through :func:`infonce_separable` when that is the same thing.
+
+    That is: a separable critic (``embed_x`` / ``embed_y``) and InfoNCE's own objective (a subclass
+    overriding ``objective`` keeps its override).
+    """
+    from estimators.bounds import InfoNCEBound
+
+    own = isinstance(bound, InfoNCEBound) and type(bound).objective is InfoNCEBound.objective
+    if own and hasattr(critic, "embed_x"):
+        return infonce_separable(critic.embed_x(x, x_mask), critic.embed_y(y, y_mask))
+    return bound.objective(critic(x, y, x_mask, y_mask))

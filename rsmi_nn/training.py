@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators.bounds import InfoNCEBound
-from estimators.fused import infonce_separable
+from estimators.fused import critic_objective
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +102,6 @@ def _restore_rows(params, best, rows: torch.Tensor) -> None:
                 p.copy_(b)
 
 
-def _objective(critic, bound, env_rows, h, env_mask, fused: bool) -> torch.Tensor:
-    """Per-block training objective ``[J]``; a separable critic with InfoNCE never forms the ``[J, B, B]`` scores."""
-    if fused:
-        return infonce_separable(critic.embed_x(env_rows, env_mask), critic.embed_y(h))
-    return bound.objective(critic(env_rows, h, x_mask=env_mask))
-
-
 def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainConfig, generator, *,
                  shared: bool) -> TrainState:
     """Train ``filt`` and ``critic`` in place; on return they hold each block's best checkpoint."""
@@ -127,8 +119,6 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainCon
     collapsed = torch.zeros(n_blocks, dtype=torch.bool, device=device)
     n_train = z_train.shape[0]
     perm, pos = torch.randperm(n_train, generator=generator).to(device), 0
-    # InfoNCE's own objective on a separable critic: the fused path (same value and gradient, ~4x faster)
-    fused = hasattr(critic, "embed_x") and type(bound).objective is InfoNCEBound.objective
     bar = tqdm(total=cfg.steps, desc="RSMI blocks", disable=not cfg.progress, leave=False)
     step = 0
     for step in range(1, cfg.steps + 1):
@@ -137,7 +127,7 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainCon
         rows = z_train[perm[pos:pos + cfg.batch_size]]
         pos += cfg.batch_size
         h = filt(gather(rows, vis, vm))
-        obj = _objective(critic, bound, gather(rows, env, em), h, em, fused)
+        obj = critic_objective(critic, bound, gather(rows, env, em), h, em)  # never forms [J, B, B] for InfoNCE
         finite = torch.isfinite(obj)
         if not bool(finite.all()):
             newly = ~finite & ~collapsed

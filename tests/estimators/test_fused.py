@@ -37,3 +37,18 @@ def test_bad_shapes():
         infonce_separable(torch.zeros(2, 4, 3), torch.zeros(2, 4, 2))
     with pytest.raises(ValueError, match="at least 2"):
         infonce_separable(torch.zeros(2, 1, 3), torch.zeros(2, 1, 3))
+
+
+@pytest.mark.parametrize("critic_name", ["separable", "concat"])
+@pytest.mark.parametrize("bound_name", ["infonce", "nwj"])
+def test_critic_objective_equals_the_bound_on_the_scores(critic_name, bound_name):
+    from estimators import get_bound
+    from estimators.critics import CRITICS
+    from estimators.fused import critic_objective
+
+    g = torch.Generator().manual_seed(1)
+    critic = CRITICS[critic_name](4, 3, 2, hidden=8, embed=4, generator=g)
+    x, y = torch.randn(4, 16, 3, generator=g), torch.randn(4, 16, 2, generator=g)
+    mask = torch.tensor([[True, True, False]] * 4)
+    bound = get_bound(bound_name)
+    torch.testing.assert_close(critic_objective(critic, bound, x, y, mask), bound.objective(critic(x, y, mask)))
