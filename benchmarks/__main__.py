@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SUITES = ["bench_estimators", "bench_graph", "bench_rsmi"]
+SUITES = ["bench_estimators", "bench_graph", "bench_rsmi", "bench_end_to_end"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -29,7 +29,7 @@ import torch
 
 from estimators.bounds import BOUNDS, get_bound
 from estimators.critics import CRITICS
-from estimators.device import resolve_device
+from estimators.device import resolve_device, training_precision
 from estimators.fused import critic_objective
 from estimators.heldout import heldout_bound
 from estimators.validation import (
@@ -247,9 +247,10 @@ def estimate_mi(
             order, cursor = torch.randperm(n_train, generator=gen), 0
         idx = order[cursor:cursor + batch_size].to(dev)
         cursor += batch_size
-        obj = critic_objective(net, objective, x_tr[:, idx], y_tr[:, idx], xm, ym)
-        opt.zero_grad(set_to_none=True)
-        (-obj.sum()).backward()
+        with training_precision(dev):
+            obj = critic_objective(net, objective, x_tr[:, idx], y_tr[:, idx], xm, ym)
+            opt.zero_grad(set_to_none=True)
+            (-obj.sum()).backward()
         for prm in net.parameters():  # a diverging problem must not poison its own weights with NaN
             if prm.grad is not None:
                 prm.grad.nan_to_num_(0.0, 0.0, 0.0)

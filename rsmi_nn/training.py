@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from estimators.device import training_precision
 from estimators.fused import critic_objective
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,9 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainCon
             perm, pos = torch.randperm(n_train, generator=generator).to(device), 0
         rows = z_train[perm[pos:pos + cfg.batch_size]]
         pos += cfg.batch_size
-        h = filt(gather(rows, vis, vm))
-        obj = critic_objective(critic, bound, gather(rows, env, em), h, em)  # never forms [J, B, B] for InfoNCE
+        with training_precision(device):
+            h = filt(gather(rows, vis, vm))
+            obj = critic_objective(critic, bound, gather(rows, env, em), h, em)  # never forms [J, B, B] for InfoNCE
         finite = torch.isfinite(obj)
         if not bool(finite.all()):
             newly = ~finite & ~collapsed
@@ -138,7 +140,8 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, cfg: TrainCon
             active &= ~collapsed
         loss = -torch.where(finite & ~collapsed, obj, torch.zeros_like(obj)).sum()
         opt.zero_grad(set_to_none=False)
-        loss.backward()
+        with training_precision(device):
+            loss.backward()
         for p in params:
             if p.grad is not None:
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
