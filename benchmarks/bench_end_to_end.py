@@ -63,8 +63,12 @@ def bench_main_job(out: Path) -> dict:
     wall, peak, _ = _child(["-m", "rsmi_nn.cli", "run", "--out", str(out), "--quiet"], out.parent)
     timings = json.loads((out / "timings.json").read_text())
     stages = {name: t["seconds"] for name, t in timings["stages"].items()}
+    flow = json.loads(next(out.rglob("flow.json")).read_text())
+    levels = [{key: r.get(key) for key in ("level", "num_nodes", "num_blocks", "correlation_length", "locality",
+                                           "locality_chance", "mi_mean")} for r in flow]
     return {"wall_s": round(wall, 2), "peak_rss_gib": round(peak, 3), "stage_seconds": stages,
-            "stage_share": {name: round(v / timings["total_seconds"], 3) for name, v in stages.items()}}
+            "stage_share": {name: round(v / timings["total_seconds"], 3) for name, v in stages.items()},
+            "levels": levels}
 
 
 def bench_ising_flow(out: Path, params: dict) -> dict:

@@ -218,6 +218,7 @@ def flow_kwargs(config: Config, *, progress: bool) -> dict:
     wanted = {"levels": f.levels, "block_size": f.block_size, "buffer": f.buffer, "env": f.env,
               "max_env": f.max_env, "hidden": f.hidden, "bound": f.bound, "binarize": f.binarize,
               "shared": f.shared, "steps": f.steps, "batch_size": f.batch_size, "lr": f.lr,
+              "critic_env_layers": f.critic_env_layers,
               "k": config.graph.k, "seed": config.run.seed, "device": config.run.device, "progress": progress}
     defaults = Config().flow
     kwargs = {}
