@@ -35,7 +35,7 @@ __all__ = ["TrainConfig", "TrainState", "evaluate", "gather", "train_blocks"]
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 256
+    batch_size: int = 128
     steps: int = 3000
     lr: float = 3e-3
     eval_every: int = 50
