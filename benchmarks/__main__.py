@@ -53,11 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": machine(), "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "suites": {}}
     for name in args.only or SUITES:
-        module = importlib.import_module(f"benchmarks.{name}")
         print(f"\n=== {name} ===", flush=True)
         t0 = time.perf_counter()
         try:
-            results["suites"][name] = module.run(quick=args.quick)
+            results["suites"][name] = importlib.import_module(f"benchmarks.{name}").run(quick=args.quick)
         except Exception as err:  # a failed suite is reported, the others still run
             logging.exception("benchmark %s failed", name)
             results["suites"][name] = {"error": f"{type(err).__name__}: {err}"}

@@ -14,7 +14,6 @@ against the sampler's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import suite_main
 
 ISING_FULL = {"L": 128, "n": 4096, "steps": 3000, "levels": 3}
 ISING_QUICK = {"L": 64, "n": 2048, "steps": 400, "levels": 3}
@@ -91,10 +92,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="Ising flow at L = 64 instead of 128")
-    args = parser.parse_args(argv)
-    print(json.dumps(run(quick=args.quick), indent=2))
+    suite_main(run, __doc__, "Ising flow at L = 64 instead of 128", argv)
 
 
 if __name__ == "__main__":

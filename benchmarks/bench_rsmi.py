@@ -12,11 +12,11 @@ that subset: batched and looped training should agree within the estimator's noi
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
+
+from benchmarks import suite_main
 
 BLOCK_COUNTS_FULL = (100, 1_000, 10_000)
 BLOCK_COUNTS_QUICK = (100, 1_000)
@@ -92,10 +92,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100 and 1 000 blocks, fewer steps")
-    args = parser.parse_args(argv)
-    print(json.dumps(run(quick=args.quick), indent=2))
+    suite_main(run, __doc__, "100 and 1 000 blocks, fewer steps", argv)
 
 
 if __name__ == "__main__":
