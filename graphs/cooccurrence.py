@@ -3,18 +3,19 @@
 ``build_graph`` makes two passes over the samples (an in-memory array, or an
 ``ActivationStore``'s shards streamed from disk) and never forms a dense ``U × U`` matrix:
 
-1. **Moments** (:class:`StreamingMoments`, float64, Chan's merge): count, mean, variance,
-   min/max of every unit. Constant units are excluded (a warning lists them). When the
-   transformed copy fits the budget, this same pass stores the raw values transposed
-   (float32; a float64 input is first shifted by its first batch's mean, for precision): the
-   data is read once.
+1. **Moments** (:class:`graphs.moments.ShiftedSums`, float64): count, mean and variance of
+   every unit from sums of deviations from the first sample, in cache-sized pieces. Constant
+   units are excluded (a warning lists them). When the transformed copy fits the budget, this
+   same pass stores the values as a float32 ``Z [N, U]`` (a float64 input minus its first
+   sample, for precision): the data is read once. A NaN/Inf makes a unit's sum non-finite,
+   which is how it is found (no separate validation pass).
 2. **Products**, one row band ``[r0:r1, r0:U]`` at a time (the upper triangle; by symmetry
    each band also updates the rows below it). The units are transformed once — standardised
    ``z = (x - mean) / (std √N)`` for correlations, ``1[x > threshold]`` for co-firing — so a
-   band is a single float32 matrix product: either of the resident transformed copy
-   ``Zᵀ [U, N]`` (when it fits the memory budget) or accumulated over sample batches (one
-   more pass over the data per band). :class:`graphs.topk.RunningTopK` keeps each
-   row's ``k`` best partners.
+   band is a single float32 matrix product: either ``Z[:, r0:r1]ᵀ Z[:, r0:]`` of the resident
+   copy (when it fits the memory budget) or accumulated over sample batches (one more pass
+   over the data per band). :class:`graphs.topk.RunningTopK` keeps each row's ``k`` best
+   partners.
 
 Memory (bytes, float32): ``4·N·U`` for the resident copy when used, ``4·t·U`` for a band of
 ``t`` rows, ``~12·U·k`` for the running top-k, plus one batch. ``memory_budget`` bounds the
@@ -36,9 +37,9 @@ import numpy as np
 import torch
 
 from estimators.device import resolve_device
-from estimators.validation import check_choice, check_positive_int, check_samples
+from estimators.validation import as_tensor, check_choice, check_positive_int, check_samples
 from graphs.graph import ActivationGraph
-from graphs.moments import StreamingMoments
+from graphs.moments import ShiftedSums, StreamingMoments
 from graphs.topk import RunningTopK
 
 __all__ = ["METRICS", "StreamingMoments", "build_graph", "plan_bands"]
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("corr", "pmi", "gaussian_mi")
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
+CHUNK_ELEMENTS = 2**18  # element-wise passes work on ~2 MiB float64 pieces, which stay in cache
 
 
 class _Samples:
@@ -105,7 +107,7 @@ def plan_bands(num_samples: int, num_units: int, k: int, memory_budget: int, bat
         raise ValueError(f"memory_budget={memory_budget} bytes is too small for U={num_units} units and k={k}; "
                          f"pass memory_budget >= {need}")
     if tile_size is None:  # ~16 bands: the upper triangle then costs N·U²·(1 + 1/bands) FLOPs
-        rows = min(rows, max(512, math.ceil(num_units / 16)))
+        rows = min(rows, max(256, math.ceil(num_units / 8)))
     rows = int(min(rows, num_units))
     num_bands = math.ceil(num_units / rows)
     est = state + batch + rows * per_row + (resident if mode == "resident" else 0)
@@ -113,15 +115,16 @@ def plan_bands(num_samples: int, num_units: int, k: int, memory_budget: int, bat
             "estimated_bytes": int(est), "data_passes": 1 if mode == "resident" else 1 + num_bands}
 
 
-def _thresholds(threshold, moments: StreamingMoments, kept: torch.Tensor) -> torch.Tensor:
+def _thresholds(threshold, mean: torch.Tensor, num_units: int, kept: torch.Tensor) -> torch.Tensor:
+    """Per-kept-unit firing thresholds (float64): the given ones, or each unit's ``mean``."""
     if threshold is None:
-        return moments.mean[kept]
+        return mean[kept]
     thr = torch.as_tensor(np.asarray(threshold) if not isinstance(threshold, torch.Tensor) else threshold,
-                          dtype=torch.float64).reshape(-1).to(moments.mean.device)
+                          dtype=torch.float64).reshape(-1).to(mean.device)
     if thr.numel() == 1:
         return thr.expand(kept.numel()).clone()
-    if thr.numel() != moments.num_units:
-        raise ValueError(f"threshold must be a number or have {moments.num_units} entries (one per unit), "
+    if thr.numel() != num_units:
+        raise ValueError(f"threshold must be a number or have {num_units} entries (one per unit), "
                          f"got {thr.numel()}")
     if not bool(torch.isfinite(thr).all()):
         raise ValueError("threshold contains NaN/Inf; pass finite per-unit thresholds")
@@ -188,30 +191,34 @@ def build_graph(
     if n < 2:
         raise ValueError(f"x has {n} samples but at least 2 are needed; pass more samples")
     batch_rows = int(max(1, min(n, min(64 * 2**20, memory_budget // 8) // (20 * u))))
+    chunk_rows = max(1, CHUNK_ELEMENTS // u)  # element-wise work in cache-sized pieces
 
     plan = plan_bands(n, u, min(k, u - 1) if u > 1 else 1, memory_budget, batch_rows, tile_size)
     resident = plan["mode"] == "resident"
 
-    # pass 1: moments (and, when it fits, a raw transposed copy shifted by the first batch's mean)
-    moments = StreamingMoments(u, gram=False, device=dev)
-    zt = torch.empty(u, n, dtype=torch.float32, device=dev) if resident else None
-    shift = None
+    # pass 1: per-unit sums; when it fits, the float32 copy z [N, U] (float64 inputs minus their first sample)
+    sums = ShiftedSums(u, device=dev)
+    z = torch.empty(n, u, dtype=torch.float32, device=dev) if resident else None
+    offset = None
     for start, batch in src.batches(batch_rows):
-        wide = batch.dtype == torch.float64
-        raw = check_samples(batch, name=f"x[{start}:{start + batch.shape[0]}]", min_samples=1,
-                            allow_constant=True, dtype=torch.float64 if wide else torch.float32, device=dev)
-        if raw.ndim != 2 or raw.shape[1] != u or start + raw.shape[0] > n:
-            raise ValueError(f"batch at row {start} has shape {tuple(raw.shape)}, expected (b, {u}) within "
+        if batch.ndim != 2 or batch.shape[1] != u or start + batch.shape[0] > n:
+            raise ValueError(f"batch at row {start} has shape {tuple(batch.shape)}, expected (b, {u}) within "
                              f"{n} samples; the store is inconsistent, re-record it")
-        chunk = raw.double()
-        moments.update(chunk)
-        if zt is not None:  # float32 values are stored as they are; float64 ones shifted first (precision)
-            if shift is None:
-                shift = chunk.mean(0) if wide else torch.zeros(u, dtype=torch.float64, device=dev)
-            zt[:, start : start + raw.shape[0]] = (chunk - shift).T if wide else raw.T
-    if moments.count != n:
-        raise ValueError(f"x yielded {moments.count} samples but reports num_samples={n}; re-record the store")
-    const = moments.constant_units().cpu()
+        for a in range(0, batch.shape[0], chunk_rows):
+            row = start + a
+            part = as_tensor(batch[a : a + chunk_rows], name=f"x[{row}:]", dtype=batch.dtype
+                             if batch.dtype.is_floating_point else torch.float32, device=dev)
+            if offset is None:
+                wide = part.dtype == torch.float64
+                offset = part[0].clone() if wide else torch.zeros(u, dtype=torch.float64, device=dev)
+            vals = (part - offset).float() if wide else part
+            if z is not None:
+                vals = z[row : row + part.shape[0]].copy_(vals)
+            if not bool(torch.isfinite(sums.update(vals)).all()):
+                _raise_non_finite(part, row)
+    if sums.count != n:
+        raise ValueError(f"x yielded {sums.count} samples but reports num_samples={n}; re-record the store")
+    const = sums.constant_units().cpu()
     keep = torch.ones(u, dtype=torch.bool)
     keep[const] = False
     _warn_excluded(const, src.names, "constant (zero variance)")
@@ -224,33 +231,31 @@ def build_graph(
         log.info("k=%d exceeds the %d other non-constant units; keeping all pairs (k=%d)", k, uk - 1, k_eff)
     kept_dev = kept.to(dev)
     all_kept = uk == u
+    # the transform, in the units of what it is applied to: z (minus offset) or raw batches (offset 0)
     if metric == "pmi":
-        thr = _thresholds(threshold, moments, kept_dev)
+        centre = _thresholds(threshold, sums.mean + offset, u, kept_dev)
     else:
-        mean = moments.mean[kept_dev]
-        scale = 1.0 / (moments.std()[kept_dev] * math.sqrt(n))
+        centre, scale = (sums.mean + offset)[kept_dev], sums.m2[kept_dev].rsqrt()
 
-    def transform(b: torch.Tensor, cols: slice = slice(None), offset=0.0, axis: int = 1) -> torch.Tensor:
-        """float64 values (minus ``offset``) of kept units ``cols`` along ``axis`` -> float32 transformed values."""
+    def transform(b: torch.Tensor, shift) -> torch.Tensor:
+        """float64 values of the kept units minus ``shift`` [b, uk] -> float32 transformed values."""
         if metric == "pmi":
-            t = thr[cols] - offset
-            return (b > (t if axis == 1 else t[:, None])).float()
-        m, sc = mean[cols] - offset, scale[cols]
-        return b.sub_(m).mul_(sc).float() if axis == 1 else b.sub_(m[:, None]).mul_(sc[:, None]).float()
+            return (b > centre - shift).float()
+        return b.sub_(centre - shift).mul_(scale).float()
 
     log.info("build_graph: U=%d N=%d metric=%s k=%d plan=%s", uk, n, metric, k_eff, plan)
     rows, topk = plan["band_rows"], RunningTopK(uk, k_eff, dev)
     counts = torch.zeros(uk, dtype=torch.float64, device=dev)
-    if zt is not None:  # compact to the kept units and transform in place, a few rows at a time
-        step = max(1, (32 * 2**20) // (8 * n))
-        offset = shift[kept_dev]
-        for a in range(0, uk, step):
-            cols = slice(a, min(a + step, uk))
-            rows_in = zt[a : cols.stop] if all_kept else zt[kept_dev[cols]]
-            zt[cols] = transform(rows_in.double(), cols, offset[cols], axis=0)  # .double() copies: in place is safe
-        zt = zt[:uk]
-        if metric == "pmi":
-            counts = zt.sum(1, dtype=torch.float64)
+    if z is not None:  # transform in place, compacting to the kept units (row i moves to i·uk <= i·u)
+        flat, shift = z.view(-1), offset[kept_dev]
+        for a in range(0, n, chunk_rows):
+            b = min(a + chunk_rows, n)
+            vals = z[a:b].double()  # a copy: writing over these rows afterwards is safe
+            t = transform(vals if all_kept else vals[:, kept_dev], shift)
+            flat[a * uk : b * uk].view(b - a, uk).copy_(t)
+            if metric == "pmi":
+                counts += t.sum(0, dtype=torch.float64)
+        z = flat[: n * uk].view(n, uk)
     buf = torch.empty(rows * uk, dtype=torch.float32, device=dev)
     bands = range(0, uk, rows)
     if progress:
@@ -260,23 +265,31 @@ def build_graph(
     for i, r0 in enumerate(bands):
         r1 = min(r0 + rows, uk)
         band = buf[: (r1 - r0) * (uk - r0)].view(r1 - r0, uk - r0)
-        if zt is not None:
-            torch.mm(zt[r0:r1], zt[r0:].T, out=band)
+        if z is not None:
+            torch.mm(z[:, r0:r1].T, z[:, r0:], out=band)
         else:
             band.zero_()
             for _, batch in src.batches(batch_rows):
                 b = batch.to(dev)
-                z = transform((b if all_kept else b[:, kept_dev]).to(torch.float64, copy=True))
-                band.addmm_(z[:, r0:r1].T, z[:, r0:])
+                zb = transform((b if all_kept else b[:, kept_dev]).to(torch.float64, copy=True), 0.0)
+                band.addmm_(zb[:, r0:r1].T, zb[:, r0:])
                 if metric == "pmi" and i == 0:
-                    counts += z.sum(0, dtype=torch.float64)
+                    counts += zb.sum(0, dtype=torch.float64)
         if metric == "pmi":
             _pmi_inplace(band, counts, r0, n)
         else:
             band.abs_()
         topk.update(band, r0)
-    del buf, zt
+    del buf, z
     return _assemble(topk, src, kept, counts, metric, k_eff, n, plan, threshold)
+
+
+def _raise_non_finite(part: torch.Tensor, row: int) -> None:
+    """Name the first NaN/Inf of ``part`` (rows ``row...`` of x), or say the values overflow float32."""
+    check_samples(part, name=f"x[{row}:{row + part.shape[0]}]", min_samples=1, allow_constant=True,
+                  dtype=part.dtype)
+    raise ValueError(f"x[{row}:{row + part.shape[0]}] has values whose distance from the first sample "
+                     "exceeds float32's range (3.4e38); rescale the activations")
 
 
 def _pmi_inplace(band: torch.Tensor, counts: torch.Tensor, r0: int, n: int) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from estimators.validation import as_tensor, check_positive_int
 
-__all__ = ["StreamingMoments"]
+__all__ = ["ShiftedSums", "StreamingMoments"]
 
 
 class StreamingMoments:
@@ -164,3 +164,63 @@ class StreamingMoments:
             raise ValueError("pmi needs a threshold and the Gram matrix; pass threshold=... and gram=True")
         n = float(self.count)
         return torch.log(self.coactive * n / torch.outer(self.active, self.active))
+
+
+class ShiftedSums:
+    """Per-unit count, mean and variance from sums of deviations from the first sample.
+
+    The cheap one-pass alternative to :class:`StreamingMoments` for large ``U``: per batch one
+    subtraction and two column sums (float64), no Welford update and no min/max. With the
+    shift ``s`` one of the samples, ``n·(mean - s)² <= n·m2``, so ``m2 = Σ(x-s)² - (Σ(x-s))²/n``
+    loses at most about ``(n + 1)·ε₆₄`` of its relative precision (the raw power-sum formula
+    can lose all of it); and a unit is constant exactly when every deviation is zero (``x - s``
+    of two different floats is never zero), which makes ``m2`` exactly zero.
+
+    Attributes
+    ----------
+    count : int
+    shift : float64 Tensor (U,) or None (no sample yet)
+    s1, s2 : float64 Tensor (U,)
+        ``Σ(x - shift)`` and ``Σ(x - shift)²``.
+    """
+
+    def __init__(self, num_units: int, device="cpu"):
+        self.num_units = check_positive_int(num_units, name="num_units")
+        self.count, self.shift = 0, None
+        self.s1 = torch.zeros(num_units, dtype=torch.float64, device=device)
+        self.s2 = torch.zeros(num_units, dtype=torch.float64, device=device)
+
+    def update(self, batch: torch.Tensor) -> torch.Tensor:
+        """Fold in a ``(b, U)`` batch (any float dtype); returns this batch's ``Σ(x - shift)²``
+        per unit, which is non-finite exactly when the batch holds a NaN or an infinity."""
+        if batch.ndim != 2 or batch.shape[1] != self.num_units:
+            raise ValueError(f"batch must have shape (b, {self.num_units}), got {tuple(batch.shape)}")
+        d = batch.to(self.s1.device, torch.float64, copy=True)
+        if d.shape[0] == 0:
+            return torch.zeros_like(self.s2)
+        if self.shift is None:
+            self.shift = d[0].clone()
+        d.sub_(self.shift)
+        self.s1 += d.sum(0)
+        part = d.square_().sum(0)
+        self.s2 += part
+        self.count += d.shape[0]
+        return part
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.s1 / self.count
+
+    @property
+    def m2(self) -> torch.Tensor:
+        """Sum of squared deviations from the mean (float64, >= 0)."""
+        return (self.s2 - self.s1.square() / self.count).clamp_(min=0.0)
+
+    def var(self) -> torch.Tensor:
+        """Per-unit population variance (float64)."""
+        return self.m2 / self.count
+
+    def constant_units(self) -> torch.Tensor:
+        """LongTensor of the units whose every sample had the same value (``m2 == 0``)."""
+        return (self.m2 == 0).nonzero().flatten()
+

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from graphs import StreamingMoments, build_graph
+from graphs.moments import ShiftedSums
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +60,27 @@ def test_merge_of_shards_equals_one_shot():
     p = fired.mean(0)
     pmi = torch.log((fired.T @ fired / len(x)) / torch.outer(p, p))
     assert torch.allclose(a.pmi(), pmi, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shifted_sums_equal_one_shot(dtype):
+    x = correlated(u=25, seed=9, offset=3e3).astype(dtype)
+    x[:, 0] = dtype(0.1)  # constant, and 0.1 is inexact: n·0.1/n need not round back to 0.1
+    x[:, 1] = dtype(1.0)
+    x[57, 1] = np.nextafter(dtype(1.0), dtype(2.0))  # one sample one ulp away: not constant
+    s = ShiftedSums(25)
+    for b in uneven(x):
+        s.update(torch.from_numpy(b))
+    ref = x.astype(np.float64)
+    assert s.count == len(x)
+    np.testing.assert_allclose(s.mean.numpy(), ref.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(s.var().numpy()[2:], ref.var(0)[2:], rtol=1e-9)
+    assert s.constant_units().tolist() == [0]
+    assert s.var()[1] > 0
+    bad = torch.from_numpy(x[:5].copy())
+    bad[2, 7] = np.inf
+    part = s.update(bad)
+    assert (~torch.isfinite(part)).nonzero().flatten().tolist() == [7]
 
 
 def dense_scores(x, metric, threshold=None):
@@ -185,6 +207,15 @@ def test_bad_input():
         build_graph(const)
     with pytest.raises(ValueError, match="numeric"):
         build_graph(np.array([["a", "b"], ["c", "d"]]))
+    late = correlated(u=10, n=700, seed=7).astype(np.float64)
+    late[650, 2] = -np.inf  # in a later batch of the streamed mode too
+    for budget in (2**30, 20_000):
+        with pytest.raises(ValueError, match=r"NaN/Inf values \(first at index \(\d+, 2\)\)"):
+            build_graph(late, memory_budget=budget)
+    huge = correlated(u=10, n=50, seed=7).astype(np.float64)
+    huge[5:, 1] = 1e39  # finite in float64, beyond float32 once the first sample is subtracted
+    with pytest.raises(ValueError, match="float32's range"):
+        build_graph(huge)
     with pytest.raises(ValueError, match="one per unit"):
         build_graph(x, metric="pmi", threshold=np.zeros(3))
     with pytest.raises(ValueError, match="max_gram_units"):
