@@ -8,7 +8,10 @@ own subprocess so that its peak resident memory is its own:
 - **baseline**: ``numpy.corrcoef`` (float64, dense U×U) + ``numpy.argpartition`` top-k, run
   only where its dense matrices fit comfortably in this machine's memory;
 - **matmul**: the machine's float32 ``torch.mm`` rate on a square-ish product with the same
-  inner dimension N — the hardware limit our FLOPs are compared with.
+  inner dimension N — the hardware limit our FLOPs are compared with (measured before and
+  after ours, the faster kept).
+
+Every timing is the best of up to three runs (the matmul: eight) within a couple of seconds.
 
 Ours needs ``N·U²`` FLOPs (the upper triangle of the Gram matrix); the reported fraction is
 ``(N·U² / our time) / matmul rate``. Edge agreement is the fraction of the baseline's top-k
@@ -41,6 +44,21 @@ def make_activations(num_samples: int, num_units: int, seed: int = 0) -> np.ndar
     return x
 
 
+def _best_of(fn, budget_s: float = 2.0, max_reps: int = 3):
+    """``(best seconds, last result)`` of up to ``max_reps`` calls, stopping once ``budget_s`` is spent.
+
+    Ours, the baseline and the matmul reference are all timed this way, so a one-off stall
+    (page faults of a first large allocation, a busy neighbour) does not decide a ratio.
+    """
+    best, spent, reps = float("inf"), 0.0, 0
+    while reps < max_reps and (reps == 0 or spent + best <= budget_s):
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+        best, spent, reps = min(best, dt), spent + dt, reps + 1
+    return best, out
+
+
 def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -57,15 +75,9 @@ def _child(spec: dict) -> dict:
         side = min(max(u, 1024), 8192)
         a = torch.randn(side, n, device=dev)
         b = torch.randn(n, side, device=dev)
-        best = float("inf")
-        for _ in range(4):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        sync()
+        best, _ = _best_of(lambda: (torch.mm(a, b), sync()), budget_s=3.0, max_reps=8)
         return {"gflops": 2 * side * side * n / best / 1e9, "side": side}
     x = make_activations(n, u, spec["seed"])
     before = _rss_gib()
@@ -74,21 +86,26 @@ def _child(spec: dict) -> dict:
 
         budget = spec.get("memory_budget") or 2 * 2**30
         build_graph(x[:64, :64], K, device=spec["device"])  # warm-up: lazy library initialisation
-        t0 = time.perf_counter()
-        g = build_graph(x, K, device=spec["device"], memory_budget=budget)
-        if spec["device"].startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+
+        def ours():
+            g = build_graph(x, K, device=spec["device"], memory_budget=budget)
+            if spec["device"].startswith("cuda"):
+                torch.cuda.synchronize()
+            return g
+
+        seconds, g = _best_of(ours)
         ei = g.edge_index.numpy()
         pairs = ei[:, ei[0] < ei[1]]
         extra = {"gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30} if torch.cuda.is_available() else {}
     else:
         np.corrcoef(x[:64, :64].T)  # warm-up, as for ours
-        t0 = time.perf_counter()
-        r = np.abs(np.corrcoef(x.T))
-        np.fill_diagonal(r, -np.inf)
-        top = np.argpartition(-r, K, axis=1)[:, :K]
-        seconds = time.perf_counter() - t0
+
+        def baseline():
+            r = np.abs(np.corrcoef(x.T))
+            np.fill_diagonal(r, -np.inf)
+            return np.argpartition(-r, K, axis=1)[:, :K]
+
+        seconds, top = _best_of(baseline)
         rows = np.repeat(np.arange(u), K)
         cols = top.reshape(-1)
         pairs = np.unique(np.stack([np.minimum(rows, cols), np.maximum(rows, cols)]), axis=1)
@@ -128,7 +145,7 @@ def run(quick: bool = False, device: str = "cpu", sizes=None, num_samples: int |
     """
     n = num_samples or (2048 if quick else 4096)
     if sizes is None:
-        sizes = [1000, 4000, 8000] if quick else [1000, 2000, 5000, 10000, 20000, 50000]
+        sizes = [1000, 2000, 4000, 8000] if quick else [1000, 2000, 5000, 10000, 20000, 50000]
     mem = _machine_memory_gib()
     rows = []
     print(f"{'U':>7} {'N':>5} | {'ours s':>8} {'GF/s':>7} {'mm GF/s':>8} {'frac':>5} {'peak GiB':>8} | "
@@ -136,8 +153,11 @@ def run(quick: bool = False, device: str = "cpu", sizes=None, num_samples: int |
     with tempfile.TemporaryDirectory() as tmp:
         for u in sizes:
             spec = {"N": n, "U": u, "seed": 0, "device": device, "threads": threads}
-            mm = _measure({**spec, "what": "matmul"})
+            # the reference is measured on both sides of ours and the faster kept: a rate read
+            # during a stall would flatter the fraction
+            before = _measure({**spec, "what": "matmul"})
             ours = _measure({**spec, "what": "ours", "pairs_out": os.path.join(tmp, "ours.npy")})
+            mm = max(before, _measure({**spec, "what": "matmul"}), key=lambda r: r["gflops"])
             flops = float(n) * u * u
             row = {"U": u, "N": n, "k": K, "device": device, "flops": flops,
                    "ours_seconds": ours["seconds"], "ours_gflops": flops / ours["seconds"] / 1e9,
