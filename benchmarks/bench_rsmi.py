@@ -52,9 +52,9 @@ def bench_level(n_blocks: int, *, n_samples: int, steps: int, loop_subset: int, 
     subset = torch.randperm(regions.num_blocks, generator=torch.Generator().manual_seed(seed))[:loop_subset]
     loop_mi = []
 
-    def loop():
+    def loop():  # each looped block its own seed: one shared seed would give them all one initial filter
         for j in subset.tolist():
-            loop_mi.append(float(coarse_grain(x, regions.select([j]), **options).mi[0]))
+            loop_mi.append(float(coarse_grain(x, regions.select([j]), **{**options, "seed": seed + 1 + j}).mi[0]))
 
     t_subset, _ = _time(loop)
     t_loop = t_subset * regions.num_blocks / len(subset)
