@@ -61,14 +61,20 @@ def main(argv: list[str] | None = None) -> int:
             logging.exception("benchmark %s failed", name)
             results["suites"][name] = {"error": f"{type(err).__name__}: {err}"}
         results["suites"][name]["wall_s"] = round(time.perf_counter() - t0, 2)
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(results, fh, indent=2, default=float)
-    os.replace(tmp, args.out)
+        _write(results, args.out)  # after every suite: an interrupted run keeps what it measured
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write(results, args.out)
     print(f"\nwrote {args.out}")
     return 1 if any("error" in r for r in results["suites"].values()) else 0
+
+
+def _write(results: dict, out: Path) -> None:
+    """Replace ``out`` atomically with ``results`` as JSON."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(results, fh, indent=2, default=float)
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

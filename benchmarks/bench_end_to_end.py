@@ -1,7 +1,7 @@
 """End to end: the main job (``rsmi run`` on the embedded default) and a 3-level Ising decimation flow.
 
-Each job runs in its own subprocess, so its wall time and peak resident memory (``ru_maxrss`` of that
-child, from ``os.wait4``) are its own. Ratios are against parts of the same run: the share of the wall time spent in
+Each job runs in its own subprocess, so its wall time and peak resident memory (``VmHWM`` of that
+child, see :mod:`benchmarks.peak`) are its own. Ratios are against parts of the same run: the share of the wall time spent in
 each pipeline stage (from the run's ``timings.json``), and for the Ising flow the RSMI training time
 against the sampler's.
 
@@ -15,7 +15,6 @@ against the sampler's.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -46,17 +45,17 @@ print(json.dumps({"seconds_sampling": t1 - t0, "seconds_flow": t2 - t1, "exact_x
 
 
 def _child(args: list[str], workdir: Path) -> tuple[float, float, str]:
-    """Run ``python args`` to completion; wall seconds, that child's own peak RSS (GiB, ``wait4``), its stdout."""
-    out_path, err_path = workdir / "child.out", workdir / "child.err"
+    """Run ``python args`` to completion; wall seconds, that child's own peak RSS (GiB), its stdout."""
+    out_path, err_path, peak_path = workdir / "child.out", workdir / "child.err", workdir / "child.peak"
+    root = Path(__file__).resolve().parent.parent
     with open(out_path, "w") as out, open(err_path, "w") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.peak", str(peak_path), *args], stdout=out,
+                              stderr=err, cwd=root, check=False)
         wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:3])} failed ({proc.returncode}): {err_path.read_text()[-2000:]}")
-    return wall, usage.ru_maxrss / 2**20, out_path.read_text()  # ru_maxrss is in KiB on Linux
+    return wall, float(peak_path.read_text()), out_path.read_text()
 
 
 def bench_main_job(out: Path) -> dict:

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from benchmarks.peak import peak_rss_gib
 
 K = 16
 
@@ -59,10 +60,6 @@ def _best_of(fn, budget_s: float = 2.0, max_reps: int = 3):
     return best, out
 
 
-def _rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def _child(spec: dict) -> dict:
     """Run one measurement in this process and return its figures."""
     import torch
@@ -80,7 +77,7 @@ def _child(spec: dict) -> dict:
         best, _ = _best_of(lambda: (torch.mm(a, b), sync()), budget_s=3.0, max_reps=8)
         return {"gflops": 2 * side * side * n / best / 1e9, "side": side}
     x = make_activations(n, u, spec["seed"])
-    before = _rss_gib()
+    before = peak_rss_gib()
     if what == "ours":
         from graphs import build_graph
 
@@ -112,7 +109,7 @@ def _child(spec: dict) -> dict:
         extra = {}
     if spec.get("pairs_out"):
         np.save(spec["pairs_out"], pairs)
-    return {"seconds": seconds, "peak_rss_gib": _rss_gib(), "rss_before_gib": before, **extra}
+    return {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "rss_before_gib": before, **extra}
 
 
 def _measure(spec: dict, timeout: float | None = None) -> dict:

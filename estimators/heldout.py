@@ -21,46 +21,39 @@ import torch
 
 from estimators.bounds import Bound, InfoNCEBound, NWJBound, SMILEBound, get_bound
 
-__all__ = ["bound_with_stderr", "heldout_bound", "heldout_bound_from", "row_statistics", "row_statistics_from"]
+__all__ = ["bound_with_stderr", "heldout_bound", "row_statistics"]
 
 SCORE_BUDGET = 1 << 23  # elements of one scores chunk (~32 MiB of float32)
 
 
 @torch.no_grad()
-def row_statistics(critic, x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None, *,
+def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *,
                    clip: float | None = None, budget: int = SCORE_BUDGET) -> dict[str, torch.Tensor]:
     """Per-row reductions of the held-out score matrix ``f[p, i, j] = f_p(x_i, y_j)``.
+
+    ``x`` is a ``[P, M, x_dim]`` tensor, or a callable ``x(start, stop) -> [P, stop - start, x_dim]``
+    that builds a chunk's rows on the fly (RSMI gathers every block's environment rows that
+    way, so the ``[P, M, x_dim]`` tensor is never formed).
 
     Returns ``[P, M]`` tensors: ``diag`` (``f_ii``), ``lse`` (``logsumexp_j f_ij``),
     ``lse_off`` (``logsumexp_{j != i} f_ij``) and, when ``clip`` is given,
     ``lse_off_clip`` (same over ``f`` clamped to ``[-clip, clip]``).
     """
-    p, m = x.shape[0], x.shape[1]
+    p, m = y.shape[0], y.shape[1]
+    x_rows = x if callable(x) else (lambda start, stop: x[:, start:stop])
     if hasattr(critic, "embed_x"):  # separable: embed the columns once
         ey = critic.embed_y(y, y_mask).transpose(1, 2)
 
         def score_rows(start: int, stop: int) -> torch.Tensor:
-            return torch.bmm(critic.embed_x(x[:, start:stop], x_mask), ey)
+            return torch.bmm(critic.embed_x(x_rows(start, stop), x_mask), ey)
 
         per_pair = 1
     else:
         def score_rows(start: int, stop: int) -> torch.Tensor:
-            return critic(x[:, start:stop], y, x_mask, y_mask)
+            return critic(x_rows(start, stop), y, x_mask, y_mask)
 
-        per_pair = getattr(critic, "hidden", 1)
-    return row_statistics_from(score_rows, p, m, clip=clip, budget=budget // per_pair)
-
-
-@torch.no_grad()
-def row_statistics_from(score_rows, n_problems: int, n_rows: int, *, clip: float | None = None,
-                        budget: int = SCORE_BUDGET) -> dict[str, torch.Tensor]:
-    """:func:`row_statistics` for any scorer: ``score_rows(start, stop) -> [P, stop - start, M]``.
-
-    The scorer sees row ranges only, so callers can build each chunk's inputs on the fly
-    (RSMI gathers every block's environment rows chunk by chunk).
-    """
-    p, m = n_problems, n_rows
-    chunk = max(1, min(m, budget // max(1, p * m)))
+        per_pair = getattr(critic, "hidden", 1)  # a concat critic holds [P, rows, M, hidden]
+    chunk = max(1, min(m, budget // per_pair // max(1, p * m)))
     out = {"diag": [], "lse": [], "lse_off": []}
     if clip is not None:
         out["lse_off_clip"] = []
@@ -93,32 +86,27 @@ def _combine(bound: Bound, stats: dict[str, torch.Tensor], m: int) -> torch.Tens
     return d.mean(dim=1) - log_marg  # dv and smile
 
 
-def heldout_bound(critic, x: torch.Tensor, y: torch.Tensor, bound: str | Bound = "infonce", x_mask=None,
+def heldout_bound(critic, x, y: torch.Tensor, bound: str | Bound = "infonce", x_mask=None,
                   y_mask=None, *, n_groups: int = 10, budget: int = SCORE_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
     """Bound on all M held-out rows and its batch-means standard error, both ``[P]`` nats.
 
     Parameters
     ----------
     critic : a critic from :mod:`estimators.critics` (or any module with the same call).
-    x, y : Tensor of shape (P, M, x_dim), (P, M, y_dim), already preprocessed like the training data.
+    x, y : Tensor of shape (P, M, x_dim), (P, M, y_dim), already preprocessed like the training data;
+        ``x`` may instead be a row-range callable (see :func:`row_statistics`).
     bound : a name or :class:`Bound`; only its estimate is used (no training state).
     n_groups : number of disjoint row groups for the standard error.
     """
     bound = get_bound(bound)
-    m = x.shape[1]
-    _check_rows(m)
+    m = y.shape[1]
+    if m < 2:
+        raise ValueError(f"the held-out set has {m} rows; at least 2 are needed")
+    if not callable(x) and tuple(x.shape[:2]) != tuple(y.shape[:2]):
+        raise ValueError(f"x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; "
+                         "both must be [P, M, d] with the same P and M")
     clip = bound.clip if isinstance(bound, SMILEBound) else None
     stats = row_statistics(critic, x, y, x_mask, y_mask, clip=clip, budget=budget)
-    return bound_with_stderr(bound, stats, n_groups=n_groups)
-
-
-def heldout_bound_from(score_rows, n_problems: int, n_rows: int, bound: str | Bound = "infonce", *,
-                       n_groups: int = 10, budget: int = SCORE_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`heldout_bound` for a scorer ``score_rows(start, stop) -> [P, stop - start, M]``."""
-    bound = get_bound(bound)
-    _check_rows(n_rows)
-    clip = bound.clip if isinstance(bound, SMILEBound) else None
-    stats = row_statistics_from(score_rows, n_problems, n_rows, clip=clip, budget=budget)
     return bound_with_stderr(bound, stats, n_groups=n_groups)
 
 
@@ -130,8 +118,3 @@ def bound_with_stderr(bound: Bound, stats: dict[str, torch.Tensor], *, n_groups:
     groups = torch.tensor_split(torch.arange(m, device=stats["diag"].device), g)
     per_group = torch.stack([_combine(bound, {k: v[:, idx] for k, v in stats.items()}, m) for idx in groups], dim=1)
     return value, per_group.std(dim=1) / math.sqrt(g)
-
-
-def _check_rows(m: int) -> None:
-    if m < 2:
-        raise ValueError(f"the held-out set has {m} rows; at least 2 are needed")

@@ -65,27 +65,15 @@ def evaluate(filt, critic, bound, z: torch.Tensor, regions_dev, *, n_groups: int
     """Held-out estimate per block on all rows of ``z`` at once, hard H: ``(mi [J], stderr [J])``.
 
     Every block scores its ``M x M`` matrix (InfoNCE's ceiling is ``log M``, the finite-batch bias
-    the smallest the rows allow), built chunk by chunk (:func:`estimators.heldout.heldout_bound_from`):
+    the smallest the rows allow), built chunk by chunk (:func:`estimators.heldout.heldout_bound`):
     each chunk gathers its rows' environments on the fly, so memory stays ``O(J M)``.
     """
-    from estimators.heldout import SCORE_BUDGET, heldout_bound_from
+    from estimators.heldout import heldout_bound
 
     vis, vm, env, em = regions_dev
-    m = z.shape[0]
-    h = torch.cat([filt(gather(z[s:s + 4096], vis, vm), hard=True) for s in range(0, m, 4096)], dim=1)
-    if hasattr(critic, "embed_x"):  # separable: embed H once, each chunk's environments on the fly
-        keys = critic.embed_y(h).transpose(1, 2)
-
-        def score_rows(start: int, stop: int) -> torch.Tensor:
-            return torch.bmm(critic.embed_x(gather(z[start:stop], env, em), em), keys)
-
-        budget = SCORE_BUDGET
-    else:
-        def score_rows(start: int, stop: int) -> torch.Tensor:
-            return critic(gather(z[start:stop], env, em), h, x_mask=em)
-
-        budget = SCORE_BUDGET // getattr(critic, "hidden", 1)  # a concat critic holds [J, rows, M, hidden]
-    value, stderr = heldout_bound_from(score_rows, vis.shape[0], m, bound, n_groups=n_groups, budget=budget)
+    h = torch.cat([filt(gather(z[s:s + 4096], vis, vm), hard=True) for s in range(0, z.shape[0], 4096)], dim=1)
+    value, stderr = heldout_bound(critic, lambda start, stop: gather(z[start:stop], env, em), h, bound,
+                                  x_mask=em, n_groups=n_groups)
     return value.float(), stderr.float()
 
 

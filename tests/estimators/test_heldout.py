@@ -22,6 +22,15 @@ def test_chunked_equals_full_matrix(name, cls):
     value, stderr = heldout_bound(critic, x, y, bound, budget=3 * 40 * 7)  # forces 6 row chunks
     torch.testing.assert_close(value, full, rtol=1e-5, atol=1e-5)
     assert stderr.shape == (3,) and bool((stderr > 0).all())
+    asked = []
+
+    def x_rows(start, stop):  # the row-range form RSMI uses: each chunk built on demand
+        asked.append((start, stop))
+        return x[:, start:stop]
+
+    again = heldout_bound(critic, x_rows, y, bound, budget=3 * 40 * 7)
+    assert torch.equal(again[0], value) and torch.equal(again[1], stderr)
+    assert asked[0][0] == 0 and asked[-1][1] == 40 and len(asked) > 1
     if name == "infonce":
         assert bool((value <= math.log(40) + 1e-6).all())
 
@@ -38,3 +47,11 @@ def test_stderr_matches_row_spread_for_infonce():
         s = critic(x, y)[0]
     rows = torch.diagonal(s) - torch.logsumexp(s, dim=1)
     assert float(stderr) == pytest.approx(float(rows.std() / math.sqrt(2000)), rel=0.5)
+
+
+def test_rejects_unpaired_or_too_few_rows():
+    critic = SeparableCritic(1, 2, 3, hidden=8, embed=4)
+    with pytest.raises(ValueError, match="same P and M"):
+        heldout_bound(critic, torch.randn(1, 30, 2), torch.randn(1, 29, 3))
+    with pytest.raises(ValueError, match="at least 2"):
+        heldout_bound(critic, torch.randn(1, 1, 2), torch.randn(1, 1, 3))
