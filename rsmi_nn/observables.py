@@ -55,10 +55,10 @@ def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int 
     n_sources = check_positive_int(n_sources, name="n_sources")
     if max_hops is not None:
         max_hops = check_positive_int(max_hops, name="max_hops")
-    x64 = x.double()
-    z = x64 - x64.mean(0)
-    std = z.pow(2).mean(0).sqrt()
-    z = z / torch.where(std > 1e-12, std, torch.ones_like(std))
+    z = x.to(torch.float64, copy=True)  # standardised in place: one [N, U] float64 array, not three
+    z -= z.mean(0)
+    std = torch.linalg.vector_norm(z, dim=0) / math.sqrt(n)
+    z /= torch.where(std > 1e-12, std, torch.ones_like(std))
     if u > n_sources:
         src = np.sort(np.random.default_rng(seed).choice(u, size=n_sources, replace=False))
     else:
