@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 
 METRICS = ("corr", "pmi", "gaussian_mi")
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
-CHUNK_ELEMENTS = 2**18  # element-wise passes work on ~2 MiB float64 pieces, which stay in cache
+# element-wise passes work on pieces of this many elements: ~2 MiB of float64 stays in a CPU's cache; a GPU
+# wants large launches (and each piece's NaN check is a host sync)
+CHUNK_ELEMENTS = {"cpu": 2**18, "cuda": 2**24}
 
 
 class _Samples:
@@ -191,7 +193,7 @@ def build_graph(
     if n < 2:
         raise ValueError(f"x has {n} samples but at least 2 are needed; pass more samples")
     batch_rows = int(max(1, min(n, min(64 * 2**20, memory_budget // 8) // (20 * u))))
-    chunk_rows = max(1, CHUNK_ELEMENTS // u)  # element-wise work in cache-sized pieces
+    chunk_rows = max(1, CHUNK_ELEMENTS.get(dev.type, 2**18) // u)
 
     plan = plan_bands(n, u, min(k, u - 1) if u > 1 else 1, memory_budget, batch_rows, tile_size)
     resident = plan["mode"] == "resident"
