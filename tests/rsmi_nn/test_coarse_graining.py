@@ -172,3 +172,19 @@ def test_other_filters_bounds_and_critics_run(options):
     assert h.shape == (1500, 2)
     if options.get("binarize"):
         assert set(torch.unique(h).tolist()) <= {-1.0, 1.0}
+
+
+def test_standardise_in_row_chunks_equals_the_float64_formula():
+    from rsmi_nn.coarse_graining import _standardise
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(103, 7, generator=g) * 3 + 500).float()  # an offset: a float32 centring would lose digits
+    x[:, 2] = 1.5  # constant: std 1 by convention, standardised to 0
+    mean, std, z = _standardise(x, chunk_elements=40)  # 5 rows a chunk
+    x64 = x.double()
+    ref_std = x64.std(0)
+    ref_std[2] = 1.0
+    torch.testing.assert_close(mean, x64.mean(0), rtol=1e-13, atol=0)
+    torch.testing.assert_close(std, ref_std, rtol=1e-12, atol=0)
+    torch.testing.assert_close(z, ((x64 - x64.mean(0)) / ref_std).float(), rtol=0, atol=1e-6)
+    assert z.dtype == torch.float32 and bool((z[:, 2] == 0).all())
