@@ -23,10 +23,11 @@ from estimators.bounds import Bound, InfoNCEBound, NWJBound, SMILEBound, get_bou
 
 __all__ = ["bound_with_stderr", "heldout_bound", "row_statistics"]
 
-# Elements of one scores chunk: 2 MiB of float32. Chunks of 32 MiB (sitting at glibc's largest dynamic
-# mmap threshold) made the held-out pass of a 4 096-block RSMI level peak 3-13 GiB above its working set,
-# from one run to the next; at 2 MiB it stays within 0.4 GiB, measured on the same level.
-SCORE_BUDGET = 1 << 19
+# Elements of one scores chunk: 8 MiB of float32. With 32 MiB chunks (glibc's largest dynamic mmap
+# threshold) the held-out pass of a 4 096-block RSMI level peaked 3-13 GiB above its working set, varying
+# from run to run (L = 128 Ising flow: 4.5-14 GiB); 8 MiB: 2.2 GiB; 2 MiB: 1.9 GiB but the default run's
+# flow 35 % slower (one row per chunk: the critic runs on tiny batches). Measured on this 2-core CPU.
+SCORE_BUDGET = 1 << 21
 
 
 @torch.no_grad()
