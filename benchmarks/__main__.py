@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import memory_gib
+
 SUITES = ["bench_estimators", "bench_graph", "bench_rsmi", "bench_end_to_end"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,11 +36,9 @@ def machine() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": sys.version.split()[0],
     }
-    try:
-        with open("/proc/meminfo") as fh:
-            info["memory_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
+    total = memory_gib()
+    if total is not None:
+        info["memory_gib"] = round(total, 1)
     return info
 
 

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from benchmarks import memory_gib
 from benchmarks.peak import peak_rss_gib
 
 K = 16
@@ -125,14 +126,6 @@ def _measure(spec: dict, timeout: float | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _machine_memory_gib() -> float:
-    try:
-        with open("/proc/meminfo") as fh:
-            return int(fh.readline().split()[1]) / 2**20
-    except OSError:
-        return 8.0
-
-
 def run(quick: bool = False, device: str = "cpu", sizes=None, num_samples: int | None = None,
         threads: int | None = None) -> dict:
     """Run the benchmark; print a table; return ``{"rows": [...], ...}`` with every ratio.
@@ -143,7 +136,7 @@ def run(quick: bool = False, device: str = "cpu", sizes=None, num_samples: int |
     n = num_samples or (2048 if quick else 4096)
     if sizes is None:
         sizes = [1000, 2000, 4000, 8000] if quick else [1000, 2000, 5000, 10000, 20000, 50000]
-    mem = _machine_memory_gib()
+    mem = memory_gib() or 8.0  # unknown: assume a small machine
     rows = []
     print(f"{'U':>7} {'N':>5} | {'ours s':>8} {'GF/s':>7} {'mm GF/s':>8} {'frac':>5} {'peak GiB':>8} | "
           f"{'base s':>8} {'peak GiB':>8} | {'speedup':>7} {'mem ratio':>9} {'agree':>6}", flush=True)

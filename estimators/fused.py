@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from estimators.bounds import InfoNCEBound
+
 __all__ = ["critic_objective", "infonce_separable"]
 
 _CHUNK_BYTES = 1 << 21  # scores per chunk: ~2 MiB, about one core's L2 cache
@@ -78,8 +80,6 @@ def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=Non
     That is: a separable critic (``embed_x`` / ``embed_y``) and InfoNCE's own objective (a subclass
     overriding ``objective`` keeps its override).
     """
-    from estimators.bounds import InfoNCEBound
-
     own = isinstance(bound, InfoNCEBound) and type(bound).objective is InfoNCEBound.objective
     if own and hasattr(critic, "embed_x"):
         return infonce_separable(critic.embed_x(x, x_mask), critic.embed_y(y, y_mask))

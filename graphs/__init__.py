@@ -10,7 +10,7 @@ from estimators.lazy import lazy_exports
 _EXPORTS = {
     "ActivationGraph": "graphs.graph",
     "build_graph": "graphs.cooccurrence",
-    "StreamingMoments": "graphs.cooccurrence",
+    "StreamingMoments": "graphs.moments",
     "lattice_graph": "graphs.lattice",
     "lattice_blocks": "graphs.lattice",
     "partition": "graphs.partition",

@@ -39,10 +39,10 @@ import torch
 from estimators.device import resolve_device
 from estimators.validation import as_tensor, check_choice, check_positive_int, check_samples
 from graphs.graph import ActivationGraph
-from graphs.moments import ShiftedSums, StreamingMoments
+from graphs.moments import ShiftedSums
 from graphs.topk import RunningTopK
 
-__all__ = ["METRICS", "StreamingMoments", "build_graph", "plan_bands"]
+__all__ = ["METRICS", "build_graph", "plan_bands"]
 
 log = logging.getLogger(__name__)
 
@@ -239,21 +239,21 @@ def build_graph(
     else:
         centre, scale = (sums.mean + offset)[kept_dev], sums.m2[kept_dev].rsqrt()
 
-    def transform(b: torch.Tensor, shift) -> torch.Tensor:
-        """float64 values of the kept units minus ``shift`` [b, uk] -> float32 transformed values."""
+    def transform(b: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """float64 values of the kept units [b, uk], ``centre`` expressed as ``at`` in their units -> float32."""
         if metric == "pmi":
-            return (b > centre - shift).float()
-        return b.sub_(centre - shift).mul_(scale).float()
+            return (b > at).float()
+        return b.sub_(at).mul_(scale).float()
 
     log.info("build_graph: U=%d N=%d metric=%s k=%d plan=%s", uk, n, metric, k_eff, plan)
     rows, topk = plan["band_rows"], RunningTopK(uk, k_eff, dev)
     counts = torch.zeros(uk, dtype=torch.float64, device=dev)
     if z is not None:  # transform in place, compacting to the kept units (row i moves to i·uk <= i·u)
-        flat, shift = z.view(-1), offset[kept_dev]
+        flat, centre_z = z.view(-1), centre - offset[kept_dev]
         for a in range(0, n, chunk_rows):
             b = min(a + chunk_rows, n)
             vals = z[a:b].double()  # a copy: writing over these rows afterwards is safe
-            t = transform(vals if all_kept else vals[:, kept_dev], shift)
+            t = transform(vals if all_kept else vals[:, kept_dev], centre_z)
             flat[a * uk : b * uk].view(b - a, uk).copy_(t)
             if metric == "pmi":
                 counts += t.sum(0, dtype=torch.float64)
@@ -273,7 +273,7 @@ def build_graph(
             band.zero_()
             for _, batch in src.batches(batch_rows):
                 b = batch.to(dev)
-                zb = transform((b if all_kept else b[:, kept_dev]).to(torch.float64, copy=True), 0.0)
+                zb = transform((b if all_kept else b[:, kept_dev]).to(torch.float64, copy=True), centre)
                 band.addmm_(zb[:, r0:r1].T, zb[:, r0:])
                 if metric == "pmi" and i == 0:
                     counts += zb.sum(0, dtype=torch.float64)
