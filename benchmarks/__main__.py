@@ -74,6 +74,7 @@ def _write(results: dict, out: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".json.tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(results, fh, indent=2, default=float)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a results file is for everyone to read
     os.replace(tmp, out)
 
 
