@@ -60,7 +60,7 @@ def _child(args: list[str], workdir: Path) -> tuple[float, float, str]:
 
 def bench_main_job(out: Path) -> dict:
     """``rsmi run --out OUT`` on the embedded default; seconds per stage from its ``timings.json``."""
-    wall, peak, _ = _child(["-m", "rsmi_nn.cli", "run", "--out", str(out), "--quiet"], out.parent)
+    wall, peak, _ = _child(["-m", "rsmi_nn.app.cli", "run", "--out", str(out), "--quiet"], out.parent)
     timings = json.loads((out / "timings.json").read_text())
     stages = {name: t["seconds"] for name, t in timings["stages"].items()}
     flow = json.loads(next(out.rglob("flow.json")).read_text())

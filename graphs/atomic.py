@@ -1,17 +1,25 @@
 """Atomic file writes: a temporary file in the target's folder, then ``os.replace``.
 
-An interrupted run never leaves a half-written file under a final name. Every writer in
-``graphs``, ``rsmi_nn`` and ``experiments`` goes through :func:`atomic_write`.
+An interrupted run never leaves a half-written file under a final name. This module is the
+only place that writes files atomically: every writer in ``graphs``, ``rsmi_nn`` and
+``experiments`` calls :func:`atomic_write` or one of its helpers for bytes
+(:func:`atomic_write_bytes`), JSON (:func:`atomic_write_json`) and safetensors
+(:func:`atomic_save_tensors`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["atomic_save_tensors", "atomic_write", "atomic_write_bytes", "atomic_write_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -39,3 +47,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 1, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as UTF-8 JSON to ``path`` atomically.
+
+    NaN/Inf are written as JSON's ``NaN``/``Infinity`` (``allow_nan=True``); convert them first
+    where a strict JSON reader must read the file.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=True)
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    """Save ``tensors`` (name -> Tensor) as safetensors atomically, as contiguous detached CPU copies.
+
+    The file is streamed to the temporary path, so no second in-memory copy of the bytes is made.
+    """
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))

@@ -1,8 +1,10 @@
 """rsmi-nn: real-space mutual-information coarse-graining of neural networks.
 
-Composes ``graphs`` (activation graphs, regions) and ``estimators`` (MI bounds, critics)
-into the RSMI coarse-graining step and the decimation flow. Public names are imported
-lazily (PEP 562) so that ``rsmi --help`` starts fast.
+The engine: composes ``graphs`` (activation graphs, regions) and ``estimators`` (MI bounds,
+critics, the training loop) into the RSMI coarse-graining step, the decimation flow and the
+run directory's format. The application (configs, the ``rsmi`` command, pipeline, export,
+report) is the sub-package :mod:`rsmi_nn.app`; the engine never imports it. Public names
+are imported lazily (PEP 562), so ``import rsmi_nn`` loads neither side's heavy modules.
 """
 
 from estimators.lazy import lazy_exports
@@ -17,11 +19,12 @@ _EXPORTS = {
     "FlowResult": "rsmi_nn.flow",
     "correlation_length": "rsmi_nn.observables",
     "locality_preservation": "rsmi_nn.observables",
-    "export_run": "rsmi_nn.export",
-    "load_run": "rsmi_nn.export",
-    "Run": "rsmi_nn.export",
-    "write_report": "rsmi_nn.report",
-    "run_pipeline": "rsmi_nn.pipeline",
+    "load_run": "rsmi_nn.run",
+    "Run": "rsmi_nn.run",
+    "Level": "rsmi_nn.run",
+    "export_run": "rsmi_nn.app.export",
+    "write_report": "rsmi_nn.app.report",
+    "run_pipeline": "rsmi_nn.app.pipeline",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

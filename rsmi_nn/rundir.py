@@ -1,25 +1,64 @@
-"""Reading a run directory back: :func:`load_run` → :class:`Run` with its :class:`Level` objects.
+"""The run directory's format: every path and file of a flow's output, written and read here only.
 
-A run directory (written by ``run_flow`` / ``rsmi run`` / ``rsmi flow``) holds ``flow.json`` and one
-folder per finished level, ``levels/NNN/`` (graph, regions, filters, coarse samples, ``level.json``).
-Everything here is read lazily; the feature maps are computed from the filters (see
-:mod:`rsmi_nn.export` for their definition), so a run loads before, or without, its export.
+::
+
+    flow.json              one record per finished level (rewritten atomically after each level)
+    flow_config.json       what the flow was run with (options, seed, data fingerprint): a resume must match
+    levels/NNN/            one folder per finished level
+        graph.safetensors, graph.json   the level's input graph
+        regions.safetensors             blocks, visible / environment indices and masks
+        filters.safetensors             filters [J, max_visible, h], mean / std [U], mi / mi_stderr [J]
+        coarse.safetensors              the coarse samples [N, J*h] (the next level's samples)
+        timing.json                     seconds (not reproducible, so kept out of level.json)
+        level.json                      the level's record, written last: a level is complete iff it exists
+
+Every file is written atomically (:mod:`graphs.atomic`). :mod:`rsmi_nn.run` builds the ``Run`` and
+``Level`` objects on these readers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
-from functools import cached_property
+import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
-__all__ = ["Level", "Run", "load_run"]
+from graphs.atomic import atomic_save_tensors, atomic_write_json
+
+__all__ = [
+    "FLOW_CONFIG",
+    "FLOW_JSON",
+    "LEVEL_JSON",
+    "fingerprint",
+    "level_dir",
+    "load_tensors",
+    "prepare",
+    "read_json",
+    "read_level",
+    "write_flow",
+    "write_level",
+]
+
+FLOW_JSON = "flow.json"
+FLOW_CONFIG = "flow_config.json"
+LEVEL_JSON = "level.json"
+LEVELS = "levels"
 
 
-def _read_json(path: Path, what: str):
+def level_dir(out: str | Path, level: int) -> Path:
+    """``out/levels/NNN``."""
+    return Path(out) / LEVELS / f"{level:03d}"
+
+
+def fingerprint(x: torch.Tensor) -> str:
+    """A short hash of the samples' bytes (a resume must see the same data)."""
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def read_json(path: Path, what: str):
+    """JSON from ``path``; a missing or damaged file is an error naming ``what`` and the fix."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist; is this a finished rsmi run directory?")
     try:
@@ -28,7 +67,8 @@ def _read_json(path: Path, what: str):
         raise ValueError(f"{what} {str(path)!r} is not valid JSON ({err}); re-run the flow into a new directory") from None
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file of the run; missing or damaged files are clear errors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -40,274 +80,76 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{str(path)!r} is unreadable ({err}); re-run the flow") from None
 
 
-@dataclass
-class Level:
-    """One finished level of a flow, read lazily from ``run_dir/levels/NNN``.
+def _comparable(config: dict) -> dict:
+    """A flow config with its options filled to their current defaults.
 
-    Attributes
-    ----------
-    index : the level number (0 = the flow's first coarse-graining, on the original units).
-    metrics : the level's record (``level.json``): ξ, locality, MI, sizes, fit details.
+    Runs written before the options were declared once recorded only the step options passed
+    (``{"coarse_grain": {...}}``); filling the defaults lets such a run be resumed.
     """
+    from rsmi_nn.options import FlowOptions
 
-    index: int
-    path: Path
-    metrics: dict
-    _next_columns: np.ndarray | None = field(default=None, repr=False)
-
-    @cached_property
-    def graph(self):
-        """The level's input graph (``ActivationGraph``), one node per unit of this level."""
-        from graphs import ActivationGraph
-
-        return ActivationGraph.load(self.path / "graph")
-
-    @property
-    def names(self) -> list[str]:
-        """Names of this level's units (the graph's node names)."""
-        return self.graph.names
-
-    @cached_property
-    def regions(self) -> dict[str, torch.Tensor]:
-        """``blocks``, ``visible``, ``visible_mask``, ... as saved by the flow."""
-        return _load_tensors(self.path / "regions.safetensors")
-
-    @property
-    def blocks(self) -> torch.Tensor:
-        """LongTensor ``[U_l]``: block id of every unit of this level."""
-        return self.regions["blocks"].long()
-
-    @cached_property
-    def _filters(self) -> dict[str, torch.Tensor]:
-        return _load_tensors(self.path / "filters.safetensors")
-
-    @property
-    def filters(self) -> torch.Tensor:
-        """``[J, max_visible, hidden]`` filter weights on standardised inputs (zero where padded)."""
-        return self._filters["filters"]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self._filters["mean"]
-
-    @property
-    def std(self) -> torch.Tensor:
-        return self._filters["std"]
-
-    @property
-    def mi(self) -> torch.Tensor:
-        """``[J]`` held-out I(H_j; E_j) per block, nats."""
-        return self._filters["mi"]
-
-    @property
-    def num_blocks(self) -> int:
-        return int(self.filters.shape[0])
-
-    @property
-    def hidden(self) -> int:
-        return int(self.filters.shape[2])
-
-    @property
-    def num_units(self) -> int:
-        return int(self.std.shape[0])
-
-    @property
-    def num_coarse(self) -> int:
-        """Number of coarse variables ``J * hidden`` (the next level's units)."""
-        return self.num_blocks * self.hidden
-
-    def coarse_samples(self) -> torch.Tensor:
-        """``[N, J*h]``: the coarse variables on every sample (the next level's samples)."""
-        return _load_tensors(self.path / "coarse.safetensors")["samples"]
-
-    @cached_property
-    def feature_map_sparse(self):
-        """``scipy.sparse.csr_matrix [U_l, J*h]``: the level-local linear map ``W_l`` (see module doc)."""
-        from scipy.sparse import coo_matrix
-
-        filters, std = self.filters.double(), self.std.double()
-        visible = self.regions["visible"].long()
-        mask = self.regions["visible_mask"].bool()
-        J, V, h = filters.shape
-        if tuple(visible.shape) != (J, V):
-            raise ValueError(
-                f"{self.path}: regions 'visible' has shape {tuple(visible.shape)} but filters have {(J, V, h)}; "
-                "the level directory is inconsistent (re-run the flow)"
-            )
-        j_idx, i_idx = mask.nonzero(as_tuple=True)
-        units = visible[j_idx, i_idx]
-        s = std[units]
-        scale = torch.where(s > 0, 1.0 / s.clamp_min(1e-30), torch.zeros_like(s))
-        rows = units.repeat_interleave(h)
-        cols = (j_idx[:, None] * h + torch.arange(h)[None, :]).reshape(-1)
-        vals = (filters[j_idx, i_idx, :] * scale[:, None]).reshape(-1)
-        return coo_matrix(
-            (vals.numpy(), (rows.numpy(), cols.numpy())), shape=(self.num_units, J * h)
-        ).tocsr()
-
-    @property
-    def feature_map(self) -> torch.Tensor:
-        """Dense ``[U_l, J*h]`` float32 tensor of the level-local map ``W_l``."""
-        return torch.from_numpy(self.feature_map_sparse.toarray().astype(np.float32))
-
-    def variable_mi(self) -> torch.Tensor:
-        """``[J*h]``: each coarse variable's block MI (variable ``j*h + c`` belongs to block ``j``)."""
-        return self.mi.double().repeat_interleave(self.hidden)
+    config = dict(config)
+    options = {**config.pop("options", {}), **config.pop("coarse_grain", {})}
+    for key in list(config):
+        if key in FlowOptions.specs():
+            options[key] = config.pop(key)
+    try:
+        options = FlowOptions.create(**options).to_dict()
+    except ValueError:
+        pass  # an unreadable old config simply differs
+    options.pop("levels", None)
+    return {**config, "options": options}
 
 
-class Run:
-    """A finished (or partially finished) flow read from disk; see :func:`load_run`.
+def prepare(out: str | Path, config: dict, *, overwrite: bool) -> Path:
+    """Make ``out`` ready for a flow run with ``config``: keep a matching run (to resume), refuse another.
 
-    Attributes
-    ----------
-    path : the run directory.
-    flow : list of dict, the records of ``flow.json`` (one per finished level).
-    config : dict, the run's configuration (``config.toml`` when written by ``rsmi run``,
-        else ``flow_config.json``), or ``{}``.
-    levels : list of :class:`Level`.
+    A run with a different configuration is discarded when ``overwrite`` is set, else refused.
     """
-
-    def __init__(self, path: Path, flow: list[dict], levels: list[Level], config: dict):
-        self.path = path
-        self.flow = flow
-        self.levels = levels
-        self.config = config
-        self._composed: dict[int, object] = {}
-        self._csc: dict[int, object] = {}
-
-    def __repr__(self) -> str:
-        sizes = " -> ".join(str(lv.num_units) for lv in self.levels)
-        if self.levels:
-            sizes += f" -> {self.levels[-1].num_coarse}"
-        return f"Run({str(self.path)!r}, levels={len(self.levels)}, units {sizes})"
-
-    @property
-    def unit_names(self) -> list[str]:
-        """Names of the original (level-0) units."""
-        return self.levels[0].names if self.levels else []
-
-    @property
-    def num_units(self) -> int:
-        return self.levels[0].num_units if self.levels else 0
-
-    def _check_level(self, level: int) -> int:
-        if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
-            raise TypeError(f"level must be an int, got {level!r}")
-        n = len(self.levels)
-        if not -n <= level < n:
-            raise ValueError(f"level={level} does not exist; this run has levels 0..{n - 1}")
-        return int(level) % n
-
-    def feature_map_sparse(self, level: int):
-        """``scipy.sparse.csr_matrix [U_0, J_l*h]``: composed weights from level-0 units to level ``level``."""
-        level = self._check_level(level)
-        if level not in self._composed:
-            w = self.levels[level].feature_map_sparse
-            if level == 0:
-                m = w
-            else:
-                prev = self.feature_map_sparse(level - 1)
-                cols = _input_columns(self.levels[level - 1], self.levels[level])
-                m = (prev[:, cols] @ w).tocsr()
-            m.eliminate_zeros()
-            self._composed[level] = m
-        return self._composed[level]
-
-    def feature_maps(self, level: int) -> torch.Tensor:
-        """Dense ``[num_units_level0, num_coarse_variables]`` float32 tensor of the composed weights.
-
-        Column ``j*h + c`` is component ``c`` of block ``j``'s coarse variable at ``level``; entry
-        ``[u, v]`` is how strongly original unit ``u`` (in its raw units) feeds variable ``v``.
-        """
-        return torch.from_numpy(self.feature_map_sparse(level).toarray().astype(np.float32))
-
-    def top_units(self, level: int, variable: int, k: int = 10) -> list[tuple[str, float]]:
-        """The ``k`` level-0 units with the largest |weight| on ``variable`` at ``level``, with weights."""
-        level = self._check_level(level)
-        if level not in self._csc:
-            self._csc[level] = self.feature_map_sparse(level).tocsc()
-        csc = self._csc[level]
-        if not 0 <= variable < csc.shape[1]:
-            raise ValueError(f"variable={variable} does not exist; level {level} has {csc.shape[1]} coarse variables")
-        lo, hi = csc.indptr[variable], csc.indptr[variable + 1]
-        rows, data = csc.indices[lo:hi], csc.data[lo:hi]
-        order = np.lexsort((rows, -np.abs(data)))[:k]  # largest |weight| first, ties by unit index
-        names = self.unit_names
-        return [(names[int(rows[i])], float(data[i])) for i in order]
-
-    def pyg(self, level: int):
-        """The level's graph as a ``torch_geometric.data.Data`` (with ``names`` and ``blocks``)."""
-        lv = self.levels[self._check_level(level)]
-        data = lv.graph.to_pyg()
-        data.blocks = lv.blocks
-        return data
-
-    def examples(self, level: int) -> dict | None:
-        """The exported top-activating inputs of ``level`` (``None`` when the run has none)."""
-        level = self._check_level(level)
-        p = self.path / "examples" / f"level_{level:03d}.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    out = Path(out)
+    path = out / FLOW_CONFIG
+    if path.exists():
+        old, new = _comparable(read_json(path, "flow config")), _comparable(config)
+        if old != new:
+            if not overwrite:
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                if diff == ["options"]:
+                    diff = sorted(k for k in new["options"] if old["options"].get(k) != new["options"][k])
+                raise ValueError(f"{out} holds a flow with a different configuration (differs in {diff}); "
+                                 "use a new out folder or pass overwrite=True")
+            _discard_levels(out)
+    elif overwrite:
+        _discard_levels(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, config, sort_keys=True)
+    return out
 
 
-def _input_columns(prev: Level, cur: Level) -> np.ndarray:
-    """Which coarse columns of ``prev`` became the units of ``cur`` (in ``cur``'s order)."""
-    n_prev, n_cur = prev.num_coarse, cur.num_units
-    meta = cur.graph.metadata or {}
-    for key in ("unit_index", "columns", "kept_columns", "source_columns"):
-        if key in meta:
-            cols = np.asarray(meta[key], dtype=np.int64)
-            if cols.shape == (n_cur,) and (cols.size == 0 or (cols.min() >= 0 and cols.max() < n_prev)):
-                return cols
-    if n_cur == n_prev:
-        return np.arange(n_cur)
-    excluded = meta.get("excluded") or meta.get("excluded_units")
-    if isinstance(excluded, list):
-        idx = [e if isinstance(e, int) else e.get("index") for e in excluded if isinstance(e, (int, dict))]
-        keep = np.setdiff1d(np.arange(n_prev), np.asarray([i for i in idx if i is not None], dtype=np.int64))
-        if keep.size == n_cur:
-            return keep
-    raise ValueError(
-        f"level {cur.index} has {n_cur} units but level {prev.index} produced {n_prev} coarse variables, and "
-        "its graph metadata does not say which were kept; cannot compose the feature maps"
-    )
+def _discard_levels(out: Path) -> None:
+    shutil.rmtree(out / LEVELS, ignore_errors=True)
+    (out / FLOW_JSON).unlink(missing_ok=True)
 
 
-def load_run(path: str | Path) -> Run:
-    """Read a run directory written by ``run_flow`` / ``rsmi run`` / ``rsmi flow``.
+def write_level(path: Path, *, graph, regions, result, coarse: torch.Tensor, record: dict, timing: dict) -> None:
+    """Write one finished level into ``path`` (``level.json`` last, so a half-written level is never read)."""
+    path.mkdir(parents=True, exist_ok=True)
+    graph.save(path / "graph")
+    atomic_save_tensors(path / "regions.safetensors", regions.tensors())
+    atomic_save_tensors(path / "filters.safetensors", {"filters": result.filters, "mean": result.mean,
+                                                       "std": result.std, "mi": result.mi,
+                                                       "mi_stderr": result.mi_stderr})
+    atomic_save_tensors(path / "coarse.safetensors", {"samples": coarse})
+    atomic_write_json(path / "timing.json", timing, sort_keys=True)
+    atomic_write_json(path / LEVEL_JSON, record, sort_keys=True)
 
-    Returns
-    -------
-    Run with ``.levels`` (each with ``.metrics``, ``.graph``, ``.feature_map``, ``.blocks``),
-    ``.feature_maps(level) -> Tensor [num_units_level0, num_coarse_variables]``, ``.flow`` and ``.config``.
 
-    Raises
-    ------
-    FileNotFoundError when ``path`` is not a run directory or has no finished level.
-    """
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"run directory {str(p)!r} does not exist; run `rsmi run --out {p}` first")
-    flow = _read_json(p / "flow.json", "flow file")
-    if not isinstance(flow, list):
-        raise TypeError(f"{str(p / 'flow.json')!r} must hold a list of level records, got {type(flow).__name__}")
-    levels = []
-    for i, record in enumerate(flow):
-        number = int(record.get("level", i)) if isinstance(record, dict) else i
-        ldir = p / "levels" / f"{number:03d}"
-        if not (ldir / "level.json").is_file():
-            raise FileNotFoundError(
-                f"level {number} is listed in flow.json but {str(ldir / 'level.json')!r} is missing; "
-                "the run is incomplete (re-run the flow on the same directory to resume it)"
-            )
-        metrics = _read_json(ldir / "level.json", "level record")
-        levels.append(Level(index=number, path=ldir, metrics=metrics))
-    if not levels:
-        raise FileNotFoundError(f"{str(p)!r} has no finished level yet; run or resume the flow first")
-    config: dict = {}
-    if (p / "config.toml").is_file():
-        import tomllib
+def read_level(path: Path) -> tuple[dict, torch.Tensor] | None:
+    """``(record, coarse samples)`` of a finished level in ``path``, or None when it is not complete."""
+    if not (path / LEVEL_JSON).is_file():
+        return None
+    return read_json(path / LEVEL_JSON, "level record"), load_tensors(path / "coarse.safetensors")["samples"]
 
-        config = tomllib.loads((p / "config.toml").read_text(encoding="utf-8"))
-    elif (p / "flow_config.json").is_file():
-        config = _read_json(p / "flow_config.json", "flow config")
-    return Run(p, flow, levels, config)
+
+def write_flow(out: str | Path, records: list[dict]) -> None:
+    """Rewrite ``flow.json`` with the records of the finished levels."""
+    atomic_write_json(Path(out) / FLOW_JSON, records, sort_keys=True)

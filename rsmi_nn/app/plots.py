@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-__all__ = ["filter_figure", "flow_figure", "graph_figure", "image_grid_png", "lattice_weights_png"]
+__all__ = ["flow_figure", "graph_figure", "image_grid_png", "lattice_weights_png"]
 
 
 def _pyplot():
@@ -147,20 +147,6 @@ def graph_figure(graph, blocks, *, seed: int = 0, max_nodes: int = 400, title: s
     ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9)
     ax.set_axis_off()
     return _png(fig), note
-
-
-def filter_figure(weights, names: list[str], title: str = "") -> bytes:
-    """Horizontal bar chart of the strongest units feeding one coarse variable."""
-    plt = _pyplot()
-    weights = np.asarray(weights, dtype=float)
-    fig, ax = plt.subplots(figsize=(4.0, 0.25 * len(weights) + 0.8))
-    y = np.arange(len(weights))[::-1]
-    ax.barh(y, weights, color=["tab:blue" if w >= 0 else "tab:orange" for w in weights])
-    ax.set_yticks(y)
-    ax.set_yticklabels(names, fontsize=7)
-    ax.axvline(0, color="black", lw=0.5)
-    ax.set_title(title, fontsize=9)
-    return _png(fig, dpi=90)
 
 
 def image_grid_png(rows: list[list[np.ndarray]], *, zoom: int = 4, gap: int = 1) -> bytes:

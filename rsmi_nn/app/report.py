@@ -1,7 +1,7 @@
 """One self-contained HTML report of a run: the flow table, diagnostics, graph drawings, and cards.
 
 ``write_report(run_dir)`` reads the run with :func:`rsmi_nn.load_run` (exporting it first when
-needed), draws the figures with :mod:`rsmi_nn.plots`, writes them as PNG files under
+needed), draws the figures with :mod:`rsmi_nn.app.plots`, writes them as PNG files under
 ``run_dir/plots/`` and embeds the same images as base64 ``data:`` URIs in ``run_dir/report.html``:
 no external CSS, scripts, fonts or images, so the file opens anywhere, offline.
 """
@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rsmi_nn.export import export_run, is_exported, load_run
-from rsmi_nn.files import write_bytes, write_text
+from rsmi_nn.app import plots
+from rsmi_nn.app.config import read_run_config
+from rsmi_nn.app.export import export_run, is_exported
+from rsmi_nn.app.files import write_bytes, write_text
+from rsmi_nn.run import load_run
 
 __all__ = ["write_report"]
 
@@ -87,14 +90,14 @@ def _mark_text(text: str, token: str | None = None) -> str:
             + html.escape(text[i + len(needle) :]))
 
 
-def _example_html(ex: dict, plots) -> str:
+def _example_html(ex: dict) -> str:
     if "text" in ex:
         marked = _mark_text(str(ex["text"]), ex.get("token"))
         return f'<div class="ex">{marked} <span class="note">({_fmt(ex.get("value"))})</span></div>'
     return ""
 
 
-def _examples_block(variable_examples: list[dict], plots) -> str:
+def _examples_block(variable_examples: list[dict]) -> str:
     if not variable_examples:
         return ""
     if "input" in variable_examples[0]:
@@ -110,7 +113,7 @@ def _examples_block(variable_examples: list[dict], plots) -> str:
                 return ""
             arrs.append(a)
         return "<div>top inputs:</div>" + _img(plots.image_grid_png([arrs], zoom=5), "top inputs")
-    items = "".join(_example_html(ex, plots) for ex in variable_examples)
+    items = "".join(_example_html(ex) for ex in variable_examples)
     return f"<div>top inputs:</div>{items}" if items else ""
 
 
@@ -130,44 +133,52 @@ def write_report(run_dir: str | Path, *, max_cards: int = 48, top_units: int = 1
     -------
     Path of ``report.html``.
     """
-    from rsmi_nn import plots
-
     root = Path(run_dir)
     if not is_exported(root):
         export_run(root)
     run = load_run(root)
-    plot_dir = root / "plots"
-    parts: list[str] = []
     title = f"rsmi-nn run: {html.escape(root.resolve().name)}"
-    src = run.config.get("source", {}) if isinstance(run.config, dict) else {}
-    parts.append(f"<h1>{title}</h1>")
+    parts = [f"<h1>{title}</h1>", _summary_line(run, root), *_flow_section(run, root / "plots"),
+             *_graphs_section(run, root / "plots", seed, max_draw_nodes), *_cards_section(run, max_cards, top_units),
+             *_provenance_section(run, root)]
+    doc = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+           f"<title>{title}</title><style>{_CSS}</style></head><body>\n" + "\n".join(parts)
+           + "\n</body></html>\n")
+    out = write_text(root / "report.html", doc)
+    log.info("report written to %s", out)
+    return out
+
+
+def _summary_line(run, root: Path) -> str:
     what = [f"{run.num_units} level-0 units", f"{len(run.levels)} level(s)"]
+    src = read_run_config(root).get("source", {})
     if src.get("name"):
         what.insert(0, f"source <span class='mono'>{html.escape(str(src['name']))}</span>")
-    parts.append(f"<p class='note'>{', '.join(what)}; directory <span class='mono'>{html.escape(str(root))}</span></p>")
+    return f"<p class='note'>{', '.join(what)}; directory <span class='mono'>{html.escape(str(root))}</span></p>"
 
-    # --- flow summary -----------------------------------------------------------------------
-    parts.append("<h2>Flow summary</h2>")
-    parts.append(_flow_table(run.flow))
+
+def _flow_section(run, plot_dir: Path) -> list[str]:
     png = plots.flow_figure(run.flow)
     write_bytes(plot_dir / "flow.png", png)
-    parts.append(_img(png, "correlation length, locality and MI against level"))
-    parts.append("<p class='note'>ξ: decay length of |connected correlation| with graph distance. Locality: "
-                 "fraction of the next level's strongest co-occurrence edges joining blocks adjacent at this "
-                 "level. MI: held-out I(H<sub>j</sub>;E<sub>j</sub>) per block (grey dots) and mean (red).</p>")
+    return ["<h2>Flow summary</h2>", _flow_table(run.flow), _img(png, "correlation length, locality and MI against level"),
+            "<p class='note'>ξ: decay length of |connected correlation| with graph distance. Locality: "
+            "fraction of the next level's strongest co-occurrence edges joining blocks adjacent at this "
+            "level. MI: held-out I(H<sub>j</sub>;E<sub>j</sub>) per block (grey dots) and mean (red).</p>"]
 
-    # --- graphs -------------------------------------------------------------------------------
-    parts.append("<h2>Graphs by level (nodes coloured by block)</h2><div class='cards'>")
+
+def _graphs_section(run, plot_dir: Path, seed: int, max_draw_nodes: int) -> list[str]:
+    parts = ["<h2>Graphs by level (nodes coloured by block)</h2><div class='cards'>"]
     for level in run.levels:
         png, note = plots.graph_figure(level.graph, level.blocks.numpy(), seed=seed, max_nodes=max_draw_nodes,
                                        title=f"level {level.index}: {level.num_units} units, {level.num_blocks} blocks")
         write_bytes(plot_dir / f"graph_level_{level.index:03d}.png", png)
         parts.append(f"<div>{_img(png, f'graph of level {level.index}')}"
                      + (f"<div class='note'>{html.escape(note)}</div>" if note else "") + "</div>")
-    parts.append("</div>")
+    return [*parts, "</div>"]
 
-    # --- cards -------------------------------------------------------------------------------
-    parts.append("<h2>Coarse variables</h2>")
+
+def _cards_section(run, max_cards: int, top_units: int) -> list[str]:
+    parts = ["<h2>Coarse variables</h2>"]
     lattice = (run.levels[0].graph.metadata or {}).get("lattice") if run.levels else None
     side = int(lattice["L"]) if lattice and int(lattice["L"]) ** 2 == run.num_units else None
     cards_per_level = max(1, max_cards // max(len(run.levels), 1))
@@ -181,41 +192,41 @@ def write_report(run_dir: str | Path, *, max_cards: int = 48, top_units: int = 1
             parts.append(f"<p class='note'>showing the {len(shown)} variables with the highest MI of "
                          f"{len(order)}; all are in <span class='mono'>feature_maps/level_{level.index:03d}.json"
                          "</span>.</p>")
-        parts.append("<div class='cards'>")
-        for v in shown.tolist():
-            top = run.top_units(level.index, v, top_units)
-            units = "".join(f"<li><span class='mono'>{html.escape(n)}</span> {_fmt(w)}</li>" for n, w in top)
-            block = v // level.hidden
-            members = int((level.blocks == block).sum())
-            card = [f"<div class='card'><h3>level {level.index} · variable {v} (block {block}"
-                    + (f", component {v % level.hidden}" if level.hidden > 1 else "") + ")</h3>",
-                    f"<div>I(H;E) = {_fmt(float(var_mi[v]))} nats · block of {members} unit(s)</div>",
-                    f"<div>top level-0 units (composed weight):</div><ol>{units}</ol>"]
-            if side is not None:
-                w = run.feature_map_sparse(level.index)[:, v].toarray().reshape(side, side)
-                card.append("<div>weights on the level-0 lattice (red +, blue −):</div>"
-                            + _img(plots.lattice_weights_png(w, zoom=max(2, 160 // side)), "lattice weights"))
-            if examples is not None and v < len(examples.get("variables", [])):
-                card.append(_examples_block(examples["variables"][v], plots))
-            card.append("</div>")
-            parts.append("".join(card))
-        parts.append("</div>")
+        cards = [_card(run, level, v, float(var_mi[v]), top_units, side, examples) for v in shown.tolist()]
+        parts.append("<div class='cards'>" + "".join(cards) + "</div>")
+    return parts
 
-    # --- provenance --------------------------------------------------------------------------
-    parts.append("<h2>Configuration</h2>")
+
+def _card(run, level, v: int, mi: float, top_units: int, side: int | None, examples: dict | None) -> str:
+    """One coarse variable: its block, MI, top level-0 units, lattice weights or top inputs."""
+    top = run.top_units(level.index, v, top_units)
+    units = "".join(f"<li><span class='mono'>{html.escape(n)}</span> {_fmt(w)}</li>" for n, w in top)
+    block = v // level.hidden
+    members = int((level.blocks == block).sum())
+    card = [f"<div class='card'><h3>level {level.index} · variable {v} (block {block}"
+            + (f", component {v % level.hidden}" if level.hidden > 1 else "") + ")</h3>",
+            f"<div>I(H;E) = {_fmt(mi)} nats · block of {members} unit(s)</div>",
+            f"<div>top level-0 units (composed weight):</div><ol>{units}</ol>"]
+    if side is not None:
+        w = run.feature_map_sparse(level.index)[:, v].toarray().reshape(side, side)
+        card.append("<div>weights on the level-0 lattice (red +, blue −):</div>"
+                    + _img(plots.lattice_weights_png(w, zoom=max(2, 160 // side)), "lattice weights"))
+    if examples is not None and v < len(examples.get("variables", [])):
+        card.append(_examples_block(examples["variables"][v]))
+    return "".join(card) + "</div>"
+
+
+def _provenance_section(run, root: Path) -> list[str]:
+    def pre(text: str) -> str:
+        return f"<pre class='mono'>{html.escape(text)}</pre>"
+
+    parts = ["<h2>Configuration</h2>"]
     if (root / "config.toml").is_file():
-        parts.append(f"<pre class='mono'>{html.escape((root / 'config.toml').read_text(encoding='utf-8'))}</pre>")
+        parts.append(pre((root / "config.toml").read_text(encoding="utf-8")))
     elif run.config:
-        parts.append(f"<pre class='mono'>{html.escape(json.dumps(run.config, indent=2))}</pre>")
+        parts.append(pre(json.dumps(run.config, indent=2)))
     if (root / "versions.json").is_file():
-        parts.append(f"<pre class='mono'>{html.escape((root / 'versions.json').read_text(encoding='utf-8'))}</pre>")
+        parts.append(pre((root / "versions.json").read_text(encoding="utf-8")))
     if (root / "timings.json").is_file():
-        parts.append("<h3>Timings</h3>")
-        parts.append(f"<pre class='mono'>{html.escape((root / 'timings.json').read_text(encoding='utf-8'))}</pre>")
-
-    doc = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-           f"<title>{title}</title><style>{_CSS}</style></head><body>\n" + "\n".join(parts)
-           + "\n</body></html>\n")
-    out = write_text(root / "report.html", doc)
-    log.info("report written to %s", out)
-    return out
+        parts += ["<h3>Timings</h3>", pre((root / "timings.json").read_text(encoding="utf-8"))]
+    return parts

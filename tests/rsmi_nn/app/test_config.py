@@ -3,8 +3,8 @@
 import pytest
 import tomllib
 
-from rsmi_nn.cli import main
-from rsmi_nn.config import (
+from rsmi_nn.app.cli import main
+from rsmi_nn.app.config import (
     Config,
     builtin_configs,
     load_config,

@@ -17,7 +17,6 @@ level). A directory holding a run with a *different* configuration is refused ra
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
@@ -26,10 +25,11 @@ from pathlib import Path
 import tomllib
 import torch
 
-from rsmi_nn.config import Config, parse_bytes
-from rsmi_nn.files import load_samples, write_json, write_text
+from rsmi_nn.app.config import Config
+from rsmi_nn.app.files import load_samples, write_json, write_text
+from rsmi_nn.rundir import FLOW_JSON
 
-__all__ = ["flow_kwargs", "flow_stage", "graph_stage", "load_level0", "prepare_input", "record_stage", "run_pipeline"]
+__all__ = ["flow_stage", "graph_stage", "load_level0", "prepare_input", "record_stage", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +170,7 @@ def graph_stage(config: Config, out: Path, x, *, given=None, progress: bool):
     if given is not None:
         graph = given
     else:
-        kwargs = {"k": config.graph.k, "metric": config.graph.metric, "device": config.run.device,
-                  "progress": progress}
-        if config.graph.threshold is not None:
-            kwargs["threshold"] = config.graph.threshold
-        if config.graph.memory_budget is not None:
-            kwargs["memory_budget"] = parse_bytes(config.graph.memory_budget)
-        graph = build_graph(x, **kwargs)
+        graph = build_graph(x, **config.graph.build_kwargs(), device=config.run.device, progress=progress)
     graph.save(path)
     return graph, False
 
@@ -199,43 +193,12 @@ def load_level0(x, graph) -> torch.Tensor:
     return x.to_tensor(units=graph.names)
 
 
-def flow_kwargs(config: Config, *, progress: bool) -> dict:
-    """Keyword arguments of ``run_flow`` from ``config.flow`` (only those the engine accepts).
-
-    A setting the engine does not know is an error when it differs from its default (never
-    silently ignored).
-    """
-    from rsmi_nn.coarse_graining import coarse_grain
-    from rsmi_nn.flow import run_flow
-
-    params = dict(inspect.signature(run_flow).parameters)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        # run_flow forwards **kwargs to coarse_grain: those are accepted too
-        for name, p in inspect.signature(coarse_grain).parameters.items():
-            if p.kind is inspect.Parameter.KEYWORD_ONLY or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-                params.setdefault(name, p)
-    f = config.flow
-    wanted = {"levels": f.levels, "block_size": f.block_size, "buffer": f.buffer, "env": f.env,
-              "max_env": f.max_env, "hidden": f.hidden, "bound": f.bound, "binarize": f.binarize,
-              "shared": f.shared, "steps": f.steps, "batch_size": f.batch_size, "lr": f.lr,
-              "critic_env_layers": f.critic_env_layers,
-              "k": config.graph.k, "seed": config.run.seed, "device": config.run.device, "progress": progress}
-    defaults = Config().flow
-    kwargs = {}
-    for key, value in wanted.items():
-        if key in params:
-            if value is not None or params[key].default is None:
-                kwargs[key] = value
-        elif hasattr(defaults, key) and value != getattr(defaults, key) and value is not None:
-            raise ValueError(f"flow.{key}={value!r} is not supported by this version of run_flow; remove it")
-    return kwargs
-
-
 def flow_stage(config: Config, out: Path, x: torch.Tensor, graph, *, progress: bool):
     """Run (or resume) the decimation flow into ``out``."""
     from rsmi_nn.flow import run_flow
 
-    return run_flow(x, graph, out=out, **flow_kwargs(config, progress=progress))
+    return run_flow(x, graph, config.flow, graph_options=config.graph, out=out, seed=config.run.seed,
+                    device=config.run.device, progress=progress)
 
 
 def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | None = None,
@@ -251,11 +214,11 @@ def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | Non
     ValueError if ``out`` holds a run with another configuration, or for a bad configuration.
     """
     from rsmi_nn import __version__
-    from rsmi_nn.config import versions
-    from rsmi_nn.export import export_run, is_exported
-    from rsmi_nn.report import write_report
+    from rsmi_nn.app.config import versions
+    from rsmi_nn.app.export import export_run, is_exported
+    from rsmi_nn.app.report import write_report
 
-    config = (config or Config()).copy().validate()
+    config = (config or Config()).copy()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; pass a directory")
@@ -287,12 +250,12 @@ def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | Non
 
     t0 = time.perf_counter()
     x = load_level0(data, graph)
-    before = (out / "flow.json").read_text() if (out / "flow.json").is_file() else None
+    before = (out / FLOW_JSON).read_text() if (out / FLOW_JSON).is_file() else None
     result = flow_stage(config, out, x, graph, progress=progress)
-    if not (out / "flow.json").is_file():
+    if not (out / FLOW_JSON).is_file():
         reason = getattr(result, "stopped", None) or "no level finished"
         raise ValueError(f"the flow produced no level ({reason}); use a smaller flow.block_size or more units")
-    after = (out / "flow.json").read_text()
+    after = (out / FLOW_JSON).read_text()
     flow_changed = before != after
     done("flow", t0, not flow_changed and before is not None)
 

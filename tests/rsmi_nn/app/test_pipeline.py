@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from rsmi_nn import load_run
-from rsmi_nn.cli import main
-from tests.rsmi_nn.test_cli import run_rsmi
+from rsmi_nn.app.cli import main
+from tests.rsmi_nn.app.test_cli import run_rsmi
 
 
 def smooth_field(L: int, n: int, *, width: float = 1.0, seed: int = 0) -> np.ndarray:

@@ -90,7 +90,7 @@ def test_report_on_missing_run_is_a_clear_error(tmp_path):
 
 
 def test_text_examples_mark_the_token_and_escape_the_rest():
-    from rsmi_nn.report import _mark_text
+    from rsmi_nn.app.report import _mark_text
 
     assert _mark_text("a <b> [[cat]] sat", "cat") == "a &lt;b&gt; <mark>cat</mark> sat"
     # a literal "[[...]]" earlier in the text is not mistaken for the marker

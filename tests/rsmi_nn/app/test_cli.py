@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 
 from rsmi_nn import __version__
-from rsmi_nn.cli import build_parser, main
+from rsmi_nn.app.cli import build_parser, main
 from tests.rsmi_nn.fake_run import make_fake_run
 
 
 def rsmi_command() -> list[str]:
-    """The installed console script (``.venv/bin/rsmi``), else ``python -m rsmi_nn.cli``."""
+    """The installed console script (``.venv/bin/rsmi``), else ``python -m rsmi_nn.app.cli``."""
     script = Path(sys.executable).with_name("rsmi")
     if script.is_file():
         return [str(script)]
     found = shutil.which("rsmi")
-    return [found] if found else [sys.executable, "-m", "rsmi_nn.cli"]
+    return [found] if found else [sys.executable, "-m", "rsmi_nn.app.cli"]
 
 
 def run_rsmi(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
@@ -131,10 +131,10 @@ def test_user_mistakes_in_process(tmp_path, capsys, setup, argv, needle):
 def test_existing_run_with_other_config_is_refused(tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()
-    from rsmi_nn.config import load_config
+    from rsmi_nn.app.config import load_config
 
     old = load_config()
-    old.flow.levels = 3
+    old.set("flow.levels", 3)
     (out / "config.toml").write_text(old.to_toml())
     rc = main(["run", "--out", str(out), "--levels", "2"])
     assert rc == 1

@@ -23,12 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-from estimators.validation import check_positive_int
-from rsmi_nn.cli_parser import UsageError, build_parser
+from rsmi_nn.app.cli_parser import UsageError, apply_flags, build_parser
+from rsmi_nn.rundir import FLOW_JSON
 
 __all__ = ["build_parser", "main"]
 
-log = logging.getLogger("rsmi_nn.cli")
+log = logging.getLogger("rsmi_nn.app.cli")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -37,74 +37,19 @@ EXIT_USAGE = 2
 # ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
-def _parse_options(items: list[str]) -> dict:
-    from rsmi_nn.config import parse_override
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--option {item!r} must look like KEY=VALUE (e.g. data=inputs.npy)")
-        key, value = parse_override(item)
-        out[key] = value
-    return out
-
-
-def _apply_common(cfg, args) -> None:
-    if args.device is not None:
-        cfg.run.device = args.device
-    if args.seed is not None:
-        cfg.run.seed = args.seed
-    if args.quiet:
-        cfg.run.quiet = True
-
-
-def _apply_source(cfg, args) -> None:
-    if args.source is not None:
-        if args.source != cfg.source.name:
-            cfg.source.options = {}
-            cfg.source.modules = None
-        cfg.source.name = args.source
-    opts = _parse_options(args.option)
-    cfg.source.options.update(opts)
-    for flag, key in (("modules", "modules"), ("max_samples", "max_samples"), ("batch_size", "batch_size"),
-                      ("reduction", "reduction")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            setattr(cfg.source, key, value)
-
-
-def _apply_graph(cfg, args) -> None:
-    for key in ("k", "metric", "threshold", "memory_budget"):
-        value = getattr(args, key, None)
-        if value is not None:
-            setattr(cfg.graph, key, value)
-
-
-def _apply_flow(cfg, args) -> None:
-    for flag, key in (("levels", "levels"), ("block_size", "block_size"), ("buffer", "buffer"), ("env", "env"),
-                      ("max_env", "max_env"), ("hidden", "hidden"), ("bound", "bound"), ("binarize", "binarize"),
-                      ("shared", "shared"), ("steps", "steps"), ("flow_batch_size", "batch_size"), ("lr", "lr")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            setattr(cfg.flow, key, value)
-
-
 def _cmd_run(args) -> int:
-    from rsmi_nn.config import builtin_configs, load_config, parse_override
-    from rsmi_nn.pipeline import run_pipeline
+    from rsmi_nn.app.config import builtin_configs, load_config, parse_override
+    from rsmi_nn.app.pipeline import run_pipeline
 
     config_path = args.config
-    if config_path is None and args.source is not None and args.source in builtin_configs():
-        config_path = args.source  # `rsmi run --source minilm` uses the shipped minilm.toml
+    source = getattr(args, "source.name")
+    if config_path is None and source is not None and source in builtin_configs():
+        config_path = source  # `rsmi run --source minilm` uses the shipped minilm.toml
     cfg = load_config(config_path)
-    _apply_source(cfg, args)
-    _apply_graph(cfg, args)
-    _apply_flow(cfg, args)
+    apply_flags(cfg, args)
     for item in args.overrides:
         key, value = parse_override(item)
         cfg.set(key, value, origin="--set")
-    _apply_common(cfg, args)
-    cfg.validate()
     if args.print_config:
         sys.stdout.write(cfg.to_toml())
         return 0
@@ -115,35 +60,35 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_flow(args) -> int:
-    from rsmi_nn.config import Config
-    from rsmi_nn.pipeline import run_pipeline
-
-    cfg = Config()
-    if args.samples is not None:
-        cfg.source.name = f"samples:{args.samples}"
-        if args.key is not None:
-            cfg.source.options["key"] = args.key
-        if args.lattice is not None:
-            cfg.source.options["lattice"] = args.lattice
-            cfg.source.options["periodic"] = not args.open
-        elif args.graph is not None:
-            cfg.source.options["graph"] = args.graph
-    else:
-        if args.lattice is not None:
-            raise UsageError("--lattice applies to --samples, not to an activation --store")
-        cfg.source.name = f"store:{args.store}"
-        if args.graph is not None:
-            raise UsageError("--graph with --store is not supported; pass the store's samples with --samples")
+def _flow_source(args) -> tuple[str, dict]:
+    """``source.name`` and ``source.options`` of ``rsmi flow``'s raw samples or store."""
     if args.open and args.lattice is None:
         raise UsageError("--open only applies together with --lattice")
-    if args.samples is not None and args.lattice is None and args.graph is None:
+    if args.store is not None:
+        if args.lattice is not None:
+            raise UsageError("--lattice applies to --samples, not to an activation --store")
+        if args.graph is not None:
+            raise UsageError("--graph with --store is not supported; pass the store's samples with --samples")
+        return f"store:{args.store}", {}
+    if args.lattice is None and args.graph is None:
         raise UsageError("raw --samples need a geometry: pass --lattice L or --graph GRAPH_FILE")
-    cfg.source.max_samples = args.max_samples
-    _apply_graph(cfg, args)
-    _apply_flow(cfg, args)
-    _apply_common(cfg, args)
-    cfg.validate()
+    options = {} if args.key is None else {"key": args.key}
+    if args.lattice is not None:
+        options.update(lattice=args.lattice, periodic=not args.open)
+    else:
+        options["graph"] = args.graph
+    return f"samples:{args.samples}", options
+
+
+def _cmd_flow(args) -> int:
+    from rsmi_nn.app.config import Config
+    from rsmi_nn.app.pipeline import run_pipeline
+
+    name, options = _flow_source(args)
+    cfg = Config()
+    cfg.set("source.name", name, origin="--samples")
+    cfg.set("source.options", options, origin="--samples")
+    apply_flags(cfg, args)
     _configure_logging(cfg.run.quiet, args.debug)
     t0 = time.perf_counter()
     out = run_pipeline(cfg, args.out, report=not args.no_report)
@@ -152,18 +97,14 @@ def _cmd_flow(args) -> int:
 
 
 def _cmd_record(args) -> int:
-    from rsmi_nn.config import Config
-    from rsmi_nn.pipeline import record_stage
+    from rsmi_nn.app.config import Config
+    from rsmi_nn.app.pipeline import prepare_input, record_stage
 
     cfg = Config()
-    _apply_source(cfg, args)
-    _apply_common(cfg, args)
-    cfg.validate()
+    apply_flags(cfg, args)
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.overwrite:
         raise ValueError(f"{str(out)!r} already holds an activation store; pass --overwrite or another --out")
-    from rsmi_nn.pipeline import prepare_input
-
     _configure_logging(cfg.run.quiet, args.debug)
     _, source, _ = prepare_input(cfg)
     store, _ = record_stage(cfg, out, progress=not cfg.run.quiet, store_dir=out, source=source)
@@ -172,14 +113,14 @@ def _cmd_record(args) -> int:
 
 
 def _cmd_graph(args) -> int:
-    from rsmi_nn.config import Config, parse_bytes
-    from rsmi_nn.files import load_samples
+    from graphs import build_graph
+    from rsmi_nn.app.config import Config
 
     cfg = Config()
-    _apply_graph(cfg, args)
-    _apply_common(cfg, args)
-    cfg.validate()
+    apply_flags(cfg, args)
     if args.samples is not None:
+        from graphs.tensor_files import load_samples
+
         from estimators.validation import check_samples
 
         x = check_samples(load_samples(args.samples, key=args.key), name=f"samples in {args.samples!r}")
@@ -188,39 +129,34 @@ def _cmd_graph(args) -> int:
 
         x = ActivationStore.open(args.store)
     _configure_logging(cfg.run.quiet, args.debug)
-    from graphs import build_graph
-
-    kwargs = {"k": cfg.graph.k, "metric": cfg.graph.metric, "device": cfg.run.device, "progress": not cfg.run.quiet}
-    if cfg.graph.threshold is not None:
-        kwargs["threshold"] = cfg.graph.threshold
-    if cfg.graph.memory_budget is not None:
-        kwargs["memory_budget"] = parse_bytes(cfg.graph.memory_budget)
-    graph = build_graph(x, **kwargs)
+    graph = build_graph(x, **cfg.graph.build_kwargs(), device=cfg.run.device, progress=not cfg.run.quiet)
     st, js = graph.save(args.out)
     print(f"graph: {graph.num_nodes} nodes, {graph.num_edges // 2} edges -> {st}, {js}")
     return 0
 
 
 def _cmd_export(args) -> int:
-    from rsmi_nn.export import export_run
+    from rsmi_nn.app.config import Config
+    from rsmi_nn.app.export import export_run
 
-    _configure_logging(args.quiet, args.debug)
-    for name in ("top_examples", "top_units"):
-        check_positive_int(getattr(args, name), name=f"--{name.replace('_', '-')}")
-    index = export_run(args.run_dir, top_examples=args.top_examples, top_units=args.top_units,
-                       graphml=not args.no_graphml, store=args.store)
+    cfg = Config()
+    apply_flags(cfg, args)
+    _configure_logging(cfg.run.quiet, args.debug)
+    index = export_run(args.run_dir, top_examples=cfg.export.top_examples, top_units=cfg.export.top_units,
+                       graphml=cfg.export.graphml, store=args.store)
     print(f"exported {args.run_dir} -> {index.parent}")
     return 0
 
 
 def _cmd_report(args) -> int:
-    from rsmi_nn.report import write_report
+    from rsmi_nn.app.config import Config
+    from rsmi_nn.app.report import write_report
 
-    _configure_logging(args.quiet, args.debug)
-    for name in ("max_cards", "top_units"):
-        check_positive_int(getattr(args, name), name=f"--{name.replace('_', '-')}")
-    path = write_report(args.run_dir, max_cards=args.max_cards, top_units=args.top_units,
-                        seed=args.seed if args.seed is not None else 0)
+    cfg = Config()
+    apply_flags(cfg, args)
+    _configure_logging(cfg.run.quiet, args.debug)
+    path = write_report(args.run_dir, max_cards=cfg.export.max_cards, top_units=cfg.export.top_units,
+                        seed=cfg.run.seed)
     print(f"report: {path}")
     return 0
 
@@ -228,7 +164,7 @@ def _cmd_report(args) -> int:
 def _print_summary(out: Path, seconds: float) -> None:
     import json
 
-    flow_path = out / "flow.json"
+    flow_path = out / FLOW_JSON
     if not flow_path.is_file():
         return
     flow = json.loads(flow_path.read_text(encoding="utf-8"))

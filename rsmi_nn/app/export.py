@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsmi_nn.files import save_tensors, to_jsonable, write_bytes, write_json
-from rsmi_nn.rundir import Level, Run, load_run
+from rsmi_nn.app.config import read_run_config
+from rsmi_nn.app.files import save_tensors, to_jsonable, write_bytes, write_json
+from rsmi_nn.run import Level, Run, load_run
+from rsmi_nn.rundir import FLOW_JSON
 
-__all__ = ["Level", "Run", "export_run", "is_exported", "load_run"]
+__all__ = ["export_run", "is_exported"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def is_exported(run_dir: str | Path) -> bool:
     p = Path(run_dir)
     try:
         index = json.loads((p / INDEX).read_text(encoding="utf-8"))
-        flow = json.loads((p / "flow.json").read_text(encoding="utf-8"))
+        flow = json.loads((p / FLOW_JSON).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
     return index.get("num_levels") == len(flow)
@@ -67,7 +69,7 @@ def _coo_parts(prefix: str, m) -> dict[str, torch.Tensor]:
 def _find_store(run: Run, store):
     """The activation store of a model run (``run_dir/activations``, or ``store:<dir>`` in its config)."""
     if store is None:
-        name = str((run.config.get("source") or {}).get("name", ""))
+        name = str((read_run_config(run.path).get("source") or {}).get("name", ""))
         cand = Path(name[len("store:"):]) if name.startswith("store:") else run.path / "activations"
         if not (cand / "manifest.json").is_file():
             return None
@@ -115,7 +117,7 @@ def _write_sprite(path: Path, examples: dict, max_rows: int) -> bool:
         shape = arr.shape
     else:
         return False
-    from rsmi_nn.plots import image_grid_png
+    from rsmi_nn.app.plots import image_grid_png
 
     rows = [[np.asarray(ex["input"], dtype=np.float32).reshape(shape) for ex in var]
             for var in examples["variables"][:max_rows]]
@@ -140,7 +142,7 @@ def _save_graph(level: Level, out: Path, graphml: bool) -> None:
         blocks = level.blocks.tolist()
         for i in G.nodes:
             G.nodes[i]["block"] = int(blocks[i])
-        from rsmi_nn.files import atomic_write
+        from rsmi_nn.app.files import atomic_write
 
         atomic_write(out / f"level_{level.index:03d}.graphml", lambda tmp: nx.write_graphml(G, tmp))
 

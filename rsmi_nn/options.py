@@ -1,0 +1,312 @@
+"""The engine's options, declared once: name, type, default, constraint and help text of each.
+
+Every options class is a frozen dataclass whose fields are made by :func:`option`. The engine's
+functions take an instance or the same names as keywords (``coarse_grain(x, regions, hidden=2)``),
+and the application generates its config schema, its CLI flags and ``docs/options.md`` from these
+declarations (:mod:`rsmi_nn.app.config`, :mod:`rsmi_nn.app.cli_parser`), so an option is added in
+one place. A value is checked when an instance is made; an error names the option, the value found
+and what is allowed.
+
+>>> StepOptions(hidden=2).replace(steps=500).steps
+500
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "FlowOptions",
+    "GraphOptions",
+    "OptionSpec",
+    "Options",
+    "StepOptions",
+    "option",
+    "parse_bytes",
+    "split_overrides",
+]
+
+BOUNDS = ("infonce", "nwj", "dv", "smile")  # estimators.bounds.BOUNDS, without importing torch here
+BINARIZE_MODES = ("anneal", "straight-through")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What one option accepts: ``kind`` (int, float, str, bool, list or dict), ``None`` when ``optional``,
+    a set of ``choices``, bounds (``minimum`` inclusive, ``above``/``below`` strict), ``check`` (a callable
+    raising ``ValueError``), ``convert`` (applied to a value first: documented shorthands), and the CLI
+    ``flag`` (or flags) when it is not ``--name-with-dashes``."""
+
+    help: str
+    kind: type
+    optional: bool = False
+    choices: tuple | None = None
+    minimum: float | None = None
+    above: float | None = None
+    below: float | None = None
+    check: Any = None
+    convert: Any = None
+    flag: str | tuple[str, ...] | None = None
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """``value`` checked (and converted from text, for command lines) against this spec."""
+        if self.convert is not None:
+            value = self.convert(value)
+        if value is None or (self.optional and isinstance(value, str) and value.lower() in ("none", "null")):
+            if self.optional:
+                return None
+            raise ValueError(f"{name} cannot be empty; give a {self.kind.__name__}")
+        value = _convert(name, value, self.kind)
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(str, self.choices))}")
+        for bound, ok, word in ((self.minimum, lambda v, b: v >= b, ">="), (self.above, lambda v, b: v > b, ">"),
+                                (self.below, lambda v, b: v < b, "<")):
+            if bound is not None and not (ok(value, bound) and math.isfinite(value)):
+                raise ValueError(f"{name} must be {word} {bound}, got {value}")
+        if self.check is not None:
+            self.check(value)
+        return value
+
+
+def _convert(name: str, value: Any, kind: type) -> Any:
+    bad = ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind in (int, float):
+        if isinstance(value, str):
+            try:
+                value = kind(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            raise bad
+        return kind(value)
+    if kind is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise bad
+        return str(value)
+    if kind is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad
+        return list(value)
+    if not isinstance(value, dict):
+        raise bad
+    return dict(value)
+
+
+def option(default: Any, help: str, *, kind: type, **constraints) -> Any:
+    """A dataclass field declaring one option (see :class:`OptionSpec` for ``constraints``)."""
+    spec = OptionSpec(help=help, kind=kind, **constraints)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"option": spec})
+    return field(default=default, metadata={"option": spec})
+
+
+class Options:
+    """Base of the options classes: checks every field on creation; ``replace`` and ``specs``."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["option"].coerce(f.name, getattr(self, f.name)))
+
+    @classmethod
+    def specs(cls) -> dict[str, tuple[Any, OptionSpec]]:
+        """``{name: (default, spec)}``: a class's own options first, then those it inherits, each in declaration order."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        names = [name for klass in cls.__mro__ for name in vars(klass).get("__annotations__", {}) if name in fields]
+        out = {}
+        for name in dict.fromkeys(names):
+            f = fields[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out[name] = (default, f.metadata["option"])
+        return out
+
+    @classmethod
+    def create(cls, **values):
+        """``cls(**values)`` with an unknown name reported as a ``ValueError`` listing the valid ones."""
+        unknown = sorted(set(values) - set(cls.specs()))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
+                             f"valid ones are {', '.join(cls.specs())}")
+        return cls(**values)
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied (checked like a new instance)."""
+        return type(self).create(**{**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def split_overrides(overrides: dict, *classes: type[Options]) -> list[dict]:
+    """Route keyword ``overrides`` to the options class that declares each name (first match wins)."""
+    parts: list[dict] = [{} for _ in classes]
+    for key, value in overrides.items():
+        for part, cls in zip(parts, classes):
+            if key in cls.specs():
+                part[key] = value
+                break
+        else:
+            valid = sorted({name for cls in classes for name in cls.specs()})
+            raise ValueError(f"unknown option {key!r}; valid ones are {', '.join(valid)}")
+    return parts
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value: str | int) -> int:
+    """``"2GiB"``, ``"512MB"``, ``"1e9"`` or an int → a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        i = len(text)
+        while i and text[i - 1].isalpha():
+            i -= 1
+        unit = text[i:]
+        try:
+            number = float(text[:i])
+        except ValueError:
+            number = math.nan
+    if unit not in _UNITS or not math.isfinite(number) or number <= 0:
+        raise ValueError(f"memory size {value!r} is not understood; write e.g. '2GiB', '512MB' or a number of bytes")
+    return int(number * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class GraphOptions(Options):
+    """The level-0 activation graph (:func:`graphs.build_graph`), and the graphs a flow rebuilds."""
+
+    section: ClassVar[str] = "graph"
+
+    k: int = option(16, "strongest partners kept per unit (also for graphs rebuilt from coarse samples)",
+                    kind=int, minimum=1)
+    metric: str = option("corr", "edge weight: |Pearson correlation|, co-firing PMI, or Gaussian MI -1/2 log(1-rho^2)",
+                         kind=str, choices=("corr", "pmi", "gaussian_mi"))
+    threshold: float | None = option(None, "activation threshold of a unit 'firing' (metric pmi; default: its mean)",
+                                     kind=float, optional=True)
+    memory_budget: str | None = option(None, "memory budget of the tile-wise top-k pass, e.g. '2GiB' "
+                                       "(default: 2 GiB on CPU, half the free GPU memory on CUDA)",
+                                       kind=str, optional=True, check=parse_bytes)
+
+    def build_kwargs(self) -> dict:
+        """Keyword arguments of :func:`graphs.build_graph` (unset options keep its defaults)."""
+        kwargs: dict[str, Any] = {"k": self.k, "metric": self.metric}
+        if self.threshold is not None:
+            kwargs["threshold"] = self.threshold
+        if self.memory_budget is not None:
+            kwargs["memory_budget"] = parse_bytes(self.memory_budget)
+        return kwargs
+
+
+def _binarize_shorthand(value: Any) -> Any:
+    """``binarize=True`` means straight-through, ``False`` means real-valued."""
+    if isinstance(value, bool):
+        return "straight-through" if value else None
+    return value
+
+
+def _positive(help: str, default: int, **kw) -> Any:
+    return option(default, help, kind=int, minimum=kw.pop("minimum", 1), **kw)
+
+
+@dataclass(frozen=True)
+class StepOptions(Options):
+    """One RSMI coarse-graining step (:func:`rsmi_nn.coarse_grain`): the coarse variable, its critic, training.
+
+    Why some defaults are what they are (measured on this project's 2-core CPU machine):
+
+    - ``binarize``: "straight-through" trains on a stochastic spin ``sign(pre + noise·logistic/2)`` with the
+      gradient of ``tanh(pre / noise)``; "anneal" on ``tanh((pre + noise) / τ)`` with τ decayed from 1 to 0.05
+      over ``anneal_steps`` inside the step. A binarised H is exactly ±1 at evaluation and in ``transform``.
+    - ``noise`` 2.0 for a binarised H (the relaxed Bernoulli of RSMI-NE, ``P(H = +1) = sigmoid(2 pre / noise)``)
+      makes the objective smooth in the weights, so the learnt filter is identifiable (the uniform block spin
+      on the Ising model at T_c); with 1.0 a 3-spin majority was found as a local optimum on some seeds.
+    - ``critic_env_layers`` 1 (affine environment side, an MLP on the narrow H): on Gaussian fields (120 nodes,
+      6 000 samples) held-out MI / Gaussian plug-in on the same rows 0.977 ± 0.011, against 0.943 ± 0.03 with
+      a 2-layer side, which overfits the environment; equal MI on Ising samples.
+    - ``batch_size`` 128: a step costs ~B² per block (the critic scores); B = 128 gave the same filters and
+      held-out MI as 256 on Gaussian fields (0.998 of the CCA optimum either way) and on Ising samples (2×2 at
+      T_c: uniform, 0.368 vs 0.367 nats) at a third of the step time.
+    """
+
+    section: ClassVar[str] = "flow"
+
+    hidden: int = _positive("components h of each block's coarse variable", 1)
+    shared: bool = option(False, "one filter shared by all blocks (homogeneous lattices; needs equal block sizes)",
+                          kind=bool)
+    bound: str = option("infonce", "variational MI bound maximised and reported", kind=str, choices=BOUNDS)
+    filter: str = option("linear", "coarse-graining map: bias-free linear (unit-norm columns) or a per-block MLP",
+                         kind=str, choices=("linear", "mlp"))
+    binarize: str | None = option(None, "make the coarse variables binary (+-1), e.g. for spin systems "
+                                  "(default: real-valued; true means straight-through)",
+                                  kind=str, optional=True, choices=BINARIZE_MODES, convert=_binarize_shorthand)
+    noise: float | None = option(None, "logistic noise of a binarised H in training (default 2.0 when binarised, "
+                                 "the relaxed Bernoulli of RSMI-NE; 0 otherwise)", kind=float, optional=True, minimum=0)
+    anneal_steps: int = _positive("steps over which binarize='anneal' decays its temperature from 1 to 0.05", 1000)
+    critic: str = option("separable", "critic: separable <g(E), k(H)> or an MLP of the concatenation",
+                         kind=str, choices=("separable", "concat"))
+    critic_hidden: int = _positive("critic width", 32)
+    critic_embed: int = _positive("separable critic's embedding size", 8)
+    critic_layers: int = _positive("critic depth", 2)
+    critic_env_layers: int = _positive("depth of the separable critic's environment side (1 = affine: "
+                                       "best on Gaussian fields; 2 gives a tighter bound on activations)", 1)
+    steps: int = _positive("training steps per level (at most; blocks stop early on their validation MI)", 3000)
+    batch_size: int = _positive("training batch size (InfoNCE's training ceiling is log batch_size)", 128,
+                                minimum=2, flag="--train-batch-size")
+    lr: float = option(3e-3, "learning rate of the filters and critics", kind=float, above=0)
+    eval_every: int = _positive("validation interval in steps", 50)
+    patience: int = _positive("evaluations without a gain before a block stops", 10)
+    test_fraction: float = option(0.2, "fraction of samples held out for the reported MI", kind=float,
+                                  above=0, below=1)
+    validation_fraction: float = option(0.1, "fraction of samples held out for early stopping", kind=float,
+                                        above=0, below=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.test_fraction + self.validation_fraction >= 1:
+            raise ValueError(f"test_fraction={self.test_fraction} and validation_fraction={self.validation_fraction} "
+                             "must sum below 1; e.g. 0.2 and 0.1")
+        if self.shared and self.filter != "linear":
+            raise ValueError("shared=True is supported for filter='linear' only; use shared=False with 'mlp'")
+
+    @property
+    def noise_scale(self) -> float:
+        """The training noise of H: ``noise``, or 2.0 for a binarised H and 0 otherwise."""
+        if self.noise is not None:
+            return self.noise
+        return 2.0 if self.binarize is not None else 0.0
+
+    def step_options(self) -> StepOptions:
+        """The step's own options (drops a flow's extra fields)."""
+        return StepOptions(**{name: getattr(self, name) for name in StepOptions.specs()})
+
+
+@dataclass(frozen=True)
+class FlowOptions(StepOptions):
+    """The decimation flow (:func:`rsmi_nn.run_flow`): levels, blocks and regions, plus every step option."""
+
+    levels: int = _positive("number of RSMI coarse-graining levels", 2)
+    block_size: int = _positive("units per block (for a lattice: b*b sites, so 4 = 2x2 squares)", 4, minimum=2)
+    buffer: int = _positive("buffer width L_B in hops: nodes within L_B hops of a block are ignored", 1, minimum=0)
+    env: int = _positive("environment shell width L_E in hops beyond the buffer", 1)
+    max_env: int | None = option(64, "cap on environment nodes per block (a seeded choice keeps this many)",
+                                 kind=int, optional=True, minimum=1)
+    rebuild: str = option("auto", "next level's graph: auto (quotient lattice for a lattice, else samples), "
+                          "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",
+                          kind=str, choices=("auto", "samples", "quotient"))
+    min_nodes: int | None = option(None, "stop when a level has fewer nodes (default: 2 x block_size)",
+                                   kind=int, optional=True, minimum=1)
