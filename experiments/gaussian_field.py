@@ -28,24 +28,24 @@ import numpy as np
 import torch
 
 from estimators.validation import check_positive_int
+from experiments.fields import field_covariance, gaussian_field_on
 from graphs.atomic import atomic_write, atomic_write_bytes
 
-__all__ = ["block_optima", "filter_mi", "gaussian_field", "run"]
+__all__ = ["block_optima", "filter_mi", "gaussian_field", "random_geometric_graph", "run"]
 
 log = logging.getLogger(__name__)
 
 
 def gaussian_field(n_nodes: int = 200, n_samples: int = 10000, seed: int = 0, *, radius: float | None = None,
                    mass: float = 0.3):
-    """Sample a GMRF on a random geometric graph.
+    """Sample a GMRF on a random geometric graph (:func:`random_geometric_graph` + :func:`gaussian_field_on`).
 
     Parameters
     ----------
     n_nodes : number of nodes (points in the unit square).
     n_samples : number of field samples.
-    seed : seeds the points and the samples.
-    radius : connection radius (default ``sqrt(8 / (π n_nodes))``, mean degree ≈ 8); the
-        graph is made connected by linking each component to its nearest outside point.
+    seed : seeds the points, the couplings and the samples (one stream, in that order).
+    radius : connection radius (default ``sqrt(8 / (π n_nodes))``, mean degree ≈ 8).
     mass : ``m`` in ``Q = L + m² I``; smaller = longer correlations.
 
     Returns
@@ -53,22 +53,48 @@ def gaussian_field(n_nodes: int = 200, n_samples: int = 10000, seed: int = 0, *,
     graph : ActivationGraph (edge weight = coupling), cov : ndarray [U, U] float64,
     x : Tensor [n_samples, U] float32.
     """
+    n_nodes = check_positive_int(n_nodes, name="n_nodes", minimum=4)
+    n_samples = check_positive_int(n_samples, name="n_samples", minimum=2)
+    rng = np.random.default_rng(seed)
+    graph, couplings = random_geometric_graph(n_nodes, rng, radius=radius,
+                                              metadata={"kind": "gaussian_field", "seed": seed, "mass": mass})
+    cov = field_covariance(graph, mass=mass, edge_weight=couplings)
+    x = gaussian_field_on(graph, n_samples, mass=mass, seed=rng, edge_weight=couplings, method="dense")
+    return graph, cov, x
+
+
+def random_geometric_graph(n_nodes: int, seed=0, *, radius: float | None = None, metadata: dict | None = None):
+    """``n_nodes`` uniform points in the unit square, linked when closer than ``radius``, random couplings.
+
+    The graph is made connected by linking each component to its nearest outside point; couplings are
+    uniform in [0.5, 1.5] (inhomogeneous).
+
+    Parameters
+    ----------
+    n_nodes : number of nodes.
+    seed : int or numpy.random.Generator (drawn from in place: points, then couplings).
+    radius : connection radius (default ``sqrt(8 / (π n_nodes))``, mean degree ≈ 8).
+    metadata : extra entries for the graph's metadata (``"radius"`` is added).
+
+    Returns
+    -------
+    graph : ActivationGraph (its edge weights are float32),
+    couplings : ndarray [graph.num_edges] float64, the exact couplings aligned with ``graph.edge_index``.
+    """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
     from graphs import ActivationGraph
 
-    n_nodes = check_positive_int(n_nodes, name="n_nodes", minimum=4)
-    n_samples = check_positive_int(n_samples, name="n_samples", minimum=2)
+    n_nodes = check_positive_int(n_nodes, name="n_nodes", minimum=2)
     rng = np.random.default_rng(seed)
     pts = rng.random((n_nodes, 2))
     radius = math.sqrt(8.0 / (math.pi * n_nodes)) if radius is None else float(radius)
     tree = cKDTree(pts)
-    pairs = tree.query_pairs(radius, output_type="ndarray")
-    pairs = [pairs]
+    pairs = [tree.query_pairs(radius, output_type="ndarray")]
     while True:  # connect the components
-        e = np.concatenate(pairs) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
+        e = np.concatenate(pairs)
         adj = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_nodes, n_nodes))
         n_comp, lab = connected_components(adj, directed=False)
         if n_comp == 1:
@@ -79,20 +105,18 @@ def gaussian_field(n_nodes: int = 200, n_samples: int = 10000, seed: int = 0, *,
         i, j = np.unravel_index(d.argmin(), d.shape)
         pairs.append(np.array([[inside[i], outside[j]]]))
     e = np.concatenate(pairs)
-    w = rng.uniform(0.5, 1.5, size=len(e))  # inhomogeneous couplings
-    q = np.zeros((n_nodes, n_nodes))
-    q[e[:, 0], e[:, 1]] = -w
-    q[e[:, 1], e[:, 0]] = -w
-    q[np.arange(n_nodes), np.arange(n_nodes)] = -q.sum(1) + mass**2
-    cov = np.linalg.inv(q)
-    cov = 0.5 * (cov + cov.T)
-    chol = np.linalg.cholesky(q)  # Q = C Cᵀ -> x = C⁻ᵀ z has covariance Q⁻¹
-    z = rng.standard_normal((n_nodes, n_samples))
-    x = np.linalg.solve(chol.T, z).T
+    w = rng.uniform(0.5, 1.5, size=len(e))
     edge_index = torch.from_numpy(np.ascontiguousarray(e.T)).long()
     graph = ActivationGraph([f"node:{i}" for i in range(n_nodes)], edge_index, torch.from_numpy(w).float(),
-                            metadata={"kind": "gaussian_field", "seed": seed, "mass": mass, "radius": radius})
-    return graph, cov, torch.from_numpy(x.astype(np.float32))
+                            metadata={**(metadata or {}), "radius": radius})
+    # the graph keeps both directions sorted by (source, target) key; put the float64 couplings in that order
+    key = np.concatenate([e[:, 0] * n_nodes + e[:, 1], e[:, 1] * n_nodes + e[:, 0]])
+    order = np.argsort(key, kind="stable")
+    couplings = np.concatenate([w, w])[order]
+    src, dst = graph.edge_index.numpy()
+    if not np.array_equal(key[order], src * n_nodes + dst):
+        raise RuntimeError("random_geometric_graph: edge list and graph.edge_index disagree (duplicate pairs?)")
+    return graph, couplings
 
 
 def block_optima(cov: np.ndarray, regions) -> np.ndarray:

@@ -13,15 +13,17 @@ _EXPORTS = {
     "StreamingMoments": "graphs.moments",
     "lattice_graph": "graphs.lattice",
     "lattice_blocks": "graphs.lattice",
-    "partition": "graphs.partition",
-    "partition_report": "graphs.partition",
+    "partition": "graphs.partitioning",
+    "partition_report": "graphs.partitioning",
     "make_regions": "graphs.regions",
     "Regions": "graphs.regions",
     "capture": "graphs.hooks",
-    "record_activations": "graphs.hooks",
+    "record_activations": "graphs.recording",
     "ActivationStore": "graphs.store",
     "load_source": "graphs.sources",
     "Source": "graphs.sources",
+    "load_tensor": "graphs.tensor_files",
+    "load_samples": "graphs.tensor_files",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from estimators.device import resolve_device
 from estimators.validation import as_tensor, check_choice, check_positive_int, check_samples
 from graphs.graph import ActivationGraph
 from graphs.moments import ShiftedSums
+from graphs.sample_batches import SampleBatches
 from graphs.topk import RunningTopK
 
 __all__ = ["METRICS", "build_graph", "plan_bands"]
@@ -51,46 +53,6 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 # element-wise passes work on pieces of this many elements: ~2 MiB of float64 stays in a CPU's cache; a GPU
 # wants large launches (and each piece's NaN check is a host sync)
 CHUNK_ELEMENTS = {"cpu": 2**18, "cuda": 2**24}
-
-
-class _Samples:
-    """Uniform row-batch access to a tensor, a NumPy array or an ActivationStore (duck-typed)."""
-
-    def __init__(self, x, names):
-        if hasattr(x, "iter_batches") and hasattr(x, "num_units"):
-            self.store, self.array = x, None
-            self.num_samples, self.num_units = int(x.num_samples), int(x.num_units)
-            default = list(getattr(x, "names", None) or [])
-        else:
-            if isinstance(x, torch.Tensor):
-                arr = x.detach()
-            else:
-                arr = np.asarray(x)
-                if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-                    raise ValueError(f"x must be a numeric [N, U] array, tensor or ActivationStore, got dtype={arr.dtype}")
-            if arr.ndim != 2:
-                raise ValueError(f"x must have 2 dimensions [n_samples, n_units], got shape {tuple(arr.shape)}")
-            self.store, self.array = None, arr
-            self.num_samples, self.num_units = int(arr.shape[0]), int(arr.shape[1])
-            default = []
-        if names is None:
-            names = default or [f"unit:{i}" for i in range(self.num_units)]
-        names = list(names)
-        if len(names) != self.num_units:
-            raise ValueError(f"names has {len(names)} entries but x has {self.num_units} units; pass one name per column")
-        self.names = names
-
-    def batches(self, batch_size: int):
-        """Yield ``(start, batch)`` with ``batch`` a tensor of shape ``(b, U)``."""
-        if self.store is not None:
-            start = 0
-            for batch in self.store.iter_batches(batch_size):
-                yield start, batch
-                start += batch.shape[0]
-            return
-        for start in range(0, self.num_samples, batch_size):
-            chunk = self.array[start : start + batch_size]
-            yield start, chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
 
 
 def plan_bands(num_samples: int, num_units: int, k: int, memory_budget: int, batch_rows: int,
@@ -179,26 +141,51 @@ def build_graph(
     metric = check_choice(metric, METRICS, name="metric")
     k = check_positive_int(k, name="k")
     dev = resolve_device(device)
-    if memory_budget is None:
-        memory_budget = DEFAULT_MEMORY_BUDGET
-        if dev.type == "cuda":
-            memory_budget = int(torch.cuda.mem_get_info(dev)[0] // 2)
-    memory_budget = check_positive_int(memory_budget, name="memory_budget")
+    memory_budget = _memory_budget(memory_budget, dev)
     if tile_size is not None:
         tile_size = check_positive_int(tile_size, name="tile_size")
     if threshold is not None and metric != "pmi":
         raise ValueError(f"threshold applies to metric='pmi' only, got metric={metric!r}; drop threshold")
-    src = _Samples(x, names)
+    src = SampleBatches(x, names)
     n, u = src.num_samples, src.num_units
     if n < 2:
         raise ValueError(f"x has {n} samples but at least 2 are needed; pass more samples")
     batch_rows = int(max(1, min(n, min(64 * 2**20, memory_budget // 8) // (20 * u))))
     chunk_rows = max(1, CHUNK_ELEMENTS.get(dev.type, 2**18) // u)
-
     plan = plan_bands(n, u, min(k, u - 1) if u > 1 else 1, memory_budget, batch_rows, tile_size)
-    resident = plan["mode"] == "resident"
+    sums, z, offset = _moments_pass(src, batch_rows, chunk_rows, dev, resident=plan["mode"] == "resident")
+    kept = _varying_units(sums, src.names)
+    uk = kept.numel()
+    k_eff = min(k, uk - 1)
+    if k_eff < k:
+        log.info("k=%d exceeds the %d other non-constant units; keeping all pairs (k=%d)", k, uk - 1, k_eff)
+    transform = _UnitTransform.fit(metric, sums, offset, kept.to(dev), threshold)
+    log.info("build_graph: U=%d N=%d metric=%s k=%d plan=%s", uk, n, metric, k_eff, plan)
+    topk = RunningTopK(uk, k_eff, dev)
+    counts = torch.zeros(uk, dtype=torch.float64, device=dev)  # firings per unit (PMI)
+    if z is not None:
+        z = _transform_resident(z, transform, offset, counts, chunk_rows)
+    _band_pass(topk, z, src, transform, counts, plan, progress)
+    del z
+    return _assemble(topk, src, kept, counts, metric, k_eff, n, plan, threshold)
 
-    # pass 1: per-unit sums; when it fits, the float32 copy z [N, U] (float64 inputs minus their first sample)
+
+def _memory_budget(memory_budget: int | None, dev: torch.device) -> int:
+    """The working-memory budget in bytes: the given one, else 2 GiB (CPU) or half the free GPU memory."""
+    if memory_budget is None:
+        memory_budget = DEFAULT_MEMORY_BUDGET
+        if dev.type == "cuda":
+            memory_budget = int(torch.cuda.mem_get_info(dev)[0] // 2)
+    return check_positive_int(memory_budget, name="memory_budget")
+
+
+def _moments_pass(src: SampleBatches, batch_rows: int, chunk_rows: int, dev: torch.device, *, resident: bool):
+    """Pass 1: per-unit sums and, when ``resident``, the float32 copy ``z [N, U]``.
+
+    Returns ``(sums, z or None, offset)``: a float64 input is shifted by its first sample
+    (``offset [U]``, for precision), any other dtype by zero.
+    """
+    n, u = src.num_samples, src.num_units
     sums = ShiftedSums(u, device=dev)
     z = torch.empty(n, u, dtype=torch.float32, device=dev) if resident else None
     offset = None
@@ -220,44 +207,76 @@ def build_graph(
                 _raise_non_finite(part, row)
     if sums.count != n:
         raise ValueError(f"x yielded {sums.count} samples but reports num_samples={n}; re-record the store")
+    return sums, z, offset
+
+
+def _varying_units(sums: ShiftedSums, names: list[str]) -> torch.Tensor:
+    """LongTensor of the columns that vary (constant ones are excluded with a warning); at least 2."""
+    u = len(names)
     const = sums.constant_units().cpu()
     keep = torch.ones(u, dtype=torch.bool)
     keep[const] = False
-    _warn_excluded(const, src.names, "constant (zero variance)")
+    _warn_excluded(const, names, "constant (zero variance)")
     kept = keep.nonzero().flatten()
-    uk = kept.numel()
-    if uk < 2:
-        raise ValueError(f"only {uk} of {u} units vary across the samples; a graph needs at least 2 non-constant units")
-    k_eff = min(k, uk - 1)
-    if k_eff < k:
-        log.info("k=%d exceeds the %d other non-constant units; keeping all pairs (k=%d)", k, uk - 1, k_eff)
-    kept_dev = kept.to(dev)
-    all_kept = uk == u
-    # the transform, in the units of what it is applied to: z (minus offset) or raw batches (offset 0)
-    if metric == "pmi":
-        centre = _thresholds(threshold, sums.mean + offset, u, kept_dev)
-    else:
-        centre, scale = (sums.mean + offset)[kept_dev], sums.m2[kept_dev].rsqrt()
+    if kept.numel() < 2:
+        raise ValueError(f"only {kept.numel()} of {u} units vary across the samples; "
+                         "a graph needs at least 2 non-constant units")
+    return kept
 
-    def transform(b: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        """float64 values of the kept units [b, uk], ``centre`` expressed as ``at`` in their units -> float32."""
+
+@dataclass
+class _UnitTransform:
+    """Map float64 values of the kept units to float32: standardised (``scale``) or fired (PMI, no scale).
+
+    ``centre [uk]`` is in the input's units: each unit's mean (correlations) or firing threshold (PMI).
+    """
+
+    kept: torch.Tensor
+    all_kept: bool
+    centre: torch.Tensor
+    scale: torch.Tensor | None
+
+    @classmethod
+    def fit(cls, metric: str, sums: ShiftedSums, offset: torch.Tensor, kept: torch.Tensor, threshold):
+        mean = sums.mean + offset
         if metric == "pmi":
-            return (b > at).float()
-        return b.sub_(at).mul_(scale).float()
+            return cls(kept, kept.numel() == sums.mean.numel(), _thresholds(threshold, mean, mean.numel(), kept), None)
+        return cls(kept, kept.numel() == sums.mean.numel(), mean[kept], sums.m2[kept].rsqrt())
 
-    log.info("build_graph: U=%d N=%d metric=%s k=%d plan=%s", uk, n, metric, k_eff, plan)
-    rows, topk = plan["band_rows"], RunningTopK(uk, k_eff, dev)
-    counts = torch.zeros(uk, dtype=torch.float64, device=dev)
-    if z is not None:  # transform in place, compacting to the kept units (row i moves to i·uk <= i·u)
-        flat, centre_z = z.view(-1), centre - offset[kept_dev]
-        for a in range(0, n, chunk_rows):
-            b = min(a + chunk_rows, n)
-            vals = z[a:b].double()  # a copy: writing over these rows afterwards is safe
-            t = transform(vals if all_kept else vals[:, kept_dev], centre_z)
-            flat[a * uk : b * uk].view(b - a, uk).copy_(t)
-            if metric == "pmi":
-                counts += t.sum(0, dtype=torch.float64)
-        z = flat[: n * uk].view(n, uk)
+    def select(self, values: torch.Tensor) -> torch.Tensor:
+        """The kept columns of ``values [b, U]``."""
+        return values if self.all_kept else values[:, self.kept]
+
+    def __call__(self, values: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """float64 ``values [b, uk]`` (overwritten), ``centre`` expressed in their units -> float32."""
+        if self.scale is None:
+            return (values > centre).float()
+        return values.sub_(centre).mul_(self.scale).float()
+
+
+def _transform_resident(z: torch.Tensor, transform: _UnitTransform, offset: torch.Tensor, counts: torch.Tensor,
+                        chunk_rows: int) -> torch.Tensor:
+    """Transform ``z [N, U]`` in place, compacting it to the kept units ``[N, uk]`` (row i moves to i·uk <= i·U).
+
+    Adds the firings per unit to ``counts`` for PMI.
+    """
+    n, uk = z.shape[0], transform.kept.numel()
+    flat, centre_z = z.view(-1), transform.centre - offset[transform.kept]
+    for a in range(0, n, chunk_rows):
+        b = min(a + chunk_rows, n)
+        vals = z[a:b].double()  # a copy: writing over these rows afterwards is safe
+        t = transform(transform.select(vals), centre_z)
+        flat[a * uk : b * uk].view(b - a, uk).copy_(t)
+        if transform.scale is None:
+            counts += t.sum(0, dtype=torch.float64)
+    return flat[: n * uk].view(n, uk)
+
+
+def _band_pass(topk: RunningTopK, z: torch.Tensor | None, src: SampleBatches, transform: _UnitTransform,
+               counts: torch.Tensor, plan: dict, progress: bool) -> None:
+    """Pass 2: each band's products ``Zᵀ Z`` (resident ``z``, or streamed batches), weighted, into ``topk``."""
+    uk, n, dev = transform.kept.numel(), src.num_samples, transform.kept.device
+    rows = plan["band_rows"]
     buf = torch.empty(rows * uk, dtype=torch.float32, device=dev)
     bands = range(0, uk, rows)
     if progress:
@@ -270,20 +289,27 @@ def build_graph(
         if z is not None:
             torch.mm(z[:, r0:r1].T, z[:, r0:], out=band)
         else:
-            band.zero_()
-            for _, batch in src.batches(batch_rows):
-                b = batch.to(dev)
-                zb = transform((b if all_kept else b[:, kept_dev]).to(torch.float64, copy=True), centre)
-                band.addmm_(zb[:, r0:r1].T, zb[:, r0:])
-                if metric == "pmi" and i == 0:
-                    counts += zb.sum(0, dtype=torch.float64)
-        if metric == "pmi":
+            _streamed_band(band, src, transform, r0, r1, plan["batch_rows"], counts if i == 0 else None)
+        if transform.scale is None:
             _pmi_inplace(band, counts, r0, n)
         else:
             band.abs_()
         topk.update(band, r0)
-    del buf, z
-    return _assemble(topk, src, kept, counts, metric, k_eff, n, plan, threshold)
+
+
+def _streamed_band(band: torch.Tensor, src: SampleBatches, transform: _UnitTransform, r0: int, r1: int,
+                   batch_rows: int, counts: torch.Tensor | None) -> None:
+    """Accumulate ``band = Z[:, r0:r1]ᵀ Z[:, r0:]`` over one more pass of sample batches.
+
+    With ``counts`` (the first band of a PMI graph) the pass also adds up the firings per unit.
+    """
+    band.zero_()
+    for _, batch in src.batches(batch_rows):
+        b = batch.to(band.device)
+        zb = transform(transform.select(b).to(torch.float64, copy=True), transform.centre)
+        band.addmm_(zb[:, r0:r1].T, zb[:, r0:])
+        if counts is not None and transform.scale is None:
+            counts += zb.sum(0, dtype=torch.float64)
 
 
 def _raise_non_finite(part: torch.Tensor, row: int) -> None:

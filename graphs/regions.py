@@ -68,11 +68,6 @@ class Regions:
     def num_nodes(self) -> int:
         return int(self.blocks.numel())
 
-    def sizes(self) -> dict[str, torch.Tensor]:
-        """Number of real nodes per row: ``{"visible", "buffer", "environment"}`` -> LongTensor ``[n_blocks]``."""
-        return {"visible": self.visible_mask.sum(1), "buffer": self.buffer_mask.sum(1),
-                "environment": self.environment_mask.sum(1)}
-
     def to(self, device) -> Regions:
         """A copy with every tensor on ``device``."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -104,7 +99,7 @@ class Regions:
         return {k: getattr(self, k).detach().cpu().contiguous() for k in keys}
 
 
-def _padded(indicator, order: str = "csc") -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(indicator) -> tuple[torch.Tensor, torch.Tensor]:
     """Columns of a sparse ``[U, J]`` 0/1 matrix as a ``[J, max]`` -1-padded index tensor and mask."""
     m = indicator.tocsc()
     m.sort_indices()

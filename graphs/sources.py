@@ -1,10 +1,10 @@
 """Built-in model sources: a model, its inputs and the modules to record, offline.
 
-``load_source(name, **opts)`` returns a :class:`Source` ready for
-:func:`graphs.record_activations`::
+``load_source(name, **opts)`` returns a :class:`Source`; :meth:`Source.record` runs
+:func:`graphs.record_activations` on it::
 
     src = load_source("minilm", max_texts=500)
-    store = record_activations(src.model, src.inputs, src.modules, "acts/", tokenizer=src.tokenizer)
+    store = src.record("acts/", batch_size=32)
 
 Names
 -----
@@ -22,35 +22,31 @@ Names
     post-GELU MLP neurons, 6 × 1 536 units. Inputs: :func:`graphs.corpus.pydoc_corpus`
     (Python's own help texts, ~2 100 sentences; option ``max_texts``), or ``texts=[...]``.
 ``"python:<module.path or file.py>:<factory>"`` with ``data=<file>``
-    Any user model: ``factory`` (a callable returning an ``nn.Module``, or an ``nn.Module``
-    attribute) from an importable module or a ``.py`` file. ``data``: ``.pt`` (a tensor, or a
-    dict with ``"x"``), ``.npy``, ``.safetensors`` (key ``"x"``, or its only tensor) or ``.txt``
-    (one text per non-empty line; the factory then returns ``(model, tokenizer)``). Option
-    ``modules`` (patterns); by default every leaf activation module (ReLU, GELU, Tanh, ...,
-    i.e. classes from ``torch.nn.modules.activation`` other than softmax-like ones), or, when the
-    model has none, every leaf ``nn.Linear``.
+    Any user model and its inputs; see :mod:`graphs.user_models`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import itertools
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from graphs.atomic import atomic_write
+from estimators.validation import check_positive_int
+from graphs.atomic import atomic_save_tensors
 
-__all__ = ["DigitsMLP", "Source", "cache_dir", "default_modules", "load_source", "minilm_path", "train_digits_mlp"]
+if TYPE_CHECKING:
+    from graphs.store import ActivationStore
+
+__all__ = ["DigitsMLP", "Source", "cache_dir", "load_source", "minilm_path", "train_digits_mlp"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,16 +80,53 @@ class Source:
     targets: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
 
-    def record(self, out, **kwargs):
-        """Record this source's activations into ``out``: :func:`graphs.record_activations` with the
-        source's model, inputs, modules, tokenizer and input shape filled in (``kwargs`` override)."""
-        from graphs.hooks import record_activations
+    def record(
+        self,
+        out,
+        *,
+        max_samples: int | None = None,
+        modules=None,
+        batch_size: int = 64,
+        reduction: str = "token",
+        device="auto",
+        metadata: dict | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+        **options,
+    ) -> ActivationStore:
+        """Record this source's activations into the store folder ``out``.
 
-        modules = kwargs.pop("modules", self.modules)
-        opts = {"tokenizer": self.tokenizer, "input_shape": self.input_shape,
-                "metadata": {"source": self.description}}
-        opts.update(kwargs)
-        return record_activations(self.model, self.inputs, modules, out, **opts)
+        :func:`graphs.record_activations` with the source's model, inputs, modules, tokenizer and
+        input shape filled in.
+
+        Parameters
+        ----------
+        out : folder of the store (empty or new unless ``overwrite=True``).
+        max_samples : record only the first ``max_samples`` inputs (default: all).
+        modules : module patterns to record instead of ``self.modules`` (``None``: the source's own).
+        batch_size, reduction, device, progress, overwrite : as in :func:`graphs.record_activations`.
+        metadata : JSON-able dict for the manifest (default ``{"source": self.description}``).
+        **options : other :func:`graphs.record_activations` options (``max_length``, ``sort_window``,
+            ``shard_size``, ``dtype``, ...); ``tokenizer`` and ``input_shape`` override the source's.
+
+        Returns
+        -------
+        ActivationStore opened on ``out``.
+        """
+        from graphs.recording import record_activations
+
+        inputs = self.inputs
+        if max_samples is not None:
+            max_samples = check_positive_int(max_samples, name="max_samples")
+            inputs = inputs[:max_samples]
+        modules = self.modules if modules is None else modules
+        logger.info("recording %s (%d inputs, modules %s)", self.description or self.kind, len(inputs), modules)
+        opts = {"tokenizer": self.tokenizer, "input_shape": self.input_shape, **options}
+        return record_activations(
+            self.model, inputs, modules, out, batch_size, reduction=reduction, device=device,
+            metadata={"source": self.description} if metadata is None else metadata, progress=progress,
+            overwrite=overwrite, **opts,
+        )
 
 
 def load_source(name: str, **opts) -> Source:
@@ -105,7 +138,9 @@ def load_source(name: str, **opts) -> Source:
     if name == "minilm":
         return _minilm(**opts)
     if name.startswith("python:"):
-        return _python_source(name[len("python:") :], **opts)
+        from graphs.user_models import python_source
+
+        return python_source(name[len("python:") :], **opts)
     raise ValueError(
         f"unknown source {name!r}; choose 'digits-mlp', 'minilm' or 'python:<module.path>:<factory>' with data=<file>"
     )
@@ -184,7 +219,7 @@ def train_digits_mlp(recipe: dict) -> tuple[DigitsMLP, dict]:
 
 def _digits_mlp(*, cache: bool = True, retrain: bool = False) -> Source:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     key = hashlib.sha256(json.dumps(_DIGITS_RECIPE, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / f"digits-mlp-{key}.safetensors"
@@ -204,9 +239,8 @@ def _digits_mlp(*, cache: bool = True, retrain: bool = False) -> Source:
         model, stats = train_digits_mlp(_DIGITS_RECIPE)
         mean, std, acc = stats["mean"], stats["std"], stats["test_accuracy"]
         if cache:
-            tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-            tensors.update(_mean=mean, _std=std, _test_accuracy=torch.tensor([acc]))
-            atomic_write(path, lambda tmp: save_file(tensors, tmp))
+            tensors = dict(model.state_dict(), _mean=mean, _std=std, _test_accuracy=torch.tensor([acc]))
+            atomic_save_tensors(path, tensors)
     logger.info("digits-mlp test accuracy %.4f", acc)
     x, y = _digits_data()
     model.eval()
@@ -261,124 +295,4 @@ def _minilm(*, max_texts: int | None = None, texts=None) -> Source:
         kind="text",
         description=f"all-MiniLM-L6-v2 MLP neurons (6 x 1536, post-GELU) on {len(texts)} {corpus}",
         info={"model_path": str(path), "corpus": corpus},
-    )
-
-
-# --------------------------------------------------------------------------- user models
-def _import_target(target: str):
-    if target.endswith(".py") or os.sep in target or "/" in target:
-        file = Path(target)
-        if not file.is_file():
-            raise FileNotFoundError(f"model file {target!r} not found; give an existing .py file or a module path")
-        mod_name = f"_rsmi_user_{hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]}"
-        spec = importlib.util.spec_from_file_location(mod_name, file)
-        if spec is None or spec.loader is None:
-            raise ValueError(f"cannot import {target!r} as a Python file; give a .py file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception:
-            sys.modules.pop(mod_name, None)
-            raise
-        return module
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as err:
-        raise ValueError(f"cannot import module {target!r} ({err}); check the module path or give a .py file") from err
-
-
-def _load_data(data) -> tuple[object, str]:
-    if data is None:
-        raise ValueError("a 'python:' source needs data=<file> (.pt, .npy, .safetensors or .txt)")
-    p = Path(data)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file {str(p)!r} not found; pass an existing .pt/.npy/.safetensors/.txt file")
-    suffix = p.suffix.lower()
-    if suffix == ".txt":
-        texts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if not texts:
-            raise ValueError(f"text file {str(p)!r} has no non-empty lines")
-        return texts, "text"
-    if suffix == ".npy":
-        x = torch.from_numpy(np.load(p, allow_pickle=False))
-    elif suffix == ".pt":
-        x = torch.load(p, map_location="cpu", weights_only=True)
-        if isinstance(x, dict):
-            if "x" not in x:
-                raise ValueError(f"{str(p)!r} holds a dict without key 'x' (keys {sorted(x)[:8]}); save the inputs under 'x'")
-            x = x["x"]
-    elif suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        d = load_file(str(p))
-        if "x" in d:
-            x = d["x"]
-        elif len(d) == 1:
-            x = next(iter(d.values()))
-        else:
-            raise ValueError(f"{str(p)!r} holds tensors {sorted(d)[:8]} and none is named 'x'; name the inputs 'x'")
-    else:
-        raise ValueError(f"data file {str(p)!r} has suffix {suffix!r}; use .pt, .npy, .safetensors or .txt")
-    if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"data file {str(p)!r} must hold a non-empty tensor (n_inputs, ...), got {type(x).__name__}")
-    return x, "tensor"
-
-
-_SKIP_ACTIVATIONS = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.MultiheadAttention)
-
-
-def default_modules(model: nn.Module) -> list[str]:
-    """Leaf activation modules of ``model`` (softmax-like excluded), else its leaf ``nn.Linear`` modules."""
-    import torch.nn.modules.activation as act
-
-    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
-    acts = [n for n, m in leaves if type(m).__module__ == act.__name__ and not isinstance(m, _SKIP_ACTIVATIONS)]
-    if acts:
-        return acts
-    linear = [n for n, m in leaves if isinstance(m, nn.Linear)]
-    if not linear:
-        raise ValueError(
-            f"{type(model).__name__} has no leaf activation or Linear modules; pass modules=[patterns] explicitly"
-        )
-    return linear
-
-
-def _python_source(spec: str, *, data=None, modules=None, **factory_kwargs) -> Source:
-    target, sep, factory_name = spec.rpartition(":")
-    if not sep or not target or not factory_name:
-        raise ValueError(f"'python:{spec}' must look like 'python:<module.path or file.py>:<factory>'")
-    module = _import_target(target)
-    if not hasattr(module, factory_name):
-        public = [n for n in dir(module) if not n.startswith("_")][:10]
-        raise ValueError(f"{target!r} has no attribute {factory_name!r}; available names include {public}")
-    factory = getattr(module, factory_name)
-    if isinstance(factory, nn.Module):
-        result = factory
-    elif callable(factory):
-        result = factory(**factory_kwargs)
-    else:
-        raise TypeError(f"{target}:{factory_name} is a {type(factory).__name__}, not callable; point to a factory")
-    inputs, kind = _load_data(data)
-    tokenizer = None
-    if isinstance(result, tuple) and len(result) == 2:
-        result, tokenizer = result
-    if not isinstance(result, nn.Module):
-        raise TypeError(
-            f"{target}:{factory_name} returned {type(result).__name__}; it must return an nn.Module "
-            "(or (model, tokenizer) for text data)"
-        )
-    if kind == "text" and tokenizer is None:
-        raise ValueError(f"data {str(data)!r} holds texts, so {target}:{factory_name} must return (model, tokenizer)")
-    if modules is None:
-        modules = default_modules(result)
-    elif isinstance(modules, str):
-        modules = [modules]
-    return Source(
-        model=result.eval(),
-        inputs=inputs,
-        modules=list(modules),
-        tokenizer=tokenizer,
-        kind=kind,
-        description=f"user model {target}:{factory_name} ({type(result).__name__}) on {Path(data).name}",
     )

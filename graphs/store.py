@@ -1,149 +1,24 @@
-"""On-disk activation stores: shards of recorded samples plus a JSON manifest.
+"""Read an activation store: unit names, streamed batches, per-sample keys, inputs, examples.
 
-A store is a folder written by :func:`graphs.record_activations`::
-
-    out/
-      shard-00000.safetensors   "activations" [n, U] plus per-sample keys (below)
-      shard-00001.safetensors   ...
-      inputs.json               the input texts, once (text models), or
-      inputs.safetensors        "inputs" [n_inputs, ...] (tensor inputs)
-      manifest.json             written last: a store without it is incomplete
-
-Per-sample keys in every shard (int64, one entry per row): ``input_index`` (which
-input the sample came from) and, for text, ``token_position``, ``token_id``,
-``char_start``/``char_end`` (the token's span in its text; -1 when a reduction over
-tokens was used or the tokenizer gives no offsets). Reading streams one shard at a
-time, so memory does not grow with the number of samples.
+The folder layout is described in :mod:`graphs.store_format`; stores are written by
+:func:`graphs.record_activations` through :class:`graphs.store_writer.StoreWriter`. Reading
+streams one shard at a time, so memory does not grow with the number of samples.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from graphs.atomic import atomic_write, atomic_write_bytes
+from graphs.store_format import FORMAT_NAME, MANIFEST_NAME, read_manifest
 
-__all__ = ["FORMAT_NAME", "MANIFEST_NAME", "ActivationStore", "StoreWriter"]
-
-logger = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-FORMAT_NAME = "rsmi-nn.activations"
-FORMAT_VERSION = 1
-_REQUIRED = ("format", "version", "names", "modules", "num_samples", "num_units", "shards", "kind")
-_OWN_FILES = ("inputs.json", "inputs.safetensors")
-_DEFAULT_SHARD_BYTES = 64 * 2**20
-
-
-def _atomic_json(obj, path: Path) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode("utf-8"))
-
-
-def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
-
-
-class StoreWriter:
-    """Stream samples into a store folder, one shard of ``shard_size`` rows at a time.
-
-    Only the rows not yet written (less than one shard plus one batch) are kept in memory.
-    Call :meth:`add` per batch, the ``write_inputs_*`` method once, then :meth:`close`,
-    which flushes the last shard and writes the manifest last.
-    """
-
-    def __init__(self, path, *, shard_size: int | None = None, overwrite: bool = False):
-        self.path = Path(path)
-        self.shard_size = shard_size
-        self._prepare(overwrite)
-        self._pending: list[dict[str, torch.Tensor]] = []
-        self._pending_rows = 0
-        self._shards: list[dict] = []
-        self._written = 0
-        self._num_units: int | None = None
-
-    def _prepare(self, overwrite: bool) -> None:
-        p = self.path
-        if p.exists() and not p.is_dir():
-            raise ValueError(f"out={str(p)!r} is a file, not a folder; pass a folder path for the store")
-        if p.is_dir() and any(p.iterdir()):
-            if not overwrite:
-                raise ValueError(
-                    f"out={str(p)!r} is not empty; choose an empty or new folder, or pass overwrite=True"
-                )
-            # Invalidate first (a store without manifest is incomplete), then remove only our own files.
-            (p / MANIFEST_NAME).unlink(missing_ok=True)
-            for f in p.iterdir():
-                if f.is_file() and (
-                    f.name in _OWN_FILES
-                    or (f.name.startswith("shard-") and f.name.endswith(".safetensors"))
-                    or ".tmp-" in f.name
-                ):
-                    f.unlink()
-        p.mkdir(parents=True, exist_ok=True)
-
-    def add(self, activations: torch.Tensor, **per_sample: torch.Tensor) -> None:
-        """Append rows: ``activations`` [b, U] and per-sample int64 tensors [b]."""
-        b, u = activations.shape
-        if self._num_units is None:
-            self._num_units = u
-            if self.shard_size is None:
-                self.shard_size = max(1, _DEFAULT_SHARD_BYTES // (u * activations.element_size()))
-        elif u != self._num_units:
-            raise ValueError(f"batch has {u} units but earlier batches had {self._num_units}; outputs changed shape")
-        if b == 0:
-            return
-        row = {"activations": activations.cpu()}
-        row.update({k: v.to("cpu", torch.int64) for k, v in per_sample.items()})
-        self._pending.append(row)
-        self._pending_rows += b
-        while self._pending_rows >= self.shard_size:
-            self._flush(self.shard_size)
-
-    def _flush(self, rows: int) -> None:
-        """Write the first ``rows`` pending rows as one shard, copying only those rows."""
-        take, need = [], rows
-        while need:
-            chunk = self._pending[0]
-            n = chunk["activations"].shape[0]
-            if n <= need:
-                take.append(self._pending.pop(0))
-                need -= n
-            else:
-                take.append({k: v[:need] for k, v in chunk.items()})
-                self._pending[0] = {k: v[need:] for k, v in chunk.items()}
-                need = 0
-        shard = {k: take[0][k] if len(take) == 1 else torch.cat([t[k] for t in take]) for k in take[0]}
-        name = f"shard-{len(self._shards):05d}.safetensors"
-        _atomic_safetensors(shard, self.path / name)
-        self._shards.append({"file": name, "offset": self._written, "num_samples": rows})
-        self._written += rows
-        self._pending_rows -= rows
-
-    def write_inputs_text(self, texts: Sequence[str]) -> str:
-        _atomic_json(list(texts), self.path / "inputs.json")
-        return "inputs.json"
-
-    def write_inputs_tensor(self, inputs: torch.Tensor) -> str:
-        _atomic_safetensors({"inputs": inputs.detach().cpu()}, self.path / "inputs.safetensors")
-        return "inputs.safetensors"
-
-    def close(self, manifest: dict) -> dict:
-        """Flush the remaining rows and write the manifest (last); returns the manifest."""
-        if self._pending_rows:
-            self._flush(self._pending_rows)
-        full = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **manifest}
-        full["num_samples"] = self._written
-        full["shards"] = self._shards
-        full["shard_size"] = self.shard_size
-        _atomic_json(full, self.path / MANIFEST_NAME)
-        return full
+__all__ = ["FORMAT_NAME", "MANIFEST_NAME", "ActivationStore"]
 
 
 class ActivationStore:
@@ -176,39 +51,10 @@ class ActivationStore:
         ------
         FileNotFoundError if the folder, its manifest or a shard it lists is missing
         (a store whose recording was interrupted has no manifest).
-        ValueError if the manifest is not valid JSON or lacks required fields.
+        ValueError if the manifest is not valid JSON, lacks required fields or does not add up.
         """
-        p = Path(path)
-        if p.is_file() and p.name == MANIFEST_NAME:
-            p = p.parent
-        if not p.is_dir():
-            raise FileNotFoundError(f"activation store {str(p)!r} does not exist; record one with record_activations")
-        mpath = p / MANIFEST_NAME
-        if not mpath.is_file():
-            raise FileNotFoundError(
-                f"{str(mpath)!r} not found: {str(p)!r} is not a finished activation store "
-                "(recording interrupted?); record it again with overwrite=True"
-            )
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{str(mpath)!r} is not valid JSON ({err}); record the store again") from err
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            raise ValueError(f"{str(mpath)!r} is not an rsmi-nn activation manifest (format != {FORMAT_NAME!r})")
-        missing = [k for k in _REQUIRED if k not in manifest]
-        if missing:
-            raise ValueError(f"{str(mpath)!r} lacks required field(s) {missing}; record the store again")
-        if len(manifest["names"]) != manifest["num_units"]:
-            raise ValueError(
-                f"{str(mpath)!r} lists {len(manifest['names'])} unit names but num_units={manifest['num_units']}; "
-                "record the store again"
-            )
-        if sum(s["num_samples"] for s in manifest["shards"]) != manifest["num_samples"]:
-            raise ValueError(f"{str(mpath)!r}: shard sizes do not add up to num_samples; record the store again")
-        for s in manifest["shards"]:
-            if not (p / s["file"]).is_file():
-                raise FileNotFoundError(f"shard {s['file']!r} listed in {str(mpath)!r} is missing; record the store again")
-        return cls(p, manifest)
+        folder, manifest = read_manifest(path)
+        return cls(folder, manifest)
 
     # --------------------------------------------------------------- properties
     @property
@@ -364,57 +210,10 @@ class ActivationStore:
     def examples(self, indices, *, context: int | None = 60) -> list[dict]:
         """Describe samples so a report can show the inputs that activate a unit most.
 
-        Parameters
-        ----------
-        indices : sample indices (rows).
-        context : for text, characters kept on each side of the marked token (``None``: whole text).
-
-        Returns
-        -------
-        One dict per index with ``sample`` and ``input_index``, and
-        - text, per token: ``text`` with the token marked ``[[...]]`` (``"… the [[cat]] sat"``),
-          ``token``, ``token_position``, ``token_id``;
-        - text, mean over tokens: ``text``;
-        - tensor inputs: ``input`` (the input, reshaped to ``manifest["input_shape"]`` when given).
+        One dict per index with ``sample`` and ``input_index``, and the text with the token
+        marked ``[[...]]`` (``"… the [[cat]] sat"``; ``context`` characters a side, ``None``: all),
+        or the input tensor; see :func:`graphs.store_examples.describe_samples`.
         """
-        info = self.sample_info(indices)
-        inputs = self.inputs()
-        specials = {int(k): v for k, v in self.manifest.get("special_tokens", {}).items()}
-        shape = self.manifest.get("input_shape")
-        out = []
-        for pos, i in enumerate(torch.as_tensor(indices, dtype=torch.long).flatten().tolist()):
-            j = int(info["input_index"][pos])
-            ex = {"sample": i, "input_index": j}
-            if self.kind == "text":
-                text = inputs[j]
-                tpos = int(info.get("token_position", torch.full((pos + 1,), -1))[pos])
-                if tpos < 0:
-                    ex["text"] = text
-                else:
-                    tid = int(info["token_id"][pos])
-                    cs, ce = int(info["char_start"][pos]), int(info["char_end"][pos])
-                    ex.update(token_position=tpos, token_id=tid)
-                    ex["token"], ex["text"] = _mark(text, cs, ce, tpos, specials.get(tid, f"<{tid}>"), context)
-            else:
-                x = inputs[j]
-                ex["input"] = x.reshape(shape) if shape else x
-            out.append(ex)
-        return out
+        from graphs.store_examples import describe_samples
 
-
-def _mark(text: str, start: int, end: int, position: int, special: str, context: int | None) -> tuple[str, str]:
-    """Return (token string, text with the token wrapped in ``[[...]]`` and trimmed to ``context``)."""
-    if start < 0 or end <= start:  # special token (no span in the text) or no offsets
-        token = special
-        start = end = 0 if position == 0 else len(text)
-    else:
-        token = text[start:end]
-    left, right = text[:start], text[end:]
-    if context is not None:
-        if len(left) > context:
-            left = "…" + left[len(left) - context :]
-        if len(right) > context:
-            right = right[:context] + "…"
-    sep_l = " " if start == 0 and end == 0 and position == 0 else ""
-    sep_r = " " if start == end and position != 0 else ""
-    return token, f"{left}{sep_r}[[{token}]]{sep_l}{right}"
+        return describe_samples(self, indices, context=context)

@@ -29,6 +29,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+_TITLES = {"source": "model source", "graph": "activation graph", "flow": "decimation flow and its RSMI steps",
+           "export": "export and report", "run": "common options"}
 _METAVARS = {int: "N", float: "X", str: "VALUE", list: "PATTERN", dict: "KEY=VALUE"}
 
 
@@ -45,8 +47,7 @@ def add_option_flags(parser, options: type[Options], *, only: tuple[str, ...] | 
 
     Flags default to ``None`` (= keep the config's value); the help text ends with the declared default.
     """
-    group = parser.add_argument_group(title or f"{options.__doc__.splitlines()[0].rstrip('.')} "
-                                               f"(config section [{options.section}])")
+    group = parser.add_argument_group(title or f"{_TITLES[options.section]} (config section [{options.section}])")
     for name, (default, spec) in options.specs().items():
         if only is not None and name not in only:
             continue
@@ -106,7 +107,8 @@ def _subparser(sub, name: str, help: str, description: str) -> argparse.Argument
 def _run_parser(sub) -> None:
     p = _subparser(sub, "run", "the whole pipeline: record -> graph -> flow -> export -> report",
                    "Run the whole pipeline from a TOML config into --out (resumable: finished stages are skipped). "
-                   "Every config key is also a flag; flags override the config's values.")
+                   "Every config key is also a flag; flags override the config's values (a flag's default shown "
+                   "below is the value used when neither the config nor a flag sets it).")
     p.add_argument("config", nargs="?", default=None, metavar="CONFIG",
                    help="TOML config file, or the name of a shipped one (default, digits-mlp, minilm, tiny); "
                         "default: the embedded default (MiniLM), or the shipped config named after --source "

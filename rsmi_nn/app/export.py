@@ -1,14 +1,7 @@
-"""Feature maps of a finished flow: which units feed each coarse variable, and how strongly.
+"""Export a finished flow: feature maps, graphs and top examples, as files other tools read.
 
-Level ``l`` of a flow learns, for each block ``j``, a linear filter on the *standardised*
-visible units, ``H_{j,c} = Σ_i filters[j,i,c] · (x[visible[j,i]] - mean) / std``. Its linear part
-is a sparse matrix ``W_l`` of shape ``[U_l, J_l·h]``::
-
-    W_l[visible[j, i], j*h + c] = filters[j, i, c] / std[visible[j, i]]
-
-and composing the levels gives the map from the original (level-0) units to the coarse
-variables of level ``l``: ``M_0 = W_0``, ``M_l = M_{l-1} @ W_l``, shape ``[U_0, J_l·h]``.
-
+The feature maps are those of :class:`rsmi_nn.run.Run` (level ``l``'s local map ``W_l [U_l, J_l·h]`` and
+the map composed from the original units ``M_l [U_0, J_l·h]``; see :mod:`rsmi_nn.run` for their definition).
 ``export_run(run_dir)`` writes, under ``run_dir``:
 
 - ``feature_maps/level_NNN.safetensors``: ``local_*`` (``W_l``) and ``composed_*`` (``M_l``) as COO
@@ -18,8 +11,6 @@ variables of level ``l``: ``M_0 = W_0``, ``M_l = M_{l-1} @ W_l``, shape ``[U_0, 
 - ``examples/level_NNN.json`` (+ ``.png`` sprites for image inputs): the top-activating inputs of every
   coarse variable, when the run has an activation store;
 - ``feature_maps/index.json`` last: its presence marks a complete export.
-
-``load_run(run_dir)`` reads a run back as a :class:`Run` (it needs only the flow's own files).
 """
 
 from __future__ import annotations
@@ -79,7 +70,7 @@ def _find_store(run: Run, store):
     return store if isinstance(store, ActivationStore) else ActivationStore.open(store)
 
 
-def _top_examples(run: Run, level: Level, store, k: int) -> dict | None:
+def _top_examples(level: Level, store, k: int) -> dict | None:
     """Top-``k`` activating samples of every coarse variable of ``level``, described by the store."""
     h = level.coarse_samples()
     if h.shape[0] != store.num_samples:
@@ -205,7 +196,7 @@ def export_run(run_dir: str | Path, *, top_examples: int = 8, top_units: int = 1
         if graphml:
             entry["graphml"] = f"graphs/{stem}.graphml"
         if store is not None:
-            examples = _top_examples(run, level, store, top_examples)
+            examples = _top_examples(level, store, top_examples)
             if examples is not None:
                 write_json(ex_dir / f"{stem}.json", examples, indent=None)
                 entry["examples"] = f"examples/{stem}.json"

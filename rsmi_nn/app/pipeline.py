@@ -138,25 +138,17 @@ def record_stage(config: Config, out: Path, *, progress: bool, store_dir: Path |
     Skipped when that store is already complete (``rsmi record`` passes its own directory and
     checks for an existing store itself). Returns ``(store, skipped)``.
     """
-    from graphs import ActivationStore, record_activations
+    from graphs import ActivationStore
 
     store_dir = Path(store_dir) if store_dir is not None else out / "activations"
     if (store_dir / "manifest.json").is_file() and store_dir == out / "activations":
         return ActivationStore.open(store_dir), True
-    src_cfg = config.source
-    if source is None:
-        source = _load_source(config)
-    inputs = source.inputs
-    if src_cfg.max_samples is not None and len(inputs) > src_cfg.max_samples:
-        inputs = inputs[: src_cfg.max_samples]
-    modules = src_cfg.modules or source.modules
-    log.info("recording %s (%d inputs, modules %s)", source.description or src_cfg.name, len(inputs), modules)
-    store = record_activations(
-        source.model, inputs, modules, store_dir, batch_size=src_cfg.batch_size, tokenizer=source.tokenizer,
-        reduction=src_cfg.reduction, device=config.run.device, input_shape=source.input_shape,
-        metadata={"source": src_cfg.name, "description": source.description, "kind": source.kind},
-        progress=progress, overwrite=True,
-    )
+    src = config.source
+    source = _load_source(config) if source is None else source
+    store = source.record(store_dir, max_samples=src.max_samples, modules=src.modules or None,
+                          batch_size=src.batch_size, reduction=src.reduction, device=config.run.device,
+                          metadata={"source": src.name, "description": source.description, "kind": source.kind},
+                          progress=progress, overwrite=True)
     return store, False
 
 

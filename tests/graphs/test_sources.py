@@ -1,12 +1,12 @@
-"""Model sources: digits MLP (deterministic, cached), MiniLM (bundled, offline), user models, corpus."""
+"""Model sources: digits MLP (deterministic, cached), MiniLM (bundled, offline), Source.record, corpus."""
 
-import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from graphs import sources
 from graphs.corpus import pydoc_corpus
-from graphs.hooks import record_activations
+from graphs.recording import record_activations
 from graphs.sources import load_source, train_digits_mlp
 
 
@@ -98,100 +98,21 @@ def test_pydoc_corpus():
     assert pydoc_corpus(max_texts=50) == texts[:50]
 
 
-USER_MODEL = '''
-import torch
-from torch import nn
-
-def make(width=6):
-    return nn.Sequential(nn.Linear(4, width), nn.GELU(), nn.Linear(width, 3), nn.Softmax(dim=-1))
-
-not_callable = 3
-
-def wrong():
-    return "a string"
-'''
-
-
-def test_user_model_from_file(tmp_path):
-    (tmp_path / "mymodel.py").write_text(USER_MODEL)
-    data = tmp_path / "x.npy"
-    np.save(data, np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
-    src = load_source(f"python:{tmp_path / 'mymodel.py'}:make", data=data, width=5)
-    assert src.modules == ["1"] and src.kind == "tensor" and src.inputs.shape == (20, 4)  # GELU; softmax skipped
-    store = record_activations(src.model, src.inputs, src.modules, tmp_path / "acts", device="cpu", progress=False)
-    assert store.num_units == 5 and store.num_samples == 20
-    src = load_source(f"python:{tmp_path / 'mymodel.py'}:make", data=data, modules="0")
-    assert src.modules == ["0"]
-
-
-TEXT_MODEL = '''
-from pathlib import Path
-import torch
-import transformers
-
-def make():
-    vocab = Path(__file__).with_name("vocab.txt")
-    vocab.write_text("\\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "sky"]) + "\\n")
-    tok = transformers.BertTokenizerFast(vocab_file=str(vocab))
+def test_source_record_options(tmp_path):
+    """Source.record takes what the pipeline's record stage passes: a sample cap, modules, metadata, ..."""
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=12, max_position_embeddings=16)
-    return transformers.BertModel(config), tok
-'''
-
-
-def test_user_text_model_from_file(tmp_path):
-    pytest.importorskip("transformers")
-    (tmp_path / "textmodel.py").write_text(TEXT_MODEL)
-    (tmp_path / "t.txt").write_text("red sky\n\nblue sky red\n")
-    src = load_source(f"python:{tmp_path / 'textmodel.py'}:make", data=tmp_path / "t.txt",
-                      modules="encoder.layer.*.intermediate")
-    assert src.kind == "text" and src.inputs == ["red sky", "blue sky red"] and src.tokenizer is not None
-    store = src.record(tmp_path / "acts", device="cpu", progress=False)
-    assert store.num_units == 12 and store.num_samples == 4 + 5  # [CLS] ... [SEP] per text, no padding
-    assert store.examples([7])[0]["text"] == "blue sky [[red]]"  # samples 4..8: [CLS] blue sky red [SEP]
-
-
-def test_user_model_data_formats(tmp_path):
-    from safetensors.torch import save_file
-
-    (tmp_path / "m.py").write_text(USER_MODEL)
-    x = torch.randn(7, 4)
-    torch.save({"x": x}, tmp_path / "a.pt")
-    save_file({"x": x, "y": torch.zeros(7)}, str(tmp_path / "b.safetensors"))
-    save_file({"only": x}, str(tmp_path / "c.safetensors"))
-    for name in ["a.pt", "b.safetensors", "c.safetensors"]:
-        src = load_source(f"python:{tmp_path / 'm.py'}:make", data=tmp_path / name)
-        assert torch.equal(src.inputs, x), name
-
-
-@pytest.mark.parametrize(
-    ("spec", "data", "error", "match"),
-    [
-        ("python:{d}/missing.py:make", "x.npy", FileNotFoundError, "model file"),
-        ("python:no_such_pkg_xyz.mod:make", "x.npy", ValueError, "cannot import module 'no_such_pkg_xyz.mod'"),
-        ("python:{d}/m.py", "x.npy", ValueError, "must look like"),
-        ("python:{d}/m.py:absent", "x.npy", ValueError, "has no attribute 'absent'"),
-        ("python:{d}/m.py:not_callable", "x.npy", TypeError, "not callable"),
-        ("python:{d}/m.py:wrong", "x.npy", TypeError, "returned str"),
-        ("python:{d}/m.py:make", None, ValueError, "needs data="),
-        ("python:{d}/m.py:make", "nothere.npy", FileNotFoundError, "data file"),
-        ("python:{d}/m.py:make", "x.csv", ValueError, "suffix '.csv'"),
-        ("python:{d}/m.py:make", "t.txt", ValueError, r"must return \(model, tokenizer\)"),
-        ("python:{d}/m.py:make", "two.safetensors", ValueError, "none is named 'x'"),
-        ("nonsense", "x.npy", ValueError, "unknown source 'nonsense'"),
-    ],
-)
-def test_user_model_errors(tmp_path, spec, data, error, match):
-    from safetensors.torch import save_file
-
-    (tmp_path / "m.py").write_text(USER_MODEL)
-    np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
-    (tmp_path / "x.csv").write_text("1,2,3,4\n")
-    (tmp_path / "t.txt").write_text("a text\n\nanother\n")
-    save_file({"a": torch.zeros(2), "b": torch.zeros(2)}, str(tmp_path / "two.safetensors"))
-    with pytest.raises(error, match=match):
-        load_source(spec.format(d=tmp_path), data=None if data is None else tmp_path / data)
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3), nn.Tanh())
+    src = sources.Source(model=model, inputs=torch.randn(20, 4), modules=["1"], description="tiny")
+    store = src.record(tmp_path / "a", max_samples=7, modules=["1", "3"], batch_size=3, reduction="token",
+                       device="cpu", metadata={"source": "mine", "kind": src.kind}, progress=False, shard_size=4)
+    assert store.num_samples == 7 and store.num_units == 6 + 3 and len(store.manifest["shards"]) == 2
+    assert store.manifest["metadata"] == {"source": "mine", "kind": "tensor"}
+    torch.testing.assert_close(store.inputs(), src.inputs[:7])
+    again = src.record(tmp_path / "a", max_samples=50, device="cpu", progress=False, overwrite=True)
+    assert again.num_samples == 20 and again.num_units == 6  # the source's own modules
+    assert again.manifest["metadata"] == {"source": "tiny"}
+    with pytest.raises(ValueError, match="max_samples must be >= 1"):
+        src.record(tmp_path / "b", max_samples=0, progress=False)
 
 
 @pytest.mark.slow

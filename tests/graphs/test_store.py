@@ -1,4 +1,4 @@
-"""ActivationStore: open errors, streaming across shards, unit selection, examples, bounded buffering."""
+"""ActivationStore: open errors, streaming across shards, unit selection, examples."""
 
 import json
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from graphs.hooks import record_activations
-from graphs.store import MANIFEST_NAME, ActivationStore, StoreWriter
+from graphs.recording import record_activations
+from graphs.store import MANIFEST_NAME, ActivationStore
 
 
 @pytest.fixture
@@ -81,15 +81,3 @@ def test_open_errors(store, tmp_path):
     (s.path / manifest["shards"][2]["file"]).unlink()
     with pytest.raises(FileNotFoundError, match="shard 'shard-00002.safetensors'"):
         ActivationStore.open(s.path)
-
-
-def test_writer_buffers_less_than_one_shard(tmp_path):
-    w = StoreWriter(tmp_path, shard_size=10)
-    for i in range(9):
-        w.add(torch.full((7, 3), float(i)), input_index=torch.arange(7 * i, 7 * i + 7))
-        assert w._pending_rows < 10  # memory bounded by one shard, not by the number of samples
-    m = w.close({"kind": "tensor", "names": ["u:0", "u:1", "u:2"], "modules": [], "num_units": 3})
-    assert m["num_samples"] == 63 and [sh["num_samples"] for sh in m["shards"]] == [10] * 6 + [3]
-    s = ActivationStore.open(tmp_path)
-    assert s.sample_info([0, 62])["input_index"].tolist() == [0, 62]
-    assert s.to_tensor()[:, 0].tolist() == [float(i // 7) for i in range(63)]

@@ -11,23 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.fields import gaussian_field_on
+from graphs import lattice_graph
 from rsmi_nn import load_run
 from rsmi_nn.app.cli import main
 from tests.rsmi_nn.app.test_cli import run_rsmi
 
+FIELD_MASS = 0.5  # correlation length ≈ 2 sites on the unit lattice: neighbouring sites are correlated
 
-def smooth_field(L: int, n: int, *, width: float = 1.0, seed: int = 0) -> np.ndarray:
-    """``n`` samples of a periodic Gaussian random field on an L x L lattice, ``[n, L*L]`` (float32).
 
-    White noise smoothed by a Gaussian kernel (FFT), so neighbouring sites are correlated.
-    """
-    rng = np.random.default_rng(seed)
-    noise = rng.normal(size=(n, L, L))
-    k = np.fft.fftfreq(L)
-    kernel = np.exp(-0.5 * (2 * np.pi * width) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
-    field = np.fft.ifft2(np.fft.fft2(noise) * kernel).real
-    field /= field.std()
-    return field.reshape(n, L * L).astype(np.float32)
+def lattice_field(graph, n: int, *, seed: int = 0) -> np.ndarray:
+    """``n`` samples ``[n, U]`` (float32) of the Gaussian field on ``graph`` (``experiments.fields``)."""
+    return gaussian_field_on(graph, n, mass=FIELD_MASS, seed=seed).numpy()
 
 
 def _check_composition(run, level0: torch.Tensor) -> None:
@@ -89,7 +84,7 @@ def test_run_again_resumes_without_recomputing(tiny_run):
 
 def test_flow_on_raw_lattice_samples(tmp_path):
     L = 8
-    np.save(tmp_path / "x.npy", smooth_field(L, 400))
+    np.save(tmp_path / "x.npy", lattice_field(lattice_graph(L), 400))  # periodic: the FFT sampler
     out = tmp_path / "lat"
     rc = main(["flow", "--samples", str(tmp_path / "x.npy"), "--lattice", str(L), "--levels", "2", "--out", str(out),
                "--steps", "25", "--train-batch-size", "64", "--quiet"])
@@ -99,9 +94,9 @@ def test_flow_on_raw_lattice_samples(tmp_path):
     assert [r["num_blocks"] for r in flow] == [16, 4]
     run = load_run(out)
     assert run.feature_maps(1).shape == (64, 4)
-    # a level-1 variable is fed by the 16 sites of its 4x4 super-block only
+    # a level-1 variable is fed by the 16 sites of its 4x4 super-block only (and by all of them: no dead filter)
     support = run.feature_maps(1).abs() > 0
-    assert int(support.sum(0).max()) <= 16
+    assert support.sum(0).tolist() == [16] * 4
     _check_composition(run, torch.from_numpy(np.load(tmp_path / "x.npy")))
     assert (out / "report.html").is_file() and (out / "plots" / "flow.png").is_file()
 
@@ -109,11 +104,10 @@ def test_flow_on_raw_lattice_samples(tmp_path):
 def test_flow_on_samples_with_a_graph_file(tmp_path):
     from safetensors.numpy import save_file
 
-    from graphs import lattice_graph
-
     L = 6
-    lattice_graph(L, periodic=False).save(tmp_path / "g")
-    save_file({"samples": smooth_field(L, 400, seed=1)}, str(tmp_path / "x.safetensors"))
+    graph = lattice_graph(L, periodic=False)
+    graph.save(tmp_path / "g")
+    save_file({"samples": lattice_field(graph, 400, seed=1)}, str(tmp_path / "x.safetensors"))  # the dense sampler
     out = tmp_path / "gr"
     rc = main(["flow", "--samples", str(tmp_path / "x.safetensors"), "--graph", str(tmp_path / "g.json"),
                "--levels", "1", "--block-size", "4", "--steps", "30", "--train-batch-size", "64", "--out", str(out),

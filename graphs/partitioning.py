@@ -133,7 +133,13 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
 
 
 def _absorb_small(src, dst, w, labels, sizes, min_size):
-    """Merge every cluster smaller than ``min_size`` into its best-connected neighbouring cluster."""
+    """Merge every cluster smaller than ``min_size`` nodes into its best-connected neighbouring cluster.
+
+    Smallest clusters first; a cluster joins the neighbour (a set of clusters merged so far)
+    with the largest ``weight / nodes``. Returns each node's set representative.
+    """
+    from scipy.cluster.hierarchy import DisjointSet
+
     num_clusters = sizes.size
     small = np.nonzero(sizes < min_size)[0]
     if small.size == 0:
@@ -142,31 +148,22 @@ def _absorb_small(src, dst, w, labels, sizes, min_size):
     order = np.argsort(a, kind="stable")
     a, b, cw = a[order], b[order], cw[order]
     ptr = np.searchsorted(a, np.arange(num_clusters + 1))
-    parent = np.arange(num_clusters)
-    size = sizes.astype(np.int64).copy()
-
-    def find(x):
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    for c in small[np.argsort(sizes[small], kind="stable")]:
-        root = find(c)
-        if size[root] >= min_size:
+    merged = DisjointSet(range(num_clusters))
+    nodes = sizes.astype(np.int64).copy()  # nodes in each set, kept at its representative
+    for c in small[np.argsort(sizes[small], kind="stable")].tolist():
+        root = merged[c]
+        if nodes[root] >= min_size:
             continue
-        nbrs = np.array([find(x) for x in b[ptr[c] : ptr[c + 1]]], dtype=np.int64)
+        nbrs = np.array([merged[x] for x in b[ptr[c] : ptr[c + 1]].tolist()], dtype=np.int64)
         keep = nbrs != root
         if not keep.any():
             continue  # an isolated small component stays a block of its own
         nbrs, weights = nbrs[keep], cw[ptr[c] : ptr[c + 1]][keep]
-        target = nbrs[np.argmax(weights / size[nbrs])]
-        lo, hi = min(root, target), max(root, target)
-        parent[hi] = lo
-        size[lo] += size[hi]
-    roots = np.array([find(x) for x in range(num_clusters)], dtype=np.int64)
+        target = int(nbrs[np.argmax(weights / nodes[nbrs])])
+        total = nodes[root] + nodes[target]
+        merged.merge(root, target)
+        nodes[merged[root]] = total
+    roots = np.array([merged[x] for x in range(num_clusters)], dtype=np.int64)
     return roots[labels]
 
 

@@ -1,0 +1,138 @@
+"""User model sources: ``"python:<module.path or file.py>:<factory>"`` with ``data=<file>``.
+
+Any user model: ``factory`` (a callable returning an ``nn.Module``, or an ``nn.Module``
+attribute) from an importable module or a ``.py`` file. ``data``: ``.npy``, ``.npz``,
+``.safetensors`` or ``.pt`` (one tensor, chosen as :func:`graphs.tensor_files.load_tensor`
+does: the only one, else ``"samples"``/``"x"``/``"X"``/``"spins"``) or ``.txt`` (one text
+per non-empty line; the factory then returns ``(model, tokenizer)``). Option
+``modules`` (patterns); by default every leaf activation module (ReLU, GELU, Tanh, ...,
+i.e. classes from ``torch.nn.modules.activation`` other than softmax-like ones), or, when the
+model has none, every leaf ``nn.Linear``.
+
+:func:`graphs.load_source` hands ``"python:..."`` names to :func:`python_source`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from graphs.sources import Source
+from graphs.tensor_files import TENSOR_SUFFIXES, load_tensor
+
+__all__ = ["default_modules", "python_source"]
+
+
+def _import_target(target: str):
+    """Import a module by dotted path, or a ``.py`` file under a private module name."""
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        file = Path(target)
+        if not file.is_file():
+            raise FileNotFoundError(f"model file {target!r} not found; give an existing .py file or a module path")
+        mod_name = f"_rsmi_user_{hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]}"
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot import {target!r} as a Python file; give a .py file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            sys.modules.pop(mod_name, None)
+            raise
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"cannot import module {target!r} ({err}); check the module path or give a .py file") from err
+
+
+def _load_data(data) -> tuple[object, str]:
+    """The inputs in a user's data file: ``(texts, "text")`` from ``.txt``, else ``(tensor, "tensor")``."""
+    if data is None:
+        raise ValueError("a 'python:' source needs data=<file> (.pt, .npy, .npz, .safetensors or .txt)")
+    p = Path(data)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file {str(p)!r} not found; pass an existing .pt/.npy/.npz/.safetensors/.txt file")
+    suffix = p.suffix.lower()
+    if suffix == ".txt":
+        texts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not texts:
+            raise ValueError(f"text file {str(p)!r} has no non-empty lines")
+        return texts, "text"
+    if suffix not in TENSOR_SUFFIXES:
+        raise ValueError(f"data file {str(p)!r} has suffix {suffix!r}; use .pt, .npy, .npz, .safetensors or .txt")
+    x = load_tensor(p, what="data")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"data file {str(p)!r} must hold a non-empty tensor (n_inputs, ...), got shape {tuple(x.shape)}")
+    return x, "tensor"
+
+
+_SKIP_ACTIVATIONS = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.MultiheadAttention)
+
+
+def default_modules(model: nn.Module) -> list[str]:
+    """Leaf activation modules of ``model`` (softmax-like excluded), else its leaf ``nn.Linear`` modules."""
+    import torch.nn.modules.activation as act
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    acts = [n for n, m in leaves if type(m).__module__ == act.__name__ and not isinstance(m, _SKIP_ACTIVATIONS)]
+    if acts:
+        return acts
+    linear = [n for n, m in leaves if isinstance(m, nn.Linear)]
+    if not linear:
+        raise ValueError(
+            f"{type(model).__name__} has no leaf activation or Linear modules; pass modules=[patterns] explicitly"
+        )
+    return linear
+
+
+def python_source(spec: str, *, data=None, modules=None, **factory_kwargs) -> Source:
+    """The source ``"python:<spec>"``: the model ``factory(**factory_kwargs)`` with the inputs in ``data``.
+
+    ``spec`` is ``"<module.path or file.py>:<factory>"``; ``modules`` (pattern or patterns)
+    defaults to :func:`default_modules` of the model.
+    """
+    target, sep, factory_name = spec.rpartition(":")
+    if not sep or not target or not factory_name:
+        raise ValueError(f"'python:{spec}' must look like 'python:<module.path or file.py>:<factory>'")
+    module = _import_target(target)
+    if not hasattr(module, factory_name):
+        public = [n for n in dir(module) if not n.startswith("_")][:10]
+        raise ValueError(f"{target!r} has no attribute {factory_name!r}; available names include {public}")
+    factory = getattr(module, factory_name)
+    if isinstance(factory, nn.Module):
+        result = factory
+    elif callable(factory):
+        result = factory(**factory_kwargs)
+    else:
+        raise TypeError(f"{target}:{factory_name} is a {type(factory).__name__}, not callable; point to a factory")
+    inputs, kind = _load_data(data)
+    tokenizer = None
+    if isinstance(result, tuple) and len(result) == 2:
+        result, tokenizer = result
+    if not isinstance(result, nn.Module):
+        raise TypeError(
+            f"{target}:{factory_name} returned {type(result).__name__}; it must return an nn.Module "
+            "(or (model, tokenizer) for text data)"
+        )
+    if kind == "text" and tokenizer is None:
+        raise ValueError(f"data {str(data)!r} holds texts, so {target}:{factory_name} must return (model, tokenizer)")
+    if modules is None:
+        modules = default_modules(result)
+    elif isinstance(modules, str):
+        modules = [modules]
+    return Source(
+        model=result.eval(),
+        inputs=inputs,
+        modules=list(modules),
+        tokenizer=tokenizer,
+        kind=kind,
+        description=f"user model {target}:{factory_name} ({type(result).__name__}) on {Path(data).name}",
+    )
