@@ -37,6 +37,13 @@ EXIT_USAGE = 2
 # ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
+def _configured(cfg, args):
+    """``cfg`` with the command line's flags applied, and logging set from it; returns ``cfg``."""
+    apply_flags(cfg, args)
+    _configure_logging(cfg.run.quiet, args.debug)
+    return cfg
+
+
 def _cmd_run(args) -> int:
     from rsmi_nn.app.config import builtin_configs, load_config, parse_override
     from rsmi_nn.app.pipeline import run_pipeline
@@ -88,8 +95,7 @@ def _cmd_flow(args) -> int:
     cfg = Config()
     cfg.set("source.name", name, origin="--samples")
     cfg.set("source.options", options, origin="--samples")
-    apply_flags(cfg, args)
-    _configure_logging(cfg.run.quiet, args.debug)
+    cfg = _configured(cfg, args)
     t0 = time.perf_counter()
     out = run_pipeline(cfg, args.out, report=not args.no_report)
     _print_summary(out, time.perf_counter() - t0)
@@ -100,12 +106,10 @@ def _cmd_record(args) -> int:
     from rsmi_nn.app.config import Config
     from rsmi_nn.app.pipeline import prepare_input, record_stage
 
-    cfg = Config()
-    apply_flags(cfg, args)
+    cfg = _configured(Config(), args)
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.overwrite:
         raise ValueError(f"{str(out)!r} already holds an activation store; pass --overwrite or another --out")
-    _configure_logging(cfg.run.quiet, args.debug)
     _, source, _ = prepare_input(cfg)
     store, _ = record_stage(cfg, out, progress=not cfg.run.quiet, store_dir=out, source=source)
     print(f"recorded {store.num_samples} samples x {store.num_units} units into {out}")
@@ -116,19 +120,16 @@ def _cmd_graph(args) -> int:
     from graphs import build_graph
     from rsmi_nn.app.config import Config
 
-    cfg = Config()
-    apply_flags(cfg, args)
+    cfg = _configured(Config(), args)
     if args.samples is not None:
-        from graphs.tensor_files import load_samples
-
         from estimators.validation import check_samples
+        from graphs.tensor_files import load_samples
 
         x = check_samples(load_samples(args.samples, key=args.key), name=f"samples in {args.samples!r}")
     else:
         from graphs import ActivationStore
 
         x = ActivationStore.open(args.store)
-    _configure_logging(cfg.run.quiet, args.debug)
     graph = build_graph(x, **cfg.graph.build_kwargs(), device=cfg.run.device, progress=not cfg.run.quiet)
     st, js = graph.save(args.out)
     print(f"graph: {graph.num_nodes} nodes, {graph.num_edges // 2} edges -> {st}, {js}")
@@ -139,9 +140,7 @@ def _cmd_export(args) -> int:
     from rsmi_nn.app.config import Config
     from rsmi_nn.app.export import export_run
 
-    cfg = Config()
-    apply_flags(cfg, args)
-    _configure_logging(cfg.run.quiet, args.debug)
+    cfg = _configured(Config(), args)
     index = export_run(args.run_dir, top_examples=cfg.export.top_examples, top_units=cfg.export.top_units,
                        graphml=cfg.export.graphml, store=args.store)
     print(f"exported {args.run_dir} -> {index.parent}")
@@ -152,9 +151,7 @@ def _cmd_report(args) -> int:
     from rsmi_nn.app.config import Config
     from rsmi_nn.app.report import write_report
 
-    cfg = Config()
-    apply_flags(cfg, args)
-    _configure_logging(cfg.run.quiet, args.debug)
+    cfg = _configured(Config(), args)
     path = write_report(args.run_dir, max_cards=cfg.export.max_cards, top_units=cfg.export.top_units,
                         seed=cfg.run.seed)
     print(f"report: {path}")

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graphs.atomic import atomic_save_tensors, atomic_write, atomic_write_bytes
 from rsmi_nn.app.config import read_run_config
-from rsmi_nn.app.files import save_tensors, to_jsonable, write_bytes, write_json
+from rsmi_nn.app.files import to_jsonable, write_json
 from rsmi_nn.run import Level, Run, load_run
 from rsmi_nn.rundir import FLOW_JSON
 
@@ -112,7 +113,7 @@ def _write_sprite(path: Path, examples: dict, max_rows: int) -> bool:
 
     rows = [[np.asarray(ex["input"], dtype=np.float32).reshape(shape) for ex in var]
             for var in examples["variables"][:max_rows]]
-    write_bytes(path, image_grid_png(rows))
+    atomic_write_bytes(path, image_grid_png(rows))
     return True
 
 
@@ -122,7 +123,7 @@ def _save_graph(level: Level, out: Path, graphml: bool) -> None:
     g = level.graph
     tensors = {"edge_index": g.edge_index, "edge_weight": g.edge_weight,
                "num_nodes": torch.tensor([g.num_nodes]), "blocks": level.blocks}
-    save_tensors(out / f"level_{level.index:03d}.safetensors", tensors,
+    atomic_save_tensors(out / f"level_{level.index:03d}.safetensors", tensors,
                  metadata={"format": "torch_geometric.data.Data fields", "names": json.dumps(g.names)})
     if graphml:
         import networkx as nx
@@ -133,8 +134,6 @@ def _save_graph(level: Level, out: Path, graphml: bool) -> None:
         blocks = level.blocks.tolist()
         for i in G.nodes:
             G.nodes[i]["block"] = int(blocks[i])
-        from rsmi_nn.app.files import atomic_write
-
         atomic_write(out / f"level_{level.index:03d}.graphml", lambda tmp: nx.write_graphml(G, tmp))
 
 
@@ -164,7 +163,7 @@ def export_run(run_dir: str | Path, *, top_examples: int = 8, top_units: int = 1
         local, composed = level.feature_map_sparse, run.feature_map_sparse(level.index)
         tensors = {**_coo_parts("local", local), **_coo_parts("composed", composed)}
         stem = f"level_{level.index:03d}"
-        save_tensors(fm_dir / f"{stem}.safetensors", tensors, metadata={"format": "coo"})
+        atomic_save_tensors(fm_dir / f"{stem}.safetensors", tensors, metadata={"format": "coo"})
         blocks = level.blocks.tolist()
         members: list[list[str]] = [[] for _ in range(level.num_blocks)]
         for u, b in enumerate(blocks):

@@ -1,7 +1,6 @@
-"""Small file helpers for run directories: atomic writes and reading raw sample files.
+"""Text and JSON outputs of the application, written through :mod:`graphs.atomic` (temp file + rename).
 
-Every output is written to a temporary file in the same folder and renamed into place
-(``os.replace``), so an interrupted run never leaves a half-written file under a final name.
+JSON here is for people and other tools: tensors and arrays become lists, NaN/Inf become ``null``.
 """
 
 from __future__ import annotations
@@ -14,18 +13,8 @@ import numpy as np
 import torch
 
 from graphs.atomic import atomic_write
-from graphs.atomic import atomic_write_bytes as write_bytes
-from graphs.tensor_files import load_samples
 
-__all__ = [
-    "atomic_write",
-    "load_samples",
-    "save_tensors",
-    "to_jsonable",
-    "write_bytes",
-    "write_json",
-    "write_text",
-]
+__all__ = ["to_jsonable", "write_json", "write_text"]
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -55,11 +44,3 @@ def to_jsonable(obj):
 def write_json(path: str | Path, obj, *, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON atomically (tensors and arrays become lists, NaN becomes null)."""
     return write_text(path, json.dumps(to_jsonable(obj), indent=indent) + "\n")
-
-
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Save ``tensors`` with safetensors, atomically (contiguous CPU copies)."""
-    from safetensors.torch import save_file
-
-    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))

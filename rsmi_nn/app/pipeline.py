@@ -25,8 +25,9 @@ from pathlib import Path
 import tomllib
 import torch
 
+from graphs.tensor_files import load_samples
 from rsmi_nn.app.config import Config
-from rsmi_nn.app.files import load_samples, write_json, write_text
+from rsmi_nn.app.files import write_json, write_text
 from rsmi_nn.rundir import FLOW_JSON
 
 __all__ = ["flow_stage", "graph_stage", "load_level0", "prepare_input", "record_stage", "run_pipeline"]

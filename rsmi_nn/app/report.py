@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from graphs.atomic import atomic_write_bytes as write_bytes
 from rsmi_nn.app import plots
 from rsmi_nn.app.config import read_run_config
 from rsmi_nn.app.export import export_run, is_exported
-from rsmi_nn.app.files import write_bytes, write_text
+from rsmi_nn.app.files import write_text
 from rsmi_nn.run import load_run
 
 __all__ = ["write_report"]

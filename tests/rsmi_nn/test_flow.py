@@ -72,6 +72,26 @@ def test_resume_after_interruption_is_identical(ising_flow, tmp_path):
         run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=4, **FAST)
 
 
+def test_run_written_before_options_were_declared_once_resumes(ising_flow, tmp_path):
+    """Regression (issue 12): flow_config.json of earlier versions kept the step options passed, not all."""
+    import shutil
+
+    x, full_out, _ = ising_flow
+    out = tmp_path / "old"
+    shutil.copytree(full_out, out)
+    new = json.loads((out / "flow_config.json").read_text())
+    options = new.pop("options")
+    step = {key: options.pop(key) for key in FAST if key in options}
+    old = {**new, **{k: options[k] for k in ("block_size", "buffer", "env", "hidden", "max_env", "rebuild",
+                                             "min_nodes")}, "coarse_grain": step}
+    (out / "flow_config.json").write_text(json.dumps(old))
+    resumed = run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST)
+    assert resumed.results == [None, None]  # both levels loaded, nothing retrained
+    assert (out / "flow.json").read_bytes() == (full_out / "flow.json").read_bytes()
+    with pytest.raises(ValueError, match=r"differs in \['steps'\]"):
+        run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **{**FAST, "steps": 99})
+
+
 def test_flow_on_irregular_graph(tmp_path):
     graph, _, x = gaussian_field(64, 3000, seed=1)
     result = run_flow(x, graph, levels=2, block_size=4, out=tmp_path / "g", seed=0, k=4, steps=100,
