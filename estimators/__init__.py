@@ -26,6 +26,9 @@ _EXPORTS = {
     "ConcatCritic": "estimators.critics",
     "estimate_mi": "estimators.estimate",
     "MIResult": "estimators.estimate",
+    "train_problems": "estimators.training",
+    "TrainSettings": "estimators.training",
+    "TrainState": "estimators.training",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -17,7 +17,9 @@ smile      ``E_p[f] - log E_q[clip(exp f, e^-tau, e^tau)]``  (Song & Ermon 2020)
 
 ``get_bound(name)`` returns a :class:`Bound` that also knows the *training objective*
 (what to maximise; for ``dv`` it carries MINE's moving-average gradient correction, for
-``smile`` the Jensen-Shannon gradient of Song & Ermon) and the bound's ceiling.
+``smile`` the Jensen-Shannon gradient of Song & Ermon), the bound's ceiling, and the same
+formula from per-row statistics of a score matrix too large to hold (``from_row_statistics``,
+used by :mod:`estimators.heldout`): each bound's formula lives in its class alone.
 
 References
 ----------
@@ -118,6 +120,11 @@ def js(scores: torch.Tensor) -> torch.Tensor:
     return first - second
 
 
+def _rows_offdiag_logmeanexp(lse_off: torch.Tensor, m: int) -> torch.Tensor:
+    """:func:`_offdiag_logmeanexp` from per-row ``logsumexp_{j != i}`` of ``r`` rows against ``m`` columns, ``[P]``."""
+    return torch.logsumexp(lse_off, dim=1) - math.log(lse_off.shape[1] * (m - 1))
+
+
 def _straight(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """A tensor equal to ``value`` whose gradient is that of ``surrogate``."""
     return value.detach() + surrogate - surrogate.detach()
@@ -130,12 +137,24 @@ class Bound:
     value to report; ``objective(scores)`` is the differentiable quantity to *maximise*
     (equal in value to ``estimate`` but possibly with a corrected gradient);
     ``ceiling(batch_size)`` is the largest value the estimate can take
-    (``log B`` for InfoNCE, ``inf`` otherwise).
+    (``log B`` for InfoNCE, ``inf`` otherwise). ``from_row_statistics(stats, m)`` is ``estimate``
+    from per-row reductions of the scores (:func:`estimators.heldout.row_statistics`; ``clip``
+    says which clipped reduction it needs, ``None`` = none).
     """
 
     name = "bound"
+    clip: float | None = None
 
     def estimate(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def from_row_statistics(self, stats: dict[str, torch.Tensor], m: int) -> torch.Tensor:
+        """The estimate ``[P]`` for ``r`` rows of an ``[r, m]`` score matrix, from its row statistics.
+
+        ``stats`` holds ``[P, r]`` tensors: ``diag`` (``f_ii``), ``lse`` (``logsumexp_j f_ij``),
+        ``lse_off`` (``logsumexp_{j != i} f_ij``) and, when ``clip`` is set, ``lse_off_clip``
+        (the same over ``f`` clamped to ``[-clip, clip]``). With all ``m`` rows it equals ``estimate``.
+        """
         raise NotImplementedError
 
     def objective(self, scores: torch.Tensor) -> torch.Tensor:
@@ -157,6 +176,9 @@ class InfoNCEBound(Bound):
     def estimate(self, scores):
         return infonce(scores)
 
+    def from_row_statistics(self, stats, m):
+        return (stats["diag"] - stats["lse"]).mean(dim=1) + math.log(m)
+
     def ceiling(self, batch_size: int) -> float:
         return math.log(batch_size)
 
@@ -166,6 +188,9 @@ class NWJBound(Bound):
 
     def estimate(self, scores):
         return nwj(scores)
+
+    def from_row_statistics(self, stats, m):
+        return stats["diag"].mean(dim=1) - torch.exp(_rows_offdiag_logmeanexp(stats["lse_off"], m) - 1.0)
 
 
 class DVBound(Bound):
@@ -190,6 +215,9 @@ class DVBound(Bound):
 
     def estimate(self, scores):
         return dv(scores)
+
+    def from_row_statistics(self, stats, m):
+        return stats["diag"].mean(dim=1) - _rows_offdiag_logmeanexp(stats["lse_off"], m)
 
     def objective(self, scores):
         _check_scores(scores)
@@ -220,6 +248,9 @@ class SMILEBound(Bound):
 
     def estimate(self, scores):
         return smile(scores, clip=self.clip)
+
+    def from_row_statistics(self, stats, m):
+        return stats["diag"].mean(dim=1) - _rows_offdiag_logmeanexp(stats["lse_off_clip"], m)
 
     def objective(self, scores):
         return _straight(smile(scores, clip=self.clip), js(scores))

@@ -5,13 +5,11 @@ Procedure (one batched program for all problems, no Python loop over them):
 1. validate the samples, split the N rows once (seeded) into train / validation / test;
 2. standardise every feature with the training rows' mean and std (MI is invariant to it,
    optimisation is not);
-3. train one critic per problem (``[P, ...]`` weights) with Adam on ``bound.objective``
-   over minibatches of the training rows;
+3. train one critic per problem (``[P, ...]`` weights) on ``bound.objective`` over minibatches
+   of the training rows with the one training loop, :func:`estimators.training.train_problems`;
 4. every ``eval_every`` steps score the bound on the *whole* validation split; keep, per
-   problem, the weights of its best validation score (the best starts at ``-inf``, so a
-   fresh critic is never mistaken for a converged one) and stop a problem after ``patience``
-   evaluations without a gain beyond the validation standard error (training ends when all
-   have stopped);
+   problem, the weights of its best validation score and stop a problem after ``patience``
+   evaluations without a gain beyond ``min_delta`` (the loop's rule);
 5. report the bound of the best weights on the *whole* test split (never a training batch),
    with a batch-means standard error (:func:`estimators.heldout.heldout_bound`).
 
@@ -29,9 +27,10 @@ import torch
 
 from estimators.bounds import BOUNDS, get_bound
 from estimators.critics import CRITICS
-from estimators.device import resolve_device, training_precision
+from estimators.device import resolve_device
 from estimators.fused import critic_objective
 from estimators.heldout import heldout_bound
+from estimators.training import TrainSettings, TrainState, train_problems
 from estimators.validation import (
     as_tensor,
     check_choice,
@@ -123,30 +122,101 @@ def _split_sizes(n: int, test_fraction: float, valid_fraction: float) -> tuple[i
     return n_train, n_valid, n_test
 
 
-def estimate_mi(
-    x,
-    y,
-    bound: str = "infonce",
-    seed: int = 0,
-    *,
-    critic: str = "separable",
-    x_mask=None,
-    y_mask=None,
-    batch_size: int | None = None,
-    max_steps: int = 2000,
-    eval_every: int = 50,
-    patience: int = 5,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    hidden: int = 64,
-    embed: int = 32,
-    layers: int = 2,
-    test_fraction: float = 0.25,
-    valid_fraction: float = 0.15,
-    bound_options: dict | None = None,
-    device: str | torch.device | None = "auto",
-    progress: bool = False,
-) -> MIResult:
+def _check_options(bound, critic, seed, max_steps, eval_every, patience, lr, min_delta) -> tuple[int, ...]:
+    """``(seed, max_steps, eval_every, patience)`` as ints, after checking every scalar option."""
+    check_choice(bound, BOUNDS, name="bound")
+    check_choice(critic, tuple(CRITICS), name="critic")
+    ints = (check_positive_int(seed, name="seed", minimum=0),) + tuple(
+        check_positive_int(v, name=name) for name, v in (("max_steps", max_steps), ("eval_every", eval_every),
+                                                         ("patience", patience)))
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr={lr} must be a positive number; e.g. 1e-3")
+    if not (min_delta >= 0 and math.isfinite(min_delta)):
+        raise ValueError(f"min_delta={min_delta} must be a number >= 0; e.g. 0.01")
+    return ints
+
+
+def _check_problems(x, y, x_mask, y_mask):
+    """Samples as ``[P, N, d]`` tensors with their feature masks ``[P, d]``, and whether the input was batched."""
+    xt, yt = _prepare(x, "x"), _prepare(y, "y")
+    check_paired(xt, yt)
+    batched = xt.ndim == 3
+    if not batched:
+        xt, yt = xt.unsqueeze(0), yt.unsqueeze(0)
+    xm, ym = _check_masks(x_mask, xt, "x_mask", batched), _check_masks(y_mask, yt, "y_mask", batched)
+    _check_constant(xt, xm, "x")
+    _check_constant(yt, ym, "y")
+    return xt, yt, xm, ym, batched
+
+
+def _check_batch_size(batch_size: int | None, bound: str, n_train: int, n: int) -> int:
+    if batch_size is None:
+        batch_size = min(256 if bound in ("nwj", "dv") else 128, n_train)
+    batch_size = check_positive_int(batch_size, name="batch_size", minimum=2)
+    if batch_size > n_train:
+        raise ValueError(f"batch_size={batch_size} exceeds the {n_train} training rows of n_samples={n}; "
+                         "lower batch_size or pass more samples")
+    return batch_size
+
+
+def _split(xt, yt, xm, ym, sizes: tuple[int, int, int], gen: torch.Generator, dev: torch.device) -> dict:
+    """``{"train" | "valid" | "test": (x, y)}``, each ``[P, rows, d]`` on ``dev``, standardised with the
+    training rows' mean and std (MI is invariant to it, optimisation is not); padded features are exact zeros."""
+    n_train, n_valid, _ = sizes
+    perm = torch.randperm(xt.shape[1], generator=gen)
+    tr, va, te = perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:]
+    mx, sx = xt[:, tr].mean(dim=1, keepdim=True), xt[:, tr].std(dim=1, keepdim=True)
+    my, sy = yt[:, tr].mean(dim=1, keepdim=True), yt[:, tr].std(dim=1, keepdim=True)
+    xs = torch.where(xm.unsqueeze(1), (xt - mx) / sx.clamp_min(1e-12), 0.0).to(dev)
+    ys = torch.where(ym.unsqueeze(1), (yt - my) / sy.clamp_min(1e-12), 0.0).to(dev)
+    return {name: (xs[:, idx.to(dev)], ys[:, idx.to(dev)]) for name, idx in (("train", tr), ("valid", va), ("test", te))}
+
+
+def _train_critics(net, objective, split: dict, masks, gen: torch.Generator, settings: TrainSettings) -> TrainState:
+    """Maximise ``objective`` of every problem's critic on training minibatches, selected on the validation split."""
+    (x_tr, y_tr), (x_va, y_va) = split["train"], split["valid"]
+
+    def train_objective(rows: torch.Tensor) -> torch.Tensor:
+        return critic_objective(net, objective, x_tr[:, rows], y_tr[:, rows], *masks)
+
+    def validate():
+        net.eval()
+        try:
+            return heldout_bound(net, x_va, y_va, objective, *masks)
+        finally:
+            net.train()
+
+    return train_problems(list(net.parameters()), train_objective, validate, x_tr.shape[1], gen, settings)
+
+
+def _report(net, objective, split: dict, masks, state: TrainState, batched: bool, start_time: float,
+            **fields) -> MIResult:
+    """Score the kept critics on the whole test split; floats for a single problem."""
+    net.eval()
+    mi, stderr = heldout_bound(net, *split["test"], objective, *masks)
+    if bool((~torch.isfinite(mi)).any()):
+        bad = (~torch.isfinite(mi)).nonzero().flatten().tolist()
+        log.warning("estimate_mi: the %s bound is not finite on the test split for problem(s) %s", objective.name,
+                    bad[:10])
+    never = (state.best_step == 0).nonzero().flatten().tolist()
+    if never:
+        log.warning("estimate_mi: %d problem(s) never improved on their untrained critic (first %s)",
+                    len(never), never[:10])
+    hist = state.history
+    history = {"step": hist["step"], "train": hist["train"], "valid": hist["valid"]}
+    mi, stderr, best_step = mi.detach().cpu(), stderr.detach().cpu(), state.best_step.cpu()
+    if not batched:
+        history = {"step": hist["step"], "train": hist["train"][:, 0], "valid": hist["valid"][:, 0]}
+        mi, stderr, best_step = float(mi[0]), float(stderr[0]), int(best_step[0])
+    return MIResult(mi=mi, stderr=stderr, best_step=best_step, steps=state.steps_run, history=history,
+                    seconds=time.perf_counter() - start_time, **fields)
+
+
+def estimate_mi(x, y, bound: str = "infonce", seed: int = 0, *, critic: str = "separable", x_mask=None, y_mask=None,
+                batch_size: int | None = None, max_steps: int = 2000, eval_every: int = 50, patience: int = 5,
+                min_delta: float = 0.01, lr: float = 1e-3, hidden: int = 64, embed: int = 32, layers: int = 2,
+                test_fraction: float = 0.25, valid_fraction: float = 0.15, bound_options: dict | None = None,
+                device: str | torch.device | None = "auto", progress: bool = False) -> MIResult:
     """Estimate I(X;Y) in nats with a neural variational bound, reported on held-out rows.
 
     Parameters
@@ -162,16 +232,16 @@ def estimate_mi(
         NWJ and DV, whose unclipped ``E_q[e^f]`` term has a gradient variance growing like
         ``e^I``: on a 1-D Gaussian with 2 nats at N = 3 000, DV read 1.69 at 128 and 1.86 at 256,
         NWJ 1.64 and 1.77); InfoNCE's training objective is capped at ``log batch_size``.
-    max_steps, eval_every, patience : at most ``max_steps`` Adam steps; validation every
-        ``eval_every`` steps; a problem stops after ``patience`` evaluations without a gain larger
-        than its validation standard error (its best weights are kept regardless).
-    lr, weight_decay : AdamW settings. hidden, embed, layers : critic size.
-    test_fraction, valid_fraction : fractions of the rows held out for the report and for
-        early stopping.
-    bound_options : extra options for :func:`estimators.get_bound` (``clip`` for smile,
-        ``ema_decay`` for dv).
-    device : ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
-    progress : show a tqdm bar.
+    max_steps, eval_every, patience, min_delta : at most ``max_steps`` steps; validation every
+        ``eval_every`` steps; a problem stops after ``patience`` evaluations without a gain larger than
+        ``min_delta`` nats (its best weights are kept regardless; :func:`estimators.training.train_problems`).
+        0.01 is about the validation standard error of a few hundred rows: on 9 one-dimensional Gaussian
+        problems (N = 4 000, seeds 0-2, four bounds) it gave MAE 0.0090 in 608 steps on average, 1e-3 gave
+        0.0091 in 988 steps; the same 10+10-dim estimates either way.
+    lr : Adam's learning rate. hidden, embed, layers : critic size.
+    test_fraction, valid_fraction : fractions of the rows held out for the report and for early stopping.
+    bound_options : extra options for :func:`estimators.get_bound` (``clip`` for smile, ``ema_decay`` for dv).
+    device : ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ... progress : show a tqdm bar.
 
     Returns
     -------
@@ -186,128 +256,20 @@ def estimate_mi(
     True
     """
     start_time = time.perf_counter()
-    check_choice(bound, BOUNDS, name="bound")
-    check_choice(critic, tuple(CRITICS), name="critic")
-    seed = check_positive_int(seed, name="seed", minimum=0)
-    max_steps = check_positive_int(max_steps, name="max_steps")
-    eval_every = check_positive_int(eval_every, name="eval_every")
-    patience = check_positive_int(patience, name="patience")
-    if not lr > 0 or not weight_decay >= 0:
-        raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+    seed, max_steps, eval_every, patience = _check_options(bound, critic, seed, max_steps, eval_every, patience, lr,
+                                                           min_delta)
     dev = resolve_device(device)
-
-    xt, yt = _prepare(x, "x"), _prepare(y, "y")
-    check_paired(xt, yt)
-    batched = xt.ndim == 3
-    if not batched:
-        xt, yt = xt.unsqueeze(0), yt.unsqueeze(0)
-    p, n = xt.shape[0], xt.shape[1]
-    xm, ym = _check_masks(x_mask, xt, "x_mask", batched), _check_masks(y_mask, yt, "y_mask", batched)
-    _check_constant(xt, xm, "x")
-    _check_constant(yt, ym, "y")
-    n_train, n_valid, n_test = _split_sizes(n, test_fraction, valid_fraction)
-    if batch_size is None:
-        batch_size = min(256 if bound in ("nwj", "dv") else 128, n_train)
-    batch_size = check_positive_int(batch_size, name="batch_size", minimum=2)
-    if batch_size > n_train:
-        raise ValueError(f"batch_size={batch_size} exceeds the {n_train} training rows of n_samples={n}; "
-                         "lower batch_size or pass more samples")
-
+    xt, yt, xm, ym, batched = _check_problems(x, y, x_mask, y_mask)
+    (p, n), sizes = xt.shape[:2], _split_sizes(xt.shape[1], test_fraction, valid_fraction)
+    settings = TrainSettings(batch_size=_check_batch_size(batch_size, bound, sizes[0], n), max_steps=max_steps,
+                             lr=lr, eval_every=eval_every, patience=patience, min_delta=min_delta,
+                             description=f"estimate_mi[{bound}, P={p}]", progress=progress)
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen)
-    tr, va, te = perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:]
-    # Standardise with training statistics; padded features become exact zeros.
-    mx, sx = xt[:, tr].mean(dim=1, keepdim=True), xt[:, tr].std(dim=1, keepdim=True)
-    my, sy = yt[:, tr].mean(dim=1, keepdim=True), yt[:, tr].std(dim=1, keepdim=True)
-    xs = torch.where(xm.unsqueeze(1), (xt - mx) / sx.clamp_min(1e-12), 0.0).to(dev)
-    ys = torch.where(ym.unsqueeze(1), (yt - my) / sy.clamp_min(1e-12), 0.0).to(dev)
-    xm, ym = xm.to(dev), ym.to(dev)
-    split = {name: (xs[:, idx.to(dev)], ys[:, idx.to(dev)]) for name, idx in (("train", tr), ("valid", va), ("test", te))}
-
+    split = _split(xt, yt, xm, ym, sizes, gen, dev)
     net = CRITICS[critic](p, xt.shape[2], yt.shape[2], hidden=hidden, embed=embed, layers=layers,
                           generator=gen).to(dev)
     objective = get_bound(bound, **(bound_options or {}))
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-
-    best_val = torch.full((p,), -math.inf, device=dev)
-    mark = best_val.clone()
-    best_step = torch.zeros(p, dtype=torch.long, device=dev)
-    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    stale = torch.zeros(p, dtype=torch.long, device=dev)
-    stopped = torch.zeros(p, dtype=torch.bool, device=dev)  # out of patience: frozen for good
-    hist_step, hist_train, hist_valid = [], [], []
-    train_sum, train_count = torch.zeros(p, device=dev), 0
-    x_tr, y_tr = split["train"]
-    order, cursor = torch.randperm(n_train, generator=gen), 0
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=max_steps, disable=not progress, desc=f"estimate_mi[{bound}, P={p}]", leave=False)
-    step = 0
-    while step < max_steps:
-        if cursor + batch_size > n_train:
-            order, cursor = torch.randperm(n_train, generator=gen), 0
-        idx = order[cursor:cursor + batch_size].to(dev)
-        cursor += batch_size
-        with training_precision(dev):
-            obj = critic_objective(net, objective, x_tr[:, idx], y_tr[:, idx], xm, ym)
-            opt.zero_grad(set_to_none=True)
-            (-obj.sum()).backward()
-        for prm in net.parameters():  # a diverging problem must not poison its own weights with NaN
-            if prm.grad is not None:
-                prm.grad.nan_to_num_(0.0, 0.0, 0.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        train_sum += obj.detach().nan_to_num(0.0)
-        train_count += 1
-        if step % eval_every == 0 or step == max_steps:
-            net.eval()
-            val, val_se = heldout_bound(net, *split["valid"], objective, xm, ym)
-            net.train()
-            val = val.nan_to_num(-math.inf)
-            # A stopped problem is never revived: exactly as if it had been trained alone.
-            improved = (val > best_val) & ~stopped
-            # Patience counts evaluations without a *significant* gain (beyond the validation
-            # standard error), so noise alone cannot keep a converged problem training.
-            significant = (val > mark + val_se.nan_to_num(0.0)) & ~stopped
-            mark = torch.where(significant, val, mark)
-            if bool(improved.any()):
-                state = net.state_dict()
-                for k, v in state.items():
-                    keep = improved.view(-1, *([1] * (v.ndim - 1)))
-                    best_state[k] = torch.where(keep, v.detach(), best_state[k])
-            best_val = torch.where(improved, val, best_val)
-            best_step = torch.where(improved, step, best_step)
-            stale = torch.where(significant, 0, stale + 1)
-            stopped |= stale >= patience
-            hist_step.append(step)
-            hist_train.append((train_sum / train_count).cpu())
-            hist_valid.append(val.cpu())
-            train_sum, train_count = torch.zeros(p, device=dev), 0
-            finite = val[torch.isfinite(val)]
-            shown = float(finite.mean()) if finite.numel() else float("nan")
-            bar.set_postfix(valid=f"{shown:.3f}", active=int((~stopped).sum()))
-            if bool(stopped.all()):
-                break
-    bar.close()
-
-    net.load_state_dict(best_state)
-    net.eval()
-    mi, stderr = heldout_bound(net, *split["test"], objective, xm, ym)
-    if bool((~torch.isfinite(mi)).any()):
-        bad = (~torch.isfinite(mi)).nonzero().flatten().tolist()
-        log.warning("estimate_mi: the %s bound is not finite on the test split for problem(s) %s", bound, bad[:10])
-    never = (best_step == 0).nonzero().flatten().tolist()
-    if never:
-        log.warning("estimate_mi: %d problem(s) never improved on their untrained critic (first %s)",
-                    len(never), never[:10])
-    ceiling = objective.ceiling(n_test)
-    history = {"step": hist_step, "train": torch.stack(hist_train), "valid": torch.stack(hist_valid)}
-    mi, stderr, best_step = mi.detach().cpu(), stderr.detach().cpu(), best_step.cpu()
-    if not batched:
-        history = {"step": hist_step, "train": history["train"][:, 0], "valid": history["valid"][:, 0]}
-        mi, stderr, best_step = float(mi[0]), float(stderr[0]), int(best_step[0])
-    return MIResult(mi=mi, stderr=stderr, ceiling=ceiling, bound=bound, critic=critic, n_train=n_train,
-                    n_valid=n_valid, n_test=n_test, best_step=best_step, steps=step, history=history,
-                    seconds=time.perf_counter() - start_time)
+    masks = (xm.to(dev), ym.to(dev))
+    state = _train_critics(net, objective, split, masks, gen, settings)
+    return _report(net, objective, split, masks, state, batched, start_time, ceiling=objective.ceiling(sizes[2]),
+                   bound=bound, critic=critic, n_train=sizes[0], n_valid=sizes[1], n_test=sizes[2])

@@ -4,8 +4,8 @@ A held-out set of M rows defines one ``M x M`` score matrix per problem; using a
 (rather than averaging small batches) gives InfoNCE the largest possible ceiling
 ``log M`` and the smallest finite-batch bias, and gives the other bounds ``M(M-1)``
 negative pairs. The matrix is never held whole: rows are scored in chunks against all
-columns and reduced to per-row statistics, from which every bound of
-:mod:`estimators.bounds` is recombined exactly (``heldout_bound`` equals
+columns and reduced to per-row statistics, from which each bound recombines itself exactly
+(:meth:`estimators.bounds.Bound.from_row_statistics`; ``heldout_bound`` equals
 ``get_bound(name).estimate(critic(x, y))`` on the full matrix).
 
 The standard error is a batch-means estimate: the rows are cut into ``n_groups`` disjoint
@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from estimators.bounds import Bound, InfoNCEBound, NWJBound, SMILEBound, get_bound
+from estimators.bounds import Bound, get_bound
 
 __all__ = ["bound_with_stderr", "heldout_bound", "row_statistics"]
 
@@ -77,19 +77,6 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *,
     return {k: torch.cat(v, dim=1) for k, v in out.items()}
 
 
-def _combine(bound: Bound, stats: dict[str, torch.Tensor], m: int) -> torch.Tensor:
-    """The bound from row statistics of rows ``i`` in a group (all ``m`` columns), ``[P]``."""
-    d = stats["diag"]
-    r = d.shape[1]
-    if isinstance(bound, InfoNCEBound):
-        return (d - stats["lse"]).mean(dim=1) + math.log(m)
-    key = "lse_off_clip" if isinstance(bound, SMILEBound) else "lse_off"
-    log_marg = torch.logsumexp(stats[key], dim=1) - math.log(r * (m - 1))
-    if isinstance(bound, NWJBound):
-        return d.mean(dim=1) - torch.exp(log_marg - 1.0)
-    return d.mean(dim=1) - log_marg  # dv and smile
-
-
 def heldout_bound(critic, x, y: torch.Tensor, bound: str | Bound = "infonce", x_mask=None,
                   y_mask=None, *, n_groups: int = 10, budget: int = SCORE_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
     """Bound on all M held-out rows and its batch-means standard error, both ``[P]`` nats.
@@ -109,16 +96,16 @@ def heldout_bound(critic, x, y: torch.Tensor, bound: str | Bound = "infonce", x_
     if not callable(x) and tuple(x.shape[:2]) != tuple(y.shape[:2]):
         raise ValueError(f"x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; "
                          "both must be [P, M, d] with the same P and M")
-    clip = bound.clip if isinstance(bound, SMILEBound) else None
-    stats = row_statistics(critic, x, y, x_mask, y_mask, clip=clip, budget=budget)
+    stats = row_statistics(critic, x, y, x_mask, y_mask, clip=bound.clip, budget=budget)
     return bound_with_stderr(bound, stats, n_groups=n_groups)
 
 
 def bound_with_stderr(bound: Bound, stats: dict[str, torch.Tensor], *, n_groups: int = 10):
     """The bound from row statistics over all M rows, and its batch-means standard error (``[P]`` each)."""
     m = stats["diag"].shape[1]
-    value = _combine(bound, stats, m)
+    value = bound.from_row_statistics(stats, m)
     g = max(2, min(n_groups, m // 2))
     groups = torch.tensor_split(torch.arange(m, device=stats["diag"].device), g)
-    per_group = torch.stack([_combine(bound, {k: v[:, idx] for k, v in stats.items()}, m) for idx in groups], dim=1)
+    per_group = torch.stack([bound.from_row_statistics({k: v[:, idx] for k, v in stats.items()}, m) for idx in groups],
+                            dim=1)
     return value, per_group.std(dim=1) / math.sqrt(g)

@@ -178,8 +178,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
                    regions.environment.to(dev), regions.environment_mask.to(dev).float())
     filt, crit = _models(opts, regions_dev, gen, dev)
     settings = TrainSettings(batch_size=opts.batch_size, max_steps=opts.steps, lr=opts.lr, eval_every=opts.eval_every,
-                             patience=opts.patience, warmup_steps=opts.anneal_steps if opts.binarize == "anneal" else 0,
-                             min_delta=1e-3, description="RSMI blocks", progress=progress)
+                             patience=opts.patience, min_delta=opts.min_delta, description="RSMI blocks",
+                             warmup_steps=opts.anneal_steps if opts.binarize == "anneal" else 0, progress=progress)
     state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen)
     mi, mi_stderr = evaluate(filt, crit, bound, z_test, regions_dev)
 

@@ -269,7 +269,8 @@ class StepOptions(Options):
                                 minimum=2, flag="--train-batch-size")
     lr: float = option(3e-3, "learning rate of the filters and critics", kind=float, above=0)
     eval_every: int = _positive("validation interval in steps", 50)
-    patience: int = _positive("evaluations without a gain before a block stops", 10)
+    patience: int = _positive("evaluations without a gain larger than min_delta before a block stops", 10)
+    min_delta: float = option(1e-3, "validation gain (nats) that resets a block's patience", kind=float, minimum=0)
     test_fraction: float = option(0.2, "fraction of samples held out for the reported MI", kind=float,
                                   above=0, below=1)
     validation_fraction: float = option(0.1, "fraction of samples held out for early stopping", kind=float,
