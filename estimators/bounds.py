@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from estimators.validation import check_choice
 
-__all__ = ["BOUNDS", "Bound", "dv", "get_bound", "infonce", "js", "nwj", "smile"]
+__all__ = ["BOUNDS", "Bound", "dv", "get_bound", "infonce", "js", "nwj", "score_rows", "smile"]
 
 BOUNDS = ("infonce", "nwj", "dv", "smile")
 
@@ -55,12 +55,43 @@ def _diag(scores: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(scores, dim1=1, dim2=2)
 
 
+def score_rows(scores: torch.Tensor, key: str, clip: float | None = None) -> dict[str, torch.Tensor]:
+    """The row statistics every bound is written in, of a whole ``[P, B, B]`` score matrix.
+
+    ``diag`` (``f_ii``, ``[P, B]``) and ``key``: ``"lse"`` (``logsumexp_j f_ij``), ``"lse_off"``
+    (``logsumexp_{j != i} f_ij``) or ``"lse_off_clip"`` (the same over ``f`` clamped to ``[-clip, clip]``).
+    :func:`estimators.heldout.row_statistics` computes the same for a matrix too large to hold.
+    """
+    if key == "lse":
+        return {"diag": _diag(scores), "lse": torch.logsumexp(scores, dim=2)}
+    if key == "lse_off_clip" and clip is not None and math.isfinite(clip):
+        scores, diag = scores.clamp(-clip, clip), _diag(scores)
+    else:
+        diag = _diag(scores)
+    eye = torch.eye(scores.shape[1], dtype=torch.bool, device=scores.device)
+    return {"diag": diag, key: torch.logsumexp(scores.masked_fill(eye, -math.inf), dim=2)}
+
+
+def _log_marginal(lse_off: torch.Tensor, m: int) -> torch.Tensor:
+    """``log mean_{i != j} exp f_ij`` over ``r`` rows against ``m`` columns, from row ``logsumexp_{j != i}``."""
+    return torch.logsumexp(lse_off, dim=1) - math.log(lse_off.shape[1] * (m - 1))
+
+
+def _infonce_rows(stats: dict[str, torch.Tensor], m: int) -> torch.Tensor:
+    return (stats["diag"] - stats["lse"]).mean(dim=1) + math.log(m)
+
+
+def _nwj_rows(stats: dict[str, torch.Tensor], m: int) -> torch.Tensor:
+    return stats["diag"].mean(dim=1) - torch.exp(_log_marginal(stats["lse_off"], m) - 1.0)
+
+
+def _dv_rows(stats: dict[str, torch.Tensor], m: int, key: str = "lse_off") -> torch.Tensor:
+    return stats["diag"].mean(dim=1) - _log_marginal(stats[key], m)
+
+
 def _offdiag_logmeanexp(scores: torch.Tensor) -> torch.Tensor:
     """``log mean_{i != j} exp(scores[p, i, j])`` per problem, ``[P]`` (numerically stable)."""
-    b = scores.shape[1]
-    eye = torch.eye(b, dtype=torch.bool, device=scores.device)
-    masked = scores.masked_fill(eye, -math.inf)
-    return torch.logsumexp(masked.flatten(1), dim=1) - math.log(b * (b - 1))
+    return _log_marginal(score_rows(scores, "lse_off")["lse_off"], scores.shape[1])
 
 
 def infonce(scores: torch.Tensor) -> torch.Tensor:
@@ -70,8 +101,7 @@ def infonce(scores: torch.Tensor) -> torch.Tensor:
     positive pair is classified against the B-1 negatives in its row.
     """
     _check_scores(scores)
-    b = scores.shape[1]
-    return (_diag(scores) - torch.logsumexp(scores, dim=2)).mean(dim=1) + math.log(b)
+    return _infonce_rows(score_rows(scores, "lse"), scores.shape[1])
 
 
 def nwj(scores: torch.Tensor) -> torch.Tensor:
@@ -81,7 +111,7 @@ def nwj(scores: torch.Tensor) -> torch.Tensor:
     with ``a(y) = e``). Unbiased but high-variance when the MI is large (variance ~ e^I).
     """
     _check_scores(scores)
-    return _diag(scores).mean(dim=1) - torch.exp(_offdiag_logmeanexp(scores) - 1.0)
+    return _nwj_rows(score_rows(scores, "lse_off"), scores.shape[1])
 
 
 def dv(scores: torch.Tensor) -> torch.Tensor:
@@ -90,7 +120,7 @@ def dv(scores: torch.Tensor) -> torch.Tensor:
     Off-diagonal pairs estimate the product-of-marginals expectation (Belghazi et al. 2018).
     """
     _check_scores(scores)
-    return _diag(scores).mean(dim=1) - _offdiag_logmeanexp(scores)
+    return _dv_rows(score_rows(scores, "lse_off"), scores.shape[1])
 
 
 def smile(scores: torch.Tensor, clip: float = 5.0) -> torch.Tensor:
@@ -102,8 +132,7 @@ def smile(scores: torch.Tensor, clip: float = 5.0) -> torch.Tensor:
     _check_scores(scores)
     if not clip > 0:
         raise ValueError(f"clip must be > 0, got {clip}; use e.g. clip=5.0")
-    clipped = scores.clamp(-clip, clip) if math.isfinite(clip) else scores
-    return _diag(scores).mean(dim=1) - _offdiag_logmeanexp(clipped)
+    return _dv_rows(score_rows(scores, "lse_off_clip", clip), scores.shape[1], "lse_off_clip")
 
 
 def js(scores: torch.Tensor) -> torch.Tensor:
@@ -118,11 +147,6 @@ def js(scores: torch.Tensor) -> torch.Tensor:
     first = -F.softplus(-d).mean(dim=1)
     second = (F.softplus(scores).sum(dim=(1, 2)) - F.softplus(d).sum(dim=1)) / (b * (b - 1))
     return first - second
-
-
-def _rows_offdiag_logmeanexp(lse_off: torch.Tensor, m: int) -> torch.Tensor:
-    """:func:`_offdiag_logmeanexp` from per-row ``logsumexp_{j != i}`` of ``r`` rows against ``m`` columns, ``[P]``."""
-    return torch.logsumexp(lse_off, dim=1) - math.log(lse_off.shape[1] * (m - 1))
 
 
 def _straight(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
@@ -177,7 +201,7 @@ class InfoNCEBound(Bound):
         return infonce(scores)
 
     def from_row_statistics(self, stats, m):
-        return (stats["diag"] - stats["lse"]).mean(dim=1) + math.log(m)
+        return _infonce_rows(stats, m)
 
     def ceiling(self, batch_size: int) -> float:
         return math.log(batch_size)
@@ -190,7 +214,7 @@ class NWJBound(Bound):
         return nwj(scores)
 
     def from_row_statistics(self, stats, m):
-        return stats["diag"].mean(dim=1) - torch.exp(_rows_offdiag_logmeanexp(stats["lse_off"], m) - 1.0)
+        return _nwj_rows(stats, m)
 
 
 class DVBound(Bound):
@@ -217,7 +241,7 @@ class DVBound(Bound):
         return dv(scores)
 
     def from_row_statistics(self, stats, m):
-        return stats["diag"].mean(dim=1) - _rows_offdiag_logmeanexp(stats["lse_off"], m)
+        return _dv_rows(stats, m)
 
     def objective(self, scores):
         _check_scores(scores)
@@ -250,7 +274,7 @@ class SMILEBound(Bound):
         return smile(scores, clip=self.clip)
 
     def from_row_statistics(self, stats, m):
-        return stats["diag"].mean(dim=1) - _rows_offdiag_logmeanexp(stats["lse_off_clip"], m)
+        return _dv_rows(stats, m, "lse_off_clip")
 
     def objective(self, scores):
         return _straight(smile(scores, clip=self.clip), js(scores))
