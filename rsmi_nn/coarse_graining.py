@@ -1,9 +1,10 @@
 """One RSMI coarse-graining step: learn H_j = Λ_j(V_j) maximising I(H_j; E_j) for every block at once.
 
 ``coarse_grain(x, regions)`` is the functional form; ``CoarseGrainer(...).fit(x, regions)``
-the scikit-learn-style one (``filters_``, ``mi_``, ``transform``). Both train all J blocks
-as one batched program (see :mod:`rsmi_nn.training`) and report each block's MI on held-out
-rows, in nats, with its standard error and the bound's ceiling (``log M`` for InfoNCE on M test rows).
+the scikit-learn-style one (``filters_``, ``mi_``, ``transform``). Both train all J blocks as one
+batched program (:mod:`rsmi_nn.training` on the one loop of :mod:`estimators.training`) and report
+each block's MI on held-out rows, in nats, with its standard error and the bound's ceiling
+(``log M`` for InfoNCE on M test rows).
 
 Conventions, so filters are comparable across runs: the map acts on standardised inputs
 ``(x - mean) / std``; each filter column has unit norm over its block's units and its sign
@@ -259,6 +260,9 @@ class CoarseGrainer:
 
     def __init__(self, options: StepOptions | None = None, *, seed: int = 0, device: str | torch.device = "auto",
                  **overrides):
+        if options is not None and not isinstance(options, StepOptions):
+            raise TypeError(f"options must be a rsmi_nn.options.StepOptions, got {type(options).__name__}; "
+                            "pass hidden, shared, ... as keywords")
         self.options = (options or StepOptions()).replace(**overrides)
         self.seed, self.device = seed, device
 
