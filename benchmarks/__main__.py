@@ -13,11 +13,11 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import memory_gib
+from graphs.atomic import atomic_write
 
 SUITES = ["bench_estimators", "bench_graph", "bench_rsmi", "bench_end_to_end"]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,12 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(results: dict, out: Path) -> None:
     """Replace ``out`` atomically with ``results`` as JSON."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(results, fh, indent=2, default=float)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a results file is for everyone to read
-    os.replace(tmp, out)
+    text = json.dumps(results, indent=2, default=float)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,18 @@ if TYPE_CHECKING:
 __all__ = ["atomic_save_tensors", "atomic_write", "atomic_write_bytes", "atomic_write_json"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: restore it at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)``, flush it to disk, then rename ``tmp_path`` to ``path``.
 
     ``tmp_path`` lies in ``path``'s folder (so the rename is atomic) and ends in ``.tmp``;
-    writers that infer a format from the suffix must be told the format explicitly.
+    writers that infer a format from the suffix must be told the format explicitly. The file gets
+    the permissions a plain ``open(path, "w")`` would give it (``mkstemp`` makes it owner-only).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

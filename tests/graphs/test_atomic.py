@@ -43,3 +43,14 @@ def test_atomic_save_tensors(tmp_path):
     with safe_open(str(path), framework="pt") as fh:
         assert fh.metadata() == {"note": "x"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """Regression: mkstemp's owner-only mode (0600) used to reach every output of a run."""
+    import os
+    import stat
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    path = atomic_write_json(tmp_path / "o.json", {"a": 1})
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
