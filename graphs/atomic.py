@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 __all__ = ["atomic_save_tensors", "atomic_write", "atomic_write_bytes", "atomic_write_json"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: restore it at once
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: restore it at once (once, at import)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -43,7 +46,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

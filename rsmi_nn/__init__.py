@@ -3,8 +3,10 @@
 The engine: composes ``graphs`` (activation graphs, regions) and ``estimators`` (MI bounds,
 critics, the training loop) into the RSMI coarse-graining step, the decimation flow and the
 run directory's format. The application (configs, the ``rsmi`` command, pipeline, export,
-report) is the sub-package :mod:`rsmi_nn.app`; the engine never imports it. Public names
-are imported lazily (PEP 562), so ``import rsmi_nn`` loads neither side's heavy modules.
+report) is the sub-package :mod:`rsmi_nn.app`; no engine module imports it. Public names
+are imported lazily (PEP 562), so ``import rsmi_nn`` loads neither side's heavy modules;
+``export_run``, ``write_report`` and ``run_pipeline`` are the application's, offered here for
+the one-import API and loaded only when used.
 """
 
 from estimators.lazy import lazy_exports

@@ -259,15 +259,20 @@ class CoarseGrainer:
     """
 
     def __init__(self, options: StepOptions | None = None, *, seed: int = 0, device: str | torch.device = "auto",
-                 **overrides):
+                 progress: bool = False, allow_constant: bool = False, **overrides):
+        from estimators.bounds import Bound
+
         if options is not None and not isinstance(options, StepOptions):
             raise TypeError(f"options must be a rsmi_nn.options.StepOptions, got {type(options).__name__}; "
                             "pass hidden, shared, ... as keywords")
+        self.bound_ = overrides.pop("bound") if isinstance(overrides.get("bound"), Bound) else None
         self.options = (options or StepOptions()).replace(**overrides)
-        self.seed, self.device = seed, device
+        self.seed, self.device, self.progress, self.allow_constant = seed, device, progress, allow_constant
 
     def fit(self, x, regions) -> CoarseGrainer:
-        self.result_ = coarse_grain(x, regions, self.options, seed=self.seed, device=self.device)
+        custom = {} if self.bound_ is None else {"bound": self.bound_}
+        self.result_ = coarse_grain(x, regions, self.options, seed=self.seed, device=self.device,
+                                    progress=self.progress, allow_constant=self.allow_constant, **custom)
         self.filters_ = self.result_.filters
         self.mi_ = self.result_.mi
         self.mi_ceiling_ = self.result_.mi_ceiling

@@ -23,9 +23,7 @@ from torch import nn
 
 from estimators.batched import BatchedMLP
 
-__all__ = ["LinearFilter", "MLPFilter", "binarize_modes", "hard_sign"]
-
-binarize_modes = ("anneal", "straight-through")
+__all__ = ["LinearFilter", "MLPFilter", "hard_sign"]
 
 
 def hard_sign(pre: torch.Tensor) -> torch.Tensor:

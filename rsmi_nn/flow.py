@@ -146,6 +146,9 @@ def _setting(x, graph, options, graph_options, overrides, seed, device, progress
         raise TypeError(f"options must be a rsmi_nn.options.FlowOptions, got {type(options).__name__}; "
                         "pass levels, block_size, ... as keywords")
     flow_changes, graph_changes = split_overrides(overrides, FlowOptions, GraphOptions)
+    if set(graph_changes) - {"k"}:
+        raise ValueError(f"run_flow uses only k of the graph options (graphs rebuilt from coarse samples are |corr| "
+                         f"top-k graphs); {sorted(set(graph_changes) - {'k'})} belong to build_graph's level-0 graph")
     options = (options or FlowOptions()).replace(**flow_changes)
     graph_options = (graph_options or GraphOptions()).replace(**graph_changes)
     if options.min_nodes is None:

@@ -252,7 +252,7 @@ class StepOptions(Options):
     filter: str = option("linear", "coarse-graining map: bias-free linear (unit-norm columns) or a per-block MLP",
                          kind=str, choices=("linear", "mlp"))
     binarize: str | None = option(None, "make the coarse variables binary (+-1), e.g. for spin systems "
-                                  "(default: real-valued; true means straight-through)",
+                                  "(default: real-valued; in Python and TOML, true means straight-through)",
                                   kind=str, optional=True, choices=BINARIZE_MODES, convert=_binarize_shorthand)
     noise: float | None = option(None, "logistic noise of a binarised H in training (default 2.0 when binarised, "
                                  "the relaxed Bernoulli of RSMI-NE; 0 otherwise)", kind=float, optional=True, minimum=0)

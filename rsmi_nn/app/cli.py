@@ -45,7 +45,7 @@ def _configured(cfg, args):
 
 
 def _cmd_run(args) -> int:
-    from rsmi_nn.app.config import builtin_configs, load_config, parse_override
+    from rsmi_nn.app.config import builtin_configs, load_config
     from rsmi_nn.app.pipeline import run_pipeline
 
     config_path = args.config
@@ -53,10 +53,7 @@ def _cmd_run(args) -> int:
     if config_path is None and source is not None and source in builtin_configs():
         config_path = source  # `rsmi run --source minilm` uses the shipped minilm.toml
     cfg = load_config(config_path)
-    apply_flags(cfg, args)
-    for item in args.overrides:
-        key, value = parse_override(item)
-        cfg.set(key, value, origin="--set")
+    apply_flags(cfg, args, args.overrides)
     if args.print_config:
         sys.stdout.write(cfg.to_toml())
         return 0
@@ -106,6 +103,8 @@ def _cmd_record(args) -> int:
     from rsmi_nn.app.config import Config
     from rsmi_nn.app.pipeline import prepare_input, record_stage
 
+    if getattr(args, "source.name") is None:
+        raise UsageError("rsmi record needs --source NAME (digits-mlp, minilm, or python:<module>:<factory>)")
     cfg = _configured(Config(), args)
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.overwrite:

@@ -63,26 +63,36 @@ def add_option_flags(parser, options: type[Options], *, only: tuple[str, ...] | 
         group.add_argument(*flag_names(name, spec), **kwargs)
 
 
-def apply_flags(cfg, args: argparse.Namespace) -> None:
-    """Write every ``section.name`` flag that was given onto ``cfg`` (a changed source resets its options)."""
+def apply_flags(cfg, args: argparse.Namespace, overrides: list[str] = ()) -> None:
+    """Write the flags that were given, then the ``--set`` ``overrides``, then the common flags onto ``cfg``.
+
+    All at once (:meth:`Config.update`), so the checks between options see the final values; a
+    changed ``--source`` resets the source's options and modules.
+    """
     from rsmi_nn.app.config import parse_override
 
     given = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    items = []
     name = given.pop("source.name", None)
     if name is not None:
         if name != cfg.source.name:
-            cfg.set("source.options", {}, origin="--source")
-            cfg.set("source.modules", None, origin="--source")
-        cfg.set("source.name", name, origin="--source")
+            items += [("source.options", {}, "--source"), ("source.modules", None, "--source")]
+        items.append(("source.name", name, "--source"))
     for item in given.pop("source.options", []):
         if "=" not in item:
             raise UsageError(f"--option {item!r} must look like KEY=VALUE (e.g. data=inputs.npy)")
         key, value = parse_override(item)
-        cfg.set(f"source.options.{key}", value, origin="--option")
-    for key, value in given.items():
-        section, name = key.split(".", 1)
-        flag = flag_names(name, SECTIONS[section].specs()[name][1])[0]
-        cfg.set(key, value, origin=flag)
+        items.append((f"source.options.{key}", value, "--option"))
+    common = {k: given.pop(k) for k in list(given) if k.startswith("run.")}  # as before: they win over --set
+    items += [(key, value, _flag_of(key)) for key, value in given.items()]
+    items += [(*parse_override(text), "--set") for text in overrides]
+    items += [(key, value, _flag_of(key)) for key, value in common.items()]
+    cfg.update(items)
+
+
+def _flag_of(dotted: str) -> str:
+    section, name = dotted.split(".", 1)
+    return flag_names(name, SECTIONS[section].specs()[name][1])[0]
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -131,13 +131,14 @@ class Config:
         """Build a config from a nested dict (as TOML gives), refusing unknown sections/keys."""
         if not isinstance(data, dict):
             raise TypeError(f"{origin} must be a table of sections, got {type(data).__name__}")
-        cfg = cls()
+        items = []
         for section, values in data.items():
             _check_section(section, origin)
             if not isinstance(values, dict):
                 raise TypeError(f"{origin}: [{section}] must be a table, got {values!r}")
-            for key, value in values.items():
-                cfg.set(f"{section}.{key}", value, origin=origin)
+            items += [(f"{section}.{key}", value, origin) for key, value in values.items()]
+        cfg = cls()
+        cfg.update(items)
         return cfg
 
     def copy(self) -> Config:
@@ -148,6 +149,23 @@ class Config:
 
     def set(self, dotted: str, value: Any, *, origin: str = "override") -> None:
         """Set ``section.key`` (e.g. ``"flow.levels"``; ``source.options.<name>`` for one source option)."""
+        self.update([(dotted, value, origin)])
+
+    def update(self, items: list[tuple[str, Any, str]]) -> None:
+        """Apply ``(section.key, value, origin)`` items in order, then check each changed section once.
+
+        Each value is checked against its own declaration as it comes (an error names its origin);
+        the checks between options of a section (e.g. ``shared`` needs ``filter = "linear"``) see the
+        final values, so the order of flags does not matter.
+        """
+        changes: dict[str, dict] = {}
+        for dotted, value, origin in items:
+            section, key, value = self._checked(dotted, value, origin, changes)
+            changes.setdefault(section, {})[key] = value
+        for section, values in changes.items():
+            setattr(self, section, getattr(self, section).replace(**values))
+
+    def _checked(self, dotted: str, value: Any, origin: str, changes: dict) -> tuple[str, str, Any]:
         if "." not in dotted:
             raise ValueError(f"{origin}: {dotted!r} must be written section.key (e.g. flow.levels)")
         section, key = dotted.split(".", 1)
@@ -155,13 +173,13 @@ class Config:
             raise ValueError(f"{origin}: unknown section {section!r}; valid sections are {', '.join(SECTIONS)}")
         current = getattr(self, section)
         if section == "source" and key.startswith("options."):
-            key, value = "options", {**current.options, key.split(".", 1)[1]: value}
+            options = changes.get("source", {}).get("options", current.options)
+            key, value = "options", {**options, key.split(".", 1)[1]: value}
         specs = current.specs()
         if key not in specs:
             raise ValueError(f"{origin}: unknown key {section}.{key}; valid keys of [{section}] are {', '.join(specs)}")
         try:
-            value = specs[key][1].coerce(f"{section}.{key}", value)
-            setattr(self, section, current.replace(**{key: value}))
+            return section, key, specs[key][1].coerce(f"{section}.{key}", value)
         except ValueError as err:
             raise ValueError(f"{origin}: {err}") from None
 

@@ -58,7 +58,8 @@ def options_reference() -> str:
             allowed = ", ".join(map(str, spec.choices)) if spec.choices else _bounds(spec)
             kind = spec.kind.__name__ + (" or none" if spec.optional else "")
             flags = " ".join(f"`{f}`" for f in flag_names(name, spec))
-            parts.append(f"| `{name}` | {kind} | {_cell(default)} | {allowed} | {flags} | {spec.help} |")
+            meaning = spec.help.replace("|", "\\|")
+            parts.append(f"| `{name}` | {kind} | {_cell(default)} | {allowed} | {flags} | {meaning} |")
     return "\n".join(parts) + "\n"
 
 

@@ -44,8 +44,10 @@ def _check_existing(out: Path, config: Config) -> bool:
     if not path.is_file():
         return False
     try:
-        old = Config.from_dict(tomllib.loads(path.read_text(encoding="utf-8")), origin=str(path))
-    except (ValueError, tomllib.TOMLDecodeError):
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data.get("run", {}).pop("device", None)  # where it ran is not what it computed (a CUDA run resumes on CPU)
+        old = Config.from_dict(data, origin=str(path))
+    except (ValueError, TypeError, AttributeError, tomllib.TOMLDecodeError):
         raise ValueError(f"{str(path)!r} is unreadable; pass a new --out directory or delete {str(out)!r}") from None
     for section in _RESULT_SECTIONS:
         a, b = old.stage_key(section)[section], config.stage_key(section)[section]

@@ -117,6 +117,11 @@ def test_seeded_and_sklearn_api():
     assert a.filters_.numpy().tobytes() == b.filters.numpy().tobytes()
     assert a.mi_.numpy().tobytes() == b.mi.numpy().tobytes()
     assert a.transform(x).shape == (2000, 2)
+    from estimators.bounds import InfoNCEBound
+    from rsmi_nn.options import StepOptions
+
+    c = CoarseGrainer(StepOptions(steps=60), bound=InfoNCEBound(), seed=5, eval_every=20).fit(x, regions)
+    assert c.filters_.numpy().tobytes() == b.filters.numpy().tobytes()  # an options object, a Bound instance
     # early stopping starts from -inf: the first evaluation always improves, training continues
     assert b.info["steps_run"] >= 40
     h2 = coarse_grain(x, regions, hidden=2, seed=0, steps=40, eval_every=20)

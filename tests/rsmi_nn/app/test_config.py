@@ -86,3 +86,31 @@ def test_parse_helpers():
     assert parse_override("flow.levels=3") == ("flow.levels", 3)
     assert parse_override("source.name=digits-mlp") == ("source.name", "digits-mlp")
     assert parse_override("flow.binarize=\"anneal\"") == ("flow.binarize", "anneal")
+
+
+def test_checks_between_options_see_the_final_values(tmp_path, capsys):
+    """Regression (review of issue 12): flags were checked one by one against the values set so far."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[flow]\nfilter = "mlp"\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--filter", "linear", "--shared",
+                 "--print-config"]) == 0
+    resolved = Config.from_dict(tomllib.loads(capsys.readouterr().out))
+    assert resolved.flow.filter == "linear" and resolved.flow.shared
+
+
+def test_common_flags_win_over_set(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "o"), "--seed", "3", "--set", "run.seed=5", "--print-config"]) == 0
+    assert Config.from_dict(tomllib.loads(capsys.readouterr().out)).run.seed == 3
+
+
+def test_record_needs_a_source(tmp_path, capsys):
+    assert main(["record", "--out", str(tmp_path / "s")]) == 2
+    assert "needs --source" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_run_made_on_another_device_is_not_refused(tmp_path):
+    from rsmi_nn.app.pipeline import _check_existing
+
+    (tmp_path / "config.toml").write_text('[run]\ndevice = "cuda:7"\nseed = 0\n[source]\nname = "digits-mlp"\n')
+    assert _check_existing(tmp_path, Config()) is False
