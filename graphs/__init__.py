@@ -1,8 +1,11 @@
 """From model runs to activation graphs: capture, co-occurrence statistics, sparse graphs, regions.
 
-Knows nothing of ``rsmi_nn``; uses ``estimators`` only for input validation.
+No module here imports ``rsmi_nn``; ``estimators`` is used only for input validation.
 Public names are imported lazily (PEP 562): ``import graphs`` does not pull in
-torch_geometric or transformers until a name that needs them is used.
+torch_geometric or transformers until a name that needs them is used. ``load_source`` and
+``Source`` (the built-in model sources) belong to the application, :mod:`rsmi_nn.app.sources`;
+they are offered here, loaded only when used, because ``from graphs import load_source`` is the
+documented way to get a model to record.
 """
 
 from estimators.lazy import lazy_exports
@@ -20,8 +23,8 @@ _EXPORTS = {
     "capture": "graphs.hooks",
     "record_activations": "graphs.recording",
     "ActivationStore": "graphs.store",
-    "load_source": "graphs.sources",
-    "Source": "graphs.sources",
+    "load_source": "rsmi_nn.app.sources",  # the application's; lazy, for the documented API
+    "Source": "rsmi_nn.app.sources",
     "load_tensor": "graphs.tensor_files",
     "load_samples": "graphs.tensor_files",
 }

@@ -69,7 +69,7 @@ def _check_existing(out: Path, config: Config) -> bool:
 
 def _load_source(config: Config):
     """Load the model source (errors surface here, before anything is written)."""
-    from graphs import load_source
+    from rsmi_nn.app.sources import load_source
 
     options = dict(config.source.options)
     if config.source.name == "minilm" and config.source.max_samples is not None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from graphs.recording import record_activations
-from graphs.sources import load_source
+from rsmi_nn.app.sources import load_source
 
 USER_MODEL = '''
 import torch

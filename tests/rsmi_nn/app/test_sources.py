@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from graphs import sources
-from graphs.corpus import pydoc_corpus
 from graphs.recording import record_activations
-from graphs.sources import load_source, train_digits_mlp
+from rsmi_nn.app import sources
+from rsmi_nn.app.corpus import pydoc_corpus
+from rsmi_nn.app.sources import load_source, train_digits_mlp
 
 
 @pytest.fixture(scope="module")

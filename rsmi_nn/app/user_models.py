@@ -9,7 +9,7 @@ per non-empty line; the factory then returns ``(model, tokenizer)``). Option
 i.e. classes from ``torch.nn.modules.activation`` other than softmax-like ones), or, when the
 model has none, every leaf ``nn.Linear``.
 
-:func:`graphs.load_source` hands ``"python:..."`` names to :func:`python_source`.
+:func:`rsmi_nn.app.sources.load_source` hands ``"python:..."`` names to :func:`python_source`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from torch import nn
 
-from graphs.sources import Source
 from graphs.tensor_files import TENSOR_SUFFIXES, load_tensor
+from rsmi_nn.app.sources import Source
 
 __all__ = ["default_modules", "python_source"]
 

