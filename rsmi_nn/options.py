@@ -146,7 +146,8 @@ class Options:
         return type(self).create(**{**self.to_dict(), **changes})
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """``{name: value}`` in the order of :meth:`specs` (a class's own options first)."""
+        return {name: getattr(self, name) for name in self.specs()}
 
 
 def split_overrides(overrides: dict, *classes: type[Options]) -> list[dict]:
