@@ -71,56 +71,77 @@ def _block_step(x, L: int, seed: int, steps: int, progress: bool):
 
 def run(out: str | os.PathLike = "runs/ising2d", *, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
     """Run the three studies; returns (and writes) the JSON record."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from graphs import lattice_graph
-    from rsmi_nn import run_flow
-
     p = QUICK if quick else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record: dict = {"quick": quick, "seed": seed, "params": {k: v for k, v in p.items()}}
     t_all = time.time()
-
     # 1. filter at T_c, and 2. I(H;E) against temperature (shared filter, one binary H per 2x2 block)
     mi_rows = []
     for i, T in enumerate(p["temperatures"]):
-        t0 = time.time()
-        x = sample_ising(p["L"], T, p["n"], seed=seed + i, progress=progress)
-        t1 = time.time()
-        res = _block_step(x, p["L"], seed, p["steps"], progress)
-        w = res.filters[0, :, 0].tolist()
-        flip = (x.sum(1, keepdim=True) >= 0).to(x.dtype) * 2 - 1  # every sample to m >= 0
-        broken = _block_step(x * flip, p["L"], seed, p["steps"], progress)
-        row = {"T": T, "mi": float(res.mi.mean()), "mi_sem": float(res.mi.std() / np.sqrt(res.mi.numel())),
-               "mi_symmetry_broken": float(broken.mi.mean()),
-               "mi_symmetry_broken_sem": float(broken.mi.std() / np.sqrt(broken.mi.numel())),
-               "filter": w, "filter_symmetry_broken": broken.filters[0, :, 0].tolist(),
-               "seconds_sampling": t1 - t0, "seconds_training": time.time() - t1,
-               "energy": float(-(x.view(-1, p["L"], p["L"]) * (x.view(-1, p["L"], p["L"]).roll(-1, 1)
-                                + x.view(-1, p["L"], p["L"]).roll(-1, 2))).mean(dim=(1, 2)).mean()),
-               "energy_exact_finite_L": exact_energy_finite(p["L"], T)}
+        row, res = _temperature_row(T, p, seed, seed + i, progress)
         mi_rows.append(row)
-        log.info("T=%.3f: I(H;E) = %.4f nats (symmetry broken: %.4f), filter %s", T, row["mi"],
-                 row["mi_symmetry_broken"], np.round(w, 3).tolist())
         if abs(T - T_CRITICAL) < 1e-9:
+            w = row["filter"]
             record["filter_tc"] = {"weights": w, "layout": "row-major 2x2: (0,0) (0,1) (1,0) (1,1)",
                                    "mi": row["mi"], "mi_ceiling": res.mi_ceiling,
                                    "spread": float((max(w) - min(w)) / np.mean(w))}
-            fig, ax = plt.subplots(figsize=(3.6, 3.2))
-            im = ax.imshow(np.array(w).reshape(2, 2), cmap="RdBu_r", vmin=-1, vmax=1)
-            for (r, c), v in np.ndenumerate(np.array(w).reshape(2, 2)):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"2×2 filter at T_c (L={p['L']})")
-            fig.colorbar(im, ax=ax)
-            _save_fig(fig, out / "filter_tc.png")
+            _filter_figure(w, p["L"], out / "filter_tc.png")
     record["mi_vs_temperature"] = mi_rows
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    _mi_figure(mi_rows, p["L"], out / "mi_vs_temperature.png")
+    # 3. xi flow at T = 2.5
+    record["xi_flow"] = _xi_flow(p, seed, out, progress)
+    _xi_figure(record["xi_flow"], p["flow_L"], out / "xi_flow.png")
+    record["seconds_total"] = time.time() - t_all
+    atomic_write_bytes(out / "ising2d.json", json.dumps(record, indent=1).encode())
+    return record
+
+
+def _temperature_row(T: float, p: dict, seed: int, sample_seed: int, progress: bool):
+    """Block spin at temperature ``T``, on the samples as drawn and with the symmetry broken (m >= 0)."""
+    t0 = time.time()
+    x = sample_ising(p["L"], T, p["n"], seed=sample_seed, progress=progress)
+    t1 = time.time()
+    res = _block_step(x, p["L"], seed, p["steps"], progress)
+    w = res.filters[0, :, 0].tolist()
+    flip = (x.sum(1, keepdim=True) >= 0).to(x.dtype) * 2 - 1  # every sample to m >= 0
+    broken = _block_step(x * flip, p["L"], seed, p["steps"], progress)
+    spins = x.view(-1, p["L"], p["L"])
+    row = {"T": T, "mi": float(res.mi.mean()), "mi_sem": float(res.mi.std() / np.sqrt(res.mi.numel())),
+           "mi_symmetry_broken": float(broken.mi.mean()),
+           "mi_symmetry_broken_sem": float(broken.mi.std() / np.sqrt(broken.mi.numel())),
+           "filter": w, "filter_symmetry_broken": broken.filters[0, :, 0].tolist(),
+           "seconds_sampling": t1 - t0, "seconds_training": time.time() - t1,
+           "energy": float(-(spins * (spins.roll(-1, 1) + spins.roll(-1, 2))).mean(dim=(1, 2)).mean()),
+           "energy_exact_finite_L": exact_energy_finite(p["L"], T)}
+    log.info("T=%.3f: I(H;E) = %.4f nats (symmetry broken: %.4f), filter %s", T, row["mi"],
+             row["mi_symmetry_broken"], np.round(w, 3).tolist())
+    return row, res
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _filter_figure(w: list[float], L: int, path: Path) -> None:
+    fig, ax = _pyplot().subplots(figsize=(3.6, 3.2))
+    im = ax.imshow(np.array(w).reshape(2, 2), cmap="RdBu_r", vmin=-1, vmax=1)
+    for (r, c), v in np.ndenumerate(np.array(w).reshape(2, 2)):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"2×2 filter at T_c (L={L})")
+    fig.colorbar(im, ax=ax)
+    _save_fig(fig, path)
+
+
+def _mi_figure(mi_rows: list[dict], L: int, path: Path) -> None:
+    fig, ax = _pyplot().subplots(figsize=(5, 3.6))
     temps = [r["T"] for r in mi_rows]
     ax.errorbar(temps, [r["mi"] for r in mi_rows], yerr=[r["mi_sem"] for r in mi_rows], marker="o",
                 label="samples as drawn (both phases)")
@@ -130,43 +151,45 @@ def run(out: str | os.PathLike = "runs/ising2d", *, quick: bool = False, seed: i
     ax.axhline(np.log(2), color="gray", ls=":", lw=1, label="ln 2")
     ax.set_xlabel("T")
     ax.set_ylabel("held-out I(H;E) (nats)")
-    ax.set_title(f"one binary H per 2×2 block, L={p['L']}")
+    ax.set_title(f"one binary H per 2×2 block, L={L}")
     ax.legend(fontsize=8)
-    _save_fig(fig, out / "mi_vs_temperature.png")
+    _save_fig(fig, path)
 
-    # 3. xi flow at T = 2.5
-    T = 2.5
+
+def _xi_flow(p: dict, seed: int, out: Path, progress: bool, T: float = 2.5) -> dict:
+    """The decimation flow at ``T`` above T_c: measured ξ per level against the exact ξ / 2^level."""
+    from graphs import lattice_graph
+    from rsmi_nn import run_flow
+
     t0 = time.time()
     x = sample_ising(p["flow_L"], T, p["flow_n"], seed=seed + 100, progress=progress)
     flow = run_flow(x, lattice_graph(p["flow_L"]), levels=p["flow_levels"], block_size=4, out=out / "flow_T2.5",
                     seed=seed, binarize=True, shared=True, steps=p["steps"], progress=progress, overwrite=True)
     xi_exact = exact_correlation_length(T)
-    levels = []
-    for rec in flow.records:
-        levels.append({"level": rec["level"], "L": round(rec["num_nodes"] ** 0.5), "xi": rec["correlation_length"],
-                       "xi_level0": rec["correlation_length_level0"], "xi_out": rec["correlation_length_out"],
-                       "fit": rec["correlation_fit"], "exact_xi": xi_exact / 2 ** rec["level"],
-                       "mi_mean": rec["mi_mean"], "locality": rec["locality"]})
+    levels = [{"level": rec["level"], "L": round(rec["num_nodes"] ** 0.5), "xi": rec["correlation_length"],
+               "xi_level0": rec["correlation_length_level0"], "xi_out": rec["correlation_length_out"],
+               "fit": rec["correlation_fit"], "exact_xi": xi_exact / 2 ** rec["level"],
+               "mi_mean": rec["mi_mean"], "locality": rec["locality"]} for rec in flow.records]
     ratios = [levels[i + 1]["xi"] / levels[i]["xi"] for i in range(len(levels) - 1)]
     if levels and levels[-1]["xi_out"] is not None:
         ratios.append(levels[-1]["xi_out"] / levels[-1]["xi"])
-    record["xi_flow"] = {"T": T, "exact_xi": xi_exact, "levels": levels, "ratios": ratios,
-                         "seconds": time.time() - t0,
-                         "note": "xi fitted in lattice hops (L1 distance) on a finite periodic lattice; "
-                                 "the exact value is the infinite-lattice axis correlation length"}
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    return {"T": T, "exact_xi": xi_exact, "levels": levels, "ratios": ratios, "seconds": time.time() - t0,
+            "note": "xi fitted in lattice hops (L1 distance) on a finite periodic lattice; "
+                    "the exact value is the infinite-lattice axis correlation length"}
+
+
+def _xi_figure(xi_flow: dict, L: int, path: Path) -> None:
+    levels, xi_exact = xi_flow["levels"], xi_flow["exact_xi"]
+    fig, ax = _pyplot().subplots(figsize=(5, 3.6))
     lv = [r["level"] for r in levels] + ([levels[-1]["level"] + 1] if levels and levels[-1]["xi_out"] else [])
     xs = [r["xi"] for r in levels] + ([levels[-1]["xi_out"]] if levels and levels[-1]["xi_out"] else [])
     ax.semilogy(lv, xs, "o-", label="measured ξ (own hops)")
     ax.semilogy(lv, [xi_exact / 2**v for v in lv], "k--", label="exact ξ / 2^level")
     ax.set_xlabel("level")
     ax.set_ylabel("ξ")
-    ax.set_title(f"decimation flow at T = 2.5, L = {p['flow_L']}")
+    ax.set_title(f"decimation flow at T = 2.5, L = {L}")
     ax.legend()
-    _save_fig(fig, out / "xi_flow.png")
-    record["seconds_total"] = time.time() - t_all
-    atomic_write_bytes(out / "ising2d.json", json.dumps(record, indent=1).encode())
-    return record
+    _save_fig(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
