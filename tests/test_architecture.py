@@ -64,3 +64,10 @@ def test_importing_the_engine_package_loads_nothing_heavy():
             f"print(sorted(m for m in {APPLICATION_LIBRARIES + ('torch', 'rsmi_nn.app')!r} if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_the_command_line_starts_without_torch():
+    """`rsmi --help` and argument errors answer at once: the CLI imports torch only when a command runs."""
+    code = "import sys, rsmi_nn.app.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"

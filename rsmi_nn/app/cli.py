@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from rsmi_nn.app.cli_parser import UsageError, apply_flags, build_parser
-from rsmi_nn.rundir import FLOW_JSON
 
 __all__ = ["build_parser", "main"]
 
@@ -159,6 +158,8 @@ def _cmd_report(args) -> int:
 
 def _print_summary(out: Path, seconds: float) -> None:
     import json
+
+    from rsmi_nn.rundir import FLOW_JSON  # imports torch: not at start-up, so that `rsmi --help` is fast
 
     flow_path = out / FLOW_JSON
     if not flow_path.is_file():
