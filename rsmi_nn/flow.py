@@ -214,8 +214,9 @@ def _next_level(level: int, graph, coarse: torch.Tensor, blocks, setting: _Setti
     """The next level's samples, graph, and the block each of its nodes came from.
 
     A lattice flow with one component per block goes to the quotient lattice; ``rebuild="quotient"``
-    joins blocks that touch; otherwise the graph is rebuilt from the coarse samples (top-``k`` |corr|).
-    Coarse units the rebuilt graph leaves out (constant ones) are dropped from the samples too.
+    joins blocks that touch; otherwise the graph is rebuilt from the coarse samples (top-``k`` |corr|,
+    its metadata then names the ``metric``). Coarse units the rebuilt graph leaves out (constant ones)
+    are dropped from the samples too.
     """
     from graphs import lattice_graph
 
@@ -242,7 +243,7 @@ def _record(level, x, graph, regions, blocks, res, next_x, next_graph, node_bloc
     s = level_seed(setting.seed, level)
     xi = correlation_length(x, graph, seed=s)
     xi_out = correlation_length(next_x, next_graph, seed=s) if next_graph.num_edges else None
-    if next_graph.num_edges and next_graph.metadata.get("lattice") is None and setting.options.rebuild != "quotient":
+    if next_graph.num_edges and "metric" in next_graph.metadata:  # already the coarse samples' co-occurrence graph
         corr_graph = next_graph
     else:
         corr_graph = _rebuilt(next_x, setting)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsmi_nn.rundir import FLOW_CONFIG, FLOW_JSON, LEVEL_JSON, level_dir, load_tensors, read_json
+from rsmi_nn.rundir import FLOW_CONFIG, FLOW_JSON, LEVEL_JSON, level_dir, load_tensors, read_flow, read_json
 
 __all__ = ["Level", "Run", "load_run"]
 
@@ -265,9 +265,7 @@ def load_run(path: str | Path) -> Run:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"run directory {str(p)!r} does not exist; run `rsmi run --out {p}` first")
-    flow = read_json(p / FLOW_JSON, "flow file")
-    if not isinstance(flow, list):
-        raise TypeError(f"{str(p / FLOW_JSON)!r} must hold a list of level records, got {type(flow).__name__}")
+    flow = read_flow(p)
     levels = []
     for i, record in enumerate(flow):
         number = int(record.get("level", i)) if isinstance(record, dict) else i

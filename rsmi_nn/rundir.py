@@ -35,6 +35,7 @@ __all__ = [
     "level_dir",
     "load_tensors",
     "prepare",
+    "read_flow",
     "read_json",
     "read_level",
     "write_flow",
@@ -148,6 +149,15 @@ def read_level(path: Path) -> tuple[dict, torch.Tensor] | None:
     if not (path / LEVEL_JSON).is_file():
         return None
     return read_json(path / LEVEL_JSON, "level record"), load_tensors(path / "coarse.safetensors")["samples"]
+
+
+def read_flow(out: str | Path) -> list[dict]:
+    """The records of ``flow.json`` (one per finished level); missing or damaged files are clear errors."""
+    path = Path(out) / FLOW_JSON
+    records = read_json(path, "flow file")
+    if not isinstance(records, list):
+        raise TypeError(f"{str(path)!r} must hold a list of level records, got {type(records).__name__}")
+    return records
 
 
 def write_flow(out: str | Path, records: list[dict]) -> None:

@@ -157,14 +157,12 @@ def _cmd_report(args) -> int:
 
 
 def _print_summary(out: Path, seconds: float) -> None:
-    import json
+    from rsmi_nn.rundir import read_flow  # imports torch: not at start-up, so that `rsmi --help` is fast
 
-    from rsmi_nn.rundir import FLOW_JSON  # imports torch: not at start-up, so that `rsmi --help` is fast
-
-    flow_path = out / FLOW_JSON
-    if not flow_path.is_file():
+    try:
+        flow = read_flow(out)
+    except FileNotFoundError:
         return
-    flow = json.loads(flow_path.read_text(encoding="utf-8"))
     print(f"{'level':>5} {'units':>7} {'blocks':>7} {'xi':>8} {'xi(l0)':>8} {'locality':>9} {'MI[nats]':>9}")
 
     def f(v):

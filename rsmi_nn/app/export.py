@@ -26,7 +26,7 @@ from graphs.atomic import atomic_save_tensors, atomic_write, atomic_write_bytes
 from rsmi_nn.app.config import read_run_config
 from rsmi_nn.app.files import to_jsonable, write_json
 from rsmi_nn.run import Level, Run, load_run
-from rsmi_nn.rundir import FLOW_JSON
+from rsmi_nn.rundir import read_flow
 
 __all__ = ["export_run", "is_exported"]
 
@@ -43,8 +43,8 @@ def is_exported(run_dir: str | Path) -> bool:
     p = Path(run_dir)
     try:
         index = json.loads((p / INDEX).read_text(encoding="utf-8"))
-        flow = json.loads((p / FLOW_JSON).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        flow = read_flow(p)
+    except (OSError, ValueError, TypeError):  # JSONDecodeError is a ValueError
         return False
     return index.get("num_levels") == len(flow)
 

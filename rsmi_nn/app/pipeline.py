@@ -17,18 +17,16 @@ level). A directory holding a run with a *different* configuration is refused ra
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-import tomllib
 import torch
 
 from graphs.tensor_files import load_samples
-from rsmi_nn.app.config import Config
+from rsmi_nn.app.config import Config, read_run_config
 from rsmi_nn.app.files import write_json, write_text
-from rsmi_nn.rundir import FLOW_JSON
+from rsmi_nn.rundir import FLOW_JSON, read_flow
 
 __all__ = ["flow_stage", "graph_stage", "load_level0", "prepare_input", "record_stage", "run_pipeline"]
 
@@ -44,10 +42,10 @@ def _check_existing(out: Path, config: Config) -> bool:
     if not path.is_file():
         return False
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_run_config(out)
         data.get("run", {}).pop("device", None)  # where it ran is not what it computed (a CUDA run resumes on CPU)
         old = Config.from_dict(data, origin=str(path))
-    except (ValueError, TypeError, AttributeError, tomllib.TOMLDecodeError):
+    except (ValueError, TypeError, AttributeError):  # TOMLDecodeError is a ValueError
         raise ValueError(f"{str(path)!r} is unreadable; pass a new --out directory or delete {str(out)!r}") from None
     for section in _RESULT_SECTIONS:
         a, b = old.stage_key(section)[section], config.stage_key(section)[section]
@@ -245,12 +243,12 @@ def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | Non
 
     t0 = time.perf_counter()
     x = load_level0(data, graph)
-    before = (out / FLOW_JSON).read_text() if (out / FLOW_JSON).is_file() else None
+    before = read_flow(out) if (out / FLOW_JSON).is_file() else None
     result = flow_stage(config, out, x, graph, progress=progress)
     if not (out / FLOW_JSON).is_file():
         reason = getattr(result, "stopped", None) or "no level finished"
         raise ValueError(f"the flow produced no level ({reason}); use a smaller flow.block_size or more units")
-    after = (out / FLOW_JSON).read_text()
+    after = read_flow(out)
     flow_changed = before != after
     done("flow", t0, not flow_changed and before is not None)
 
@@ -269,7 +267,6 @@ def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | Non
         write_report(out, max_cards=config.export.max_cards, top_units=config.export.top_units,
                      seed=config.run.seed)
     done("report", t0, not fresh_report)
-    summary = json.loads(after)
-    log.info("finished: %d level(s) in %.1f s; report: %s", len(summary), time.perf_counter() - t_start,
+    log.info("finished: %d level(s) in %.1f s; report: %s", len(after), time.perf_counter() - t_start,
              out / "report.html")
     return out
