@@ -133,6 +133,24 @@ class Level:
         """Dense ``[U_l, J*h]`` float32 tensor of the level-local map ``W_l``."""
         return torch.from_numpy(self.feature_map_sparse.toarray().astype(np.float32))
 
+    def step_result(self):
+        """The level's filters as a :class:`~rsmi_nn.coarse_graining.CoarseGrainResult` (its ``transform``
+        maps this level's units ``[N, U_l]`` to its coarse variables ``[N, J*h]``), MLP filters included."""
+        from rsmi_nn.coarse_graining import CoarseGrainResult
+        from rsmi_nn.rundir import MODEL_PREFIX
+
+        saved, regions = self._filters, self.regions
+        binarize = self.metrics.get("binarize")
+        state = {k[len(MODEL_PREFIX):]: v for k, v in saved.items() if k.startswith(MODEL_PREFIX)}
+        model = _mlp_filter(state, regions["visible_mask"].bool(), self.hidden, binarize) if state else None
+        nan = torch.full_like(self.mi, float("nan"))
+        return CoarseGrainResult(
+            filters=self.filters, mi=self.mi, mi_stderr=saved.get("mi_stderr", nan), mi_validation=nan,
+            mi_ceiling=float(self.metrics.get("mi_ceiling", float("nan"))), mean=self.mean, std=self.std,
+            visible=regions["visible"].long(), visible_mask=regions["visible_mask"].bool(), hidden=self.hidden,
+            bound=str(self.metrics.get("bound", "")), binarize=binarize, filter="linear" if model is None else "mlp",
+            model=model)
+
     def variable_mi(self) -> torch.Tensor:
         """``[J*h]``: each coarse variable's block MI (variable ``j*h + c`` belongs to block ``j``)."""
         return self.mi.double().repeat_interleave(self.hidden)
@@ -218,6 +236,46 @@ class Run:
         names = self.unit_names
         return [(names[int(rows[i])], float(data[i])) for i in order]
 
+    def encode(self, x) -> list[torch.Tensor]:
+        """The coarse variables of every level, ``[N, J_l * h_l]`` each, for level-0 activations ``x [N, U_0]``.
+
+        Applies each level's own filters (linear, binarised or MLP) to the previous level's output, exactly
+        as the flow did: on the flow's own samples it returns each level's ``coarse_samples()``.
+        """
+        from estimators.validation import check_samples
+
+        x = check_samples(x, name="x", min_samples=1, allow_constant=True)
+        if x.shape[1] != self.num_units:
+            raise ValueError(f"x has {x.shape[1]} units but level 0 of {str(self.path)!r} has {self.num_units}; "
+                             "pass activations of the run's level-0 units, in the run's order (run.unit_names)")
+        out, cur = [], x
+        for i, lv in enumerate(self.levels):
+            if i > 0:
+                cur = cur[:, torch.from_numpy(_input_columns(self.levels[i - 1], lv))]
+            cur = lv.step_result().transform(cur)
+            out.append(cur)
+        return out
+
+    def unit_blocks(self, level: int) -> torch.Tensor:
+        """LongTensor ``[U_0]``: the block at ``level`` of every level-0 unit (-1: in none).
+
+        A level-0 unit belongs to its level-0 block ``b``; at level ``l + 1`` it follows the first of
+        ``b``'s coarse variables that became a unit of level ``l + 1`` (-1 when none did).
+        """
+        level = self._check_level(level)
+        assign = self.levels[0].blocks.clone()
+        for i in range(1, level + 1):
+            prev, cur = self.levels[i - 1], self.levels[i]
+            cols = torch.from_numpy(_input_columns(prev, cur))
+            block_of_column = torch.full((prev.num_coarse,), -1, dtype=torch.long)
+            block_of_column[cols] = cur.blocks
+            # the first kept component of each previous block decides
+            per_block = block_of_column.view(prev.num_blocks, prev.hidden)
+            first = torch.where(per_block >= 0, torch.arange(prev.hidden), prev.hidden).argmin(1)
+            next_block = per_block.gather(1, first[:, None]).squeeze(1)
+            assign = torch.where(assign >= 0, next_block[assign.clamp_min(0)], assign)
+        return assign
+
     def pyg(self, level: int):
         """The level's graph as a ``torch_geometric.data.Data`` (with ``names`` and ``blocks``)."""
         lv = self.levels[self._check_level(level)]
@@ -230,6 +288,18 @@ class Run:
         level = self._check_level(level)
         p = self.path / "examples" / f"level_{level:03d}.json"
         return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def _mlp_filter(state: dict[str, torch.Tensor], visible_mask: torch.Tensor, hidden: int, binarize: str | None):
+    """An :class:`~rsmi_nn.filters.MLPFilter` rebuilt from its saved ``state_dict`` (sizes read off it)."""
+    from rsmi_nn.filters import MLPFilter
+
+    first = state["mlp.layers.0.weight"]
+    layers = sum(1 for k in state if k.startswith("mlp.layers.") and k.endswith(".weight"))
+    model = MLPFilter(first.shape[0], first.shape[1], hidden, visible_mask, width=first.shape[2], layers=layers,
+                      binarize=binarize)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def _input_columns(prev: Level, cur: Level) -> np.ndarray:

@@ -7,7 +7,8 @@
     levels/NNN/            one folder per finished level
         graph.safetensors, graph.json   the level's input graph
         regions.safetensors             blocks, visible / environment indices and masks
-        filters.safetensors             filters [J, max_visible, h], mean / std [U], mi / mi_stderr [J]
+        filters.safetensors             filters [J, max_visible, h], mean / std [U], mi / mi_stderr [J];
+                                        an MLP filter's weights under "model.*"
         coarse.safetensors              the coarse samples [N, J*h] (the next level's samples)
         timing.json                     seconds (not reproducible, so kept out of level.json)
         level.json                      the level's record, written last: a level is complete iff it exists
@@ -31,6 +32,7 @@ __all__ = [
     "FLOW_CONFIG",
     "FLOW_JSON",
     "LEVEL_JSON",
+    "MODEL_PREFIX",
     "fingerprint",
     "level_dir",
     "load_tensors",
@@ -46,6 +48,7 @@ FLOW_JSON = "flow.json"
 FLOW_CONFIG = "flow_config.json"
 LEVEL_JSON = "level.json"
 LEVELS = "levels"
+MODEL_PREFIX = "model."
 
 
 def level_dir(out: str | Path, level: int) -> Path:
@@ -136,9 +139,11 @@ def write_level(path: Path, *, graph, regions, result, coarse: torch.Tensor, rec
     path.mkdir(parents=True, exist_ok=True)
     graph.save(path / "graph")
     atomic_save_tensors(path / "regions.safetensors", regions.tensors())
-    atomic_save_tensors(path / "filters.safetensors", {"filters": result.filters, "mean": result.mean,
-                                                       "std": result.std, "mi": result.mi,
-                                                       "mi_stderr": result.mi_stderr})
+    filters = {"filters": result.filters, "mean": result.mean, "std": result.std, "mi": result.mi,
+               "mi_stderr": result.mi_stderr}
+    if result.model is not None:  # a non-linear filter: its weights, so that Run.encode can apply it
+        filters.update({MODEL_PREFIX + k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    atomic_save_tensors(path / "filters.safetensors", filters)
     atomic_save_tensors(path / "coarse.safetensors", {"samples": coarse})
     atomic_write_json(path / "timing.json", timing, sort_keys=True)
     atomic_write_json(path / LEVEL_JSON, record, sort_keys=True)
