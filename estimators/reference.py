@@ -49,10 +49,14 @@ def _check_cov(cov, x_idx, y_idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _logdet(m: np.ndarray, name: str) -> float:
-    sign, logdet = np.linalg.slogdet(m)
-    if sign <= 0 or not np.isfinite(logdet):
-        raise ValueError(f"the covariance of {name} is not positive definite; drop constant or duplicate variables")
-    return float(logdet)
+    """log det of a positive-definite ``m`` from its Cholesky factor (a negative-definite matrix has a positive
+    determinant too, so the sign of ``slogdet`` cannot tell)."""
+    try:
+        chol = np.linalg.cholesky(m)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"the covariance of {name} is not positive definite; drop constant or duplicate "
+                         "variables, or pass a covariance matrix") from None
+    return float(2.0 * np.log(np.diag(chol)).sum())
 
 
 def gaussian_mi(cov, x_idx: Sequence[int], y_idx: Sequence[int]) -> float:

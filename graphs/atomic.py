@@ -80,4 +80,27 @@ def atomic_save_tensors(
     from safetensors.torch import save_file
 
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        save_file(clean, tmp, metadata=metadata)
+        _sort_safetensors_header(tmp)
+
+    return atomic_write(path, write)
+
+
+def _sort_safetensors_header(path: str) -> None:
+    """Rewrite a safetensors header with sorted keys, in place: the same tensors give the same bytes.
+
+    The library writes ``__metadata__`` from a hash map, whose order changes between processes. The
+    sorted header (the same JSON, reordered) has the same length, so only the header bytes change; a
+    header that came out longer (never seen) is left as written.
+    """
+    with open(path, "rb+") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(n)
+        header = json.loads(raw)
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > n:
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (n - len(text)))  # the format allows a header padded with spaces

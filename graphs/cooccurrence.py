@@ -150,6 +150,8 @@ def build_graph(
     n, u = src.num_samples, src.num_units
     if n < 2:
         raise ValueError(f"x has {n} samples but at least 2 are needed; pass more samples")
+    if u < 2:
+        raise ValueError(f"x has {u} unit(s) (columns) but a graph needs at least 2; pass samples [n_samples, n_units]")
     batch_rows = int(max(1, min(n, min(64 * 2**20, memory_budget // 8) // (20 * u))))
     chunk_rows = max(1, CHUNK_ELEMENTS.get(dev.type, 2**18) // u)
     plan = plan_bands(n, u, min(k, u - 1) if u > 1 else 1, memory_budget, batch_rows, tile_size)

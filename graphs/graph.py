@@ -22,7 +22,7 @@ from estimators.validation import check_positive_int
 from graphs.atomic import atomic_save_tensors, atomic_write_json
 from graphs.edges import canonical_edges
 
-__all__ = ["ActivationGraph", "graph_paths"]
+__all__ = ["ActivationGraph", "check_affinities", "graph_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,14 @@ class ActivationGraph:
                 and torch.equal(self.edge_weight, other.edge_weight) and self.metadata == other.metadata)
 
     __hash__ = None  # mutable container
+
+
+def check_affinities(graph: ActivationGraph) -> None:
+    """Refuse negative edge weights: partitions, regions and flows read weights as affinities >= 0."""
+    if graph.num_edges and float(graph.edge_weight.min()) < 0:
+        neg = int((graph.edge_weight < 0).sum()) // 2
+        raise ValueError(f"the graph has {neg} edge(s) of negative weight (min {float(graph.edge_weight.min()):.3g}); "
+                         "edge weights are affinities >= 0: pass |weights|, or build the graph with graphs.build_graph")
 
 
 def check_blocks(blocks, num_nodes: int, *, name: str = "blocks") -> torch.Tensor:

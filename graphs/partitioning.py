@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from estimators.validation import check_positive_int
-from graphs.graph import ActivationGraph, check_blocks
+from graphs.graph import ActivationGraph, check_affinities, check_blocks
 
 __all__ = ["blocks_connected", "partition", "partition_report"]
 
@@ -89,6 +89,7 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
     if block_size > n:
         raise ValueError(f"block_size={block_size} exceeds the graph's num_nodes={n}; choose block_size <= {n}")
     seed = check_positive_int(seed, name="seed", minimum=0)
+    check_affinities(graph)
     labels = np.arange(n, dtype=np.int64)
     if block_size == 1:
         return torch.from_numpy(labels)

@@ -13,7 +13,7 @@ The shells come out as padded index tensors with masks, ready for batched traini
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ class Regions:
         Which block each row describes (``arange(J)`` unless :meth:`select` was used).
     empty_environment : LongTensor
         Block ids whose environment is empty (their rows are kept with an all-False mask).
+    isolated : LongTensor
+        Block ids with no edge leaving the block (a whole connected component): no buffer or
+        environment width gives them an environment.
     buffer_width, env_width : int
         ``L_B`` and ``L_E`` in hops; ``max_env`` the cap (None = no cap); ``seed`` of the capping choice.
     """
@@ -55,6 +58,7 @@ class Regions:
     blocks: torch.Tensor
     block_ids: torch.Tensor
     empty_environment: torch.Tensor
+    isolated: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     buffer_width: int = 1
     env_width: int = 1
     max_env: int | None = None
@@ -90,8 +94,9 @@ class Regions:
         env, em = take(self.environment, self.environment_mask)
         chosen = self.block_ids[ids]
         empty = chosen[~em.any(1)] if em.shape[1] else chosen.clone()
+        isolated = self.isolated[torch.isin(self.isolated, chosen)]
         return replace(self, visible=vis, visible_mask=vm, buffer=buf, buffer_mask=bm, environment=env,
-                       environment_mask=em, block_ids=chosen, empty_environment=empty)
+                       environment_mask=em, block_ids=chosen, empty_environment=empty, isolated=isolated)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to store (``regions.safetensors`` keys), contiguous and on CPU."""
@@ -130,6 +135,15 @@ def _cap(shell, max_env: int, seed: int):
     rank[order] = np.arange(order.size) - np.repeat(m.indptr[:-1], counts)
     keep = rank < max_env
     return csc_matrix((np.ones(int(keep.sum()), dtype=np.float32), (m.indices[keep], cols[keep])), shape=m.shape)
+
+
+def _isolated_blocks(step, visible) -> torch.Tensor:
+    """Ids of blocks (columns of ``visible [n, J]``) with no neighbour outside them under ``step``."""
+    near = step @ visible
+    near.data[:] = 1.0
+    near = (near - visible).tocsc()
+    near.eliminate_zeros()
+    return torch.from_numpy(np.flatnonzero(np.diff(near.indptr) == 0)).long()
 
 
 def make_regions(
@@ -176,6 +190,7 @@ def make_regions(
     step.data[:] = 1.0
     reach = csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), b.numpy())), shape=(n, num_blocks))
     visible = reach
+    isolated = _isolated_blocks(step, visible)
     for _ in range(buffer):
         reach = step @ reach
         reach.data[:] = 1.0
@@ -200,5 +215,5 @@ def make_regions(
                     empty.numel(), num_blocks, buffer + 1, buffer + env, shown)
     return Regions(visible=vis_idx, visible_mask=vis_mask, buffer=buf_idx, buffer_mask=buf_mask,
                    environment=env_idx, environment_mask=env_mask, blocks=b.clone(),
-                   block_ids=torch.arange(num_blocks), empty_environment=empty,
+                   block_ids=torch.arange(num_blocks), empty_environment=empty, isolated=isolated,
                    buffer_width=buffer, env_width=env, max_env=max_env, seed=seed)

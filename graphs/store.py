@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from graphs.store_format import FORMAT_NAME, MANIFEST_NAME, read_manifest
@@ -111,7 +111,10 @@ class ActivationStore:
         f = self.path / s["file"]
         if not f.is_file():
             raise FileNotFoundError(f"shard {str(f)!r} is missing; record the store again")
-        data = load_file(str(f))
+        try:
+            data = load_file(str(f))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"shard {str(f)!r} is damaged ({err}); record the store again") from None
         acts = data.get("activations")
         if acts is None or tuple(acts.shape) != (s["num_samples"], self.num_units):
             got = None if acts is None else tuple(acts.shape)
@@ -187,9 +190,13 @@ class ActivationStore:
         for s, positions in by_shard.items():
             shard = self.manifest["shards"][s]
             rows = idx[positions] - shard["offset"]
-            with safe_open(str(self.path / shard["file"]), framework="pt") as fh:
-                for k in keys:
-                    out[k][positions] = fh.get_tensor(k)[rows]
+            try:
+                with safe_open(str(self.path / shard["file"]), framework="pt") as fh:
+                    for k in keys:
+                        out[k][positions] = fh.get_tensor(k)[rows]
+            except (SafetensorError, OSError) as err:
+                raise ValueError(f"shard {str(self.path / shard['file'])!r} is damaged ({err}); "
+                                 "record the store again") from None
         return out
 
     def inputs(self):

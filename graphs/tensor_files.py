@@ -79,8 +79,10 @@ def _read_entries(p: Path, suffix: str) -> dict:
     if suffix == ".npy":
         try:
             return {"samples": np.load(p, allow_pickle=False)}
-        except ValueError as err:
-            raise ValueError(f"cannot read {str(p)!r} as a numeric .npy array ({err})") from None
+        except (ValueError, EOFError, OSError) as err:
+            detail = "the file is empty or truncated" if isinstance(err, EOFError) else str(err)
+            raise ValueError(f"cannot read {str(p)!r} as a numeric .npy array ({detail}); save it with "
+                             "numpy.save(path, array)") from None
     if suffix == ".npz":
         try:
             with np.load(p, allow_pickle=False) as z:
@@ -98,7 +100,12 @@ def _read_entries(p: Path, suffix: str) -> dict:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ValueError(f"cannot read {str(p)!r} as a PyTorch file of tensors ({err})") from None
+        if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+            raise ValueError(f"{str(p)!r} holds Python objects other than tensors, which rsmi does not unpickle "
+                             "(that could run arbitrary code); save plain tensors (torch.save({'samples': x}, ...)) "
+                             "or use .npy / .safetensors") from None
+        detail = "the file is empty or truncated" if isinstance(err, EOFError) else " ".join(str(err).split())[:200]
+        raise ValueError(f"cannot read {str(p)!r} as a PyTorch file of tensors ({detail})") from None
     return obj if isinstance(obj, dict) else {"samples": obj}
 
 

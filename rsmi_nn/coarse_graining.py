@@ -27,7 +27,7 @@ from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign
 from rsmi_nn.options import StepOptions
 from rsmi_nn.training import evaluate, gather, train_blocks
 
-__all__ = ["CoarseGrainResult", "CoarseGrainer", "coarse_grain"]
+__all__ = ["CoarseGrainResult", "CoarseGrainer", "check_step", "coarse_grain"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class CoarseGrainResult:
     mean, std : Tensor of shape (n_units,)
         The standardisation applied before the filters.
     visible, visible_mask : the regions' visible indices and mask ``[n_blocks, max_visible]``.
+    hidden_per_block : LongTensor of shape (n_blocks,), or None
+        With ``hidden="auto"``: the components block ``j`` keeps (its filter columns ``h_j …`` are zero, so
+        those coarse variables are constant 0 and a flow drops them); None when every block has ``hidden``.
     """
 
     filters: torch.Tensor
@@ -70,6 +73,7 @@ class CoarseGrainResult:
     filter: str = "linear"
     model: torch.nn.Module | None = field(default=None, repr=False)
     info: dict = field(default_factory=dict)
+    hidden_per_block: torch.Tensor | None = None  # [J] components per block (hidden="auto"; None: ``hidden`` each)
 
     @property
     def num_blocks(self) -> int:
@@ -123,6 +127,11 @@ def _check_regions(regions, n_units: int, shared: bool = False):
     empty = torch.as_tensor(regions.empty_environment).reshape(-1)
     if empty.numel():
         shown = ", ".join(str(j) for j in empty[:10].tolist()) + (" ..." if empty.numel() > 10 else "")
+        isolated = torch.as_tensor(getattr(regions, "isolated", torch.zeros(0))).reshape(-1)
+        if bool(torch.isin(empty, isolated).all()):
+            raise ValueError(f"{empty.numel()} block(s) have an empty environment (block {shown}): no edge leaves them "
+                             "(each is a whole connected component of the graph), so no buffer or env width can help; "
+                             "use a smaller block_size, a denser graph (larger k), or drop them with regions.select(...)")
         raise ValueError(f"{empty.numel()} block(s) have an empty environment (block {shown}); use a smaller buffer, "
                          "a larger env, or drop them with regions.select(...)")
     if not bool(regions.visible_mask.any(1).all()):
@@ -144,6 +153,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     options : :class:`rsmi_nn.options.StepOptions`; ``**overrides`` set any of its options by name
         (``hidden``, ``shared``, ``bound``, ``binarize``, ``steps``, ``batch_size``, ``critic_env_layers``, ...;
         each is documented there). ``bound`` may also be an ``estimators.Bound`` instance.
+        ``hidden="auto"`` picks the number of components block by block from its relevance spectrum
+        (:mod:`rsmi_nn.relevance`: one step per ``h = 1..4``; ``result.hidden_per_block``).
     seed : seeds the split, the initialisation and the minibatches (same seed, same bytes).
     device : "auto" (CUDA when present), "cpu", "cuda".
     progress : tqdm bar over steps.
@@ -160,12 +171,20 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         raise TypeError(f"options must be a rsmi_nn.options.StepOptions, got {type(options).__name__}; "
                         "pass hidden, shared, ... as keywords")
     custom = overrides.pop("bound") if isinstance(overrides.get("bound"), Bound) else None
+    auto = isinstance(overrides.get("hidden"), str) and overrides["hidden"] == "auto"
+    if auto:
+        overrides.pop("hidden")
     opts = (options or StepOptions()).replace(**overrides)
     seed = check_positive_int(seed, name="seed", minimum=0)
+    if auto:
+        from rsmi_nn.relevance import auto_coarse_grain
+
+        x = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant)
+        return auto_coarse_grain(x, regions, opts, seed=seed, device=device, progress=progress,
+                                 allow_constant=allow_constant, bound=custom)
     bound = custom if custom is not None else get_bound(opts.bound)
     x = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant)
-    _check_regions(regions, x.shape[1], opts.shared)
-    n_train, n_val, n_test = _split_sizes(x.shape[0], opts)
+    n_train, n_val, n_test = check_step(x.shape[0], x.shape[1], regions, opts)
 
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -198,6 +217,13 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         visible=regions.visible.cpu(), visible_mask=regions.visible_mask.cpu(), hidden=opts.hidden,
         bound=bound.name, binarize=opts.binarize, filter=opts.filter, model=filt if opts.filter == "mlp" else None,
         info=info)
+
+
+def check_step(n_samples: int, n_units: int, regions, options: StepOptions) -> tuple[int, int, int]:
+    """Check that a step on ``[n_samples, n_units]`` with ``regions`` can run (before anything is trained or
+    written); returns the training, validation and test row counts."""
+    _check_regions(regions, n_units, options.shared)
+    return _split_sizes(n_samples, options)
 
 
 def _split_sizes(n: int, opts: StepOptions) -> tuple[int, int, int]:

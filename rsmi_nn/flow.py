@@ -19,11 +19,11 @@ import torch
 
 from estimators.validation import check_positive_int, check_samples
 from rsmi_nn import rundir
-from rsmi_nn.coarse_graining import CoarseGrainResult, coarse_grain
+from rsmi_nn.coarse_graining import CoarseGrainResult, check_step, coarse_grain
 from rsmi_nn.observables import correlation_length, graph_sizes, locality_preservation
 from rsmi_nn.options import FlowOptions, GraphOptions, split_overrides
 
-__all__ = ["FlowResult", "level_seed", "run_flow"]
+__all__ = ["FlowResult", "check_flow", "level_seed", "run_flow"]
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,13 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
     ``locality``, ``locality_chance``, ``mi_mean, mi_per_block, mi_stderr_per_block, mi_ceiling, bound, hidden``.
     """
     setting, x = _setting(x, graph, options, graph_options, overrides, seed, device, progress)
+    first = _first_level(x, graph, setting)
     result = FlowResult(records=[], out=Path(out) if out is not None else None)
     if out is not None:
         rundir.prepare(out, _identity(setting, x), overwrite=overwrite)
     cur_x, cur_graph = x, graph
     for level in range(setting.options.levels):
-        planned = _plan(level, cur_graph, setting)
+        planned = first if level == 0 else _plan(level, cur_graph, setting)
         if isinstance(planned, str):
             result.stopped = planned
             log.info("flow stops: %s", planned)
@@ -108,6 +109,8 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
         saved = rundir.read_level(rundir.level_dir(out, level)) if out is not None else None
         t0 = time.time()
         if saved is None:
+            if out is not None:  # later levels were computed from this one: they go too
+                rundir.discard_levels(out, level)
             res = coarse_grain(cur_x, regions, setting.options.step_options(), seed=level_seed(seed, level),
                                device=device, progress=progress, allow_constant=level > 0)
             coarse = res.transform(cur_x)
@@ -134,13 +137,34 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
         if callback is not None:
             callback(level, record)
         cur_x, cur_graph = next_x, next_graph
+    if out is not None:  # the folder holds exactly the levels of this flow (fewer may have been asked)
+        rundir.discard_levels(out, len(result.records))
+        if result.records:
+            rundir.write_flow(out, result.records)
     result.samples = cur_x
     return result
+
+
+def check_flow(x, graph, options: FlowOptions | None = None, *, graph_options: GraphOptions | None = None,
+               seed: int = 0, **overrides) -> None:
+    """Raise the error :func:`run_flow` would raise before its first level, training and writing nothing."""
+    setting, x = _setting(x, graph, options, graph_options, overrides, seed, "cpu", False)
+    _first_level(x, graph, setting)
+
+
+def _first_level(x: torch.Tensor, graph, setting: _Setting):
+    """Level 0's ``(blocks, regions)``, checked against the samples before anything is written."""
+    planned = _plan(0, graph, setting)
+    if isinstance(planned, str):
+        raise ValueError(f"the flow cannot start: {planned}; use a smaller block_size")
+    check_step(x.shape[0], x.shape[1], planned[1], setting.options.step_options())
+    return planned
 
 
 def _setting(x, graph, options, graph_options, overrides, seed, device, progress) -> tuple[_Setting, torch.Tensor]:
     """Check the flow's inputs once, before anything is trained or written."""
     from graphs import ActivationGraph
+    from graphs.graph import check_affinities
 
     if options is not None and not isinstance(options, FlowOptions):
         raise TypeError(f"options must be a rsmi_nn.options.FlowOptions, got {type(options).__name__}; "
@@ -156,6 +180,7 @@ def _setting(x, graph, options, graph_options, overrides, seed, device, progress
     seed = check_positive_int(seed, name="seed", minimum=0)
     if not isinstance(graph, ActivationGraph):
         raise ValueError(f"graph must be a graphs.ActivationGraph, got {type(graph).__name__}")
+    check_affinities(graph)
     x = check_samples(x, name="x", min_samples=4)
     if x.shape[1] != graph.num_nodes:
         raise ValueError(f"x has {x.shape[1]} units but the graph has {graph.num_nodes} nodes; "
@@ -178,12 +203,12 @@ def _identity(setting: _Setting, x: torch.Tensor) -> dict:
     options = setting.options.to_dict()
     options.pop("levels")  # more levels may be asked of a finished flow
     return {"options": options, "k": setting.k, "seed": setting.seed, "n_samples": int(x.shape[0]),
-            "n_units": int(x.shape[1]), "data": rundir.fingerprint(x), "graph_edges": int(setting.graph0.num_edges)}
+            "n_units": int(x.shape[1]), "data": rundir.fingerprint(x), "graph": rundir.graph_fingerprint(setting.graph0)}
 
 
 def _plan(level: int, graph, setting: _Setting):
     """The level's ``(blocks, regions)``, or the reason (str) why the flow stops here."""
-    from graphs import lattice_blocks, make_regions, partition
+    from graphs import lattice_blocks, partition
 
     opts, s = setting.options, level_seed(setting.seed, level)
     if graph.num_nodes < opts.min_nodes or graph.num_nodes < 2 * opts.block_size:
@@ -197,11 +222,63 @@ def _plan(level: int, graph, setting: _Setting):
         blocks = lattice_blocks(lat[0], b)
     else:
         blocks = partition(graph, opts.block_size, seed=s)
-    regions = make_regions(graph, blocks, buffer=opts.buffer, env=opts.env, max_env=opts.max_env, seed=s)
+    regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "
                 f"on a graph of {graph.num_nodes} nodes")
     return blocks, regions
+
+
+def _regions(graph, blocks, opts: FlowOptions, seed: int, *, narrow: bool = True):
+    """Regions with the buffer narrowed, block by block, where the environment beyond it would be too small.
+
+    Not on a lattice (``narrow=False``): there the buffer is a width in lattice units, kept as given. Elsewhere
+    a block keeps the widest buffer ``w <= opts.buffer`` whose environment shell holds at least
+    ``min(opts.min_env, opts.max_env)`` nodes; where none does, the width whose shell is largest (ties:
+    the wider). On a large sparse graph every block keeps ``opts.buffer`` and the regions are exactly
+    ``make_regions(...)``'s. On the small, dense graphs of coarse levels (a top-k graph of a few dozen
+    coarse variables has a diameter of two or three hops) one hop of buffer swallows almost every
+    block's environment; narrowing it there keeps the long-range information the objective needs.
+    """
+    from graphs import make_regions
+
+    widths = range(opts.buffer, -1, -1)
+    first = make_regions(graph, blocks, buffer=opts.buffer, env=opts.env, max_env=opts.max_env, seed=seed)
+    need = min(opts.min_env, opts.max_env or opts.min_env)
+    sizes = [first.environment_mask.sum(1)]
+    if not narrow or opts.buffer == 0 or bool((sizes[0] >= need).all()):
+        return first
+    candidates = [first]
+    for w in widths[1:]:
+        candidates.append(make_regions(graph, blocks, buffer=w, env=opts.env, max_env=opts.max_env, seed=seed))
+        sizes.append(candidates[-1].environment_mask.sum(1))
+    size = torch.stack(sizes)  # [widths, J]
+    ok = size >= need
+    fallback = (size * (len(sizes) + 1) - torch.arange(len(sizes))[:, None]).argmax(0)  # largest shell, then widest
+    choice = torch.where(ok.any(0), ok.int().argmax(0), fallback)
+    log.info("%d of %d blocks: buffer narrowed below %d hop(s) (environment < %d nodes)", int((choice > 0).sum()),
+             first.num_blocks, opts.buffer, need)
+    return _mixed_regions(candidates, choice)
+
+
+def _mixed_regions(candidates, choice: torch.Tensor):
+    """Row ``j`` of ``candidates[choice[j]]`` for every block, padded to common widths."""
+    from dataclasses import replace
+
+    rows = torch.arange(choice.numel())
+    merged = {}
+    for name in ("visible", "buffer", "environment"):
+        width = max(getattr(c, name).shape[1] for c in candidates)
+        idx = torch.full((choice.numel(), width), -1, dtype=torch.long)
+        for i, c in enumerate(candidates):
+            pick = rows[choice == i]
+            part = getattr(c, name)[pick]
+            idx[pick, :part.shape[1]] = part
+        used = int((idx >= 0).sum(1).max()) if idx.numel() else 0
+        merged[name], merged[name + "_mask"] = idx[:, :used], idx[:, :used] >= 0
+    env_mask = merged["environment_mask"]
+    empty = (~env_mask.any(1)).nonzero().flatten() if env_mask.shape[1] else rows.clone()
+    return replace(candidates[0], **merged, empty_environment=empty)
 
 
 def _rebuilt(x: torch.Tensor, setting: _Setting):

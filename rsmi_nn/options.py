@@ -307,6 +307,9 @@ class FlowOptions(StepOptions):
     env: int = _positive("environment shell width L_E in hops beyond the buffer", 1)
     max_env: int | None = option(64, "cap on environment nodes per block (a seeded choice keeps this many)",
                                  kind=int, optional=True, minimum=1)
+    min_env: int = option(8, "fewest environment nodes a block should have: on a graph that is not a lattice, a block "
+                          "whose shell beyond the buffer holds fewer (small, dense coarse graphs) gets a narrower "
+                          "buffer, down to 0", kind=int, minimum=1)
     rebuild: str = option("auto", "next level's graph: auto (quotient lattice for a lattice, else samples), "
                           "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",
                           kind=str, choices=("auto", "samples", "quotient"))

@@ -195,9 +195,10 @@ class Run:
         if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
             raise TypeError(f"level must be an int, got {level!r}")
         n = len(self.levels)
-        if not -n <= level < n:
-            raise ValueError(f"level={level} does not exist; this run has levels 0..{n - 1}")
-        return int(level) % n
+        if not 0 <= level < n:
+            last = " (the last is level {}: use len(run.levels) - 1)".format(n - 1) if level < 0 else ""
+            raise ValueError(f"level={level} does not exist; this run has levels 0..{n - 1}{last}")
+        return int(level)
 
     def feature_map_sparse(self, level: int):
         """``scipy.sparse.csr_matrix [U_0, J_l*h]``: composed weights from level-0 units to level ``level``."""

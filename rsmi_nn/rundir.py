@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -28,12 +29,17 @@ import torch
 
 from graphs.atomic import atomic_save_tensors, atomic_write_json
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FLOW_CONFIG",
     "FLOW_JSON",
     "LEVEL_JSON",
     "MODEL_PREFIX",
+    "discard_levels",
+    "finished_levels",
     "fingerprint",
+    "graph_fingerprint",
     "level_dir",
     "load_tensors",
     "prepare",
@@ -59,6 +65,15 @@ def level_dir(out: str | Path, level: int) -> Path:
 def fingerprint(x: torch.Tensor) -> str:
     """A short hash of the samples' bytes (a resume must see the same data)."""
     return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def graph_fingerprint(graph) -> str:
+    """A short hash of a graph's content: node names, edges and weights (not its metadata)."""
+    h = hashlib.sha256("\n".join(graph.names).encode("utf-8"))
+    for t in (graph.edge_index, graph.edge_weight):
+        if t is not None:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def read_json(path: Path, what: str):
@@ -93,6 +108,7 @@ def _comparable(config: dict) -> dict:
     from rsmi_nn.options import FlowOptions
 
     config = dict(config)
+    config.pop("graph_edges", None)  # runs before the graph's content was fingerprinted ("graph") kept its size
     options = {**config.pop("options", {}), **config.pop("coarse_grain", {})}
     for key in list(config):
         if key in FlowOptions.specs():
@@ -108,30 +124,64 @@ def _comparable(config: dict) -> dict:
 def prepare(out: str | Path, config: dict, *, overwrite: bool) -> Path:
     """Make ``out`` ready for a flow run with ``config``: keep a matching run (to resume), refuse another.
 
-    A run with a different configuration is discarded when ``overwrite`` is set, else refused.
+    Finished levels computed with a different configuration are refused (discarded when ``overwrite``
+    is set); what a failed attempt left without finishing a level is discarded, so the corrected
+    command simply runs. Levels whose configuration is unknown (no ``flow_config.json``) are discarded.
     """
     out = Path(out)
     path = out / FLOW_CONFIG
+    finished = finished_levels(out)
     if path.exists():
-        old, new = _comparable(read_json(path, "flow config")), _comparable(config)
+        try:
+            old = _comparable(read_json(path, "flow config"))
+        except ValueError:
+            old = None  # a damaged config cannot vouch for its levels
+        new = _comparable(config)
+        if old is not None and "graph" not in old:
+            new.pop("graph", None)
         if old != new:
-            if not overwrite:
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                if diff == ["options"]:
-                    diff = sorted(k for k in new["options"] if old["options"].get(k) != new["options"][k])
-                raise ValueError(f"{out} holds a flow with a different configuration (differs in {diff}); "
-                                 "use a new out folder or pass overwrite=True")
-            _discard_levels(out)
-    elif overwrite:
-        _discard_levels(out)
+            if finished and old is not None and not overwrite:
+                raise ValueError(f"{out} holds {len(finished)} finished level(s) of a flow with a different "
+                                 f"configuration (differs in {_difference(old, new)}); use a new out folder, "
+                                 f"delete {str(out / LEVELS)!r}, or pass overwrite=True")
+            discard_levels(out)
+    elif overwrite or (out / LEVELS).exists():
+        if finished:
+            log.warning("%s: %d level(s) without %s (their configuration is unknown) are recomputed",
+                        out, len(finished), FLOW_CONFIG)
+        discard_levels(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, config, sort_keys=True)
     return out
 
 
-def _discard_levels(out: Path) -> None:
-    shutil.rmtree(out / LEVELS, ignore_errors=True)
-    (out / FLOW_JSON).unlink(missing_ok=True)
+def _difference(old: dict, new: dict) -> str:
+    """The keys (or options) in which two flow configs differ, with the old and new values."""
+    if set(old) == set(new) and all(old[k] == new[k] for k in old if k != "options"):
+        old, new = old["options"], new["options"]
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in keys)
+
+
+def finished_levels(out: str | Path) -> list[int]:
+    """Numbers of the level folders in ``out`` that hold a ``level.json`` (finished, if complete)."""
+    root = Path(out) / LEVELS
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / LEVEL_JSON).is_file())
+
+
+def discard_levels(out: str | Path, start: int = 0) -> None:
+    """Remove level folders ``start, start + 1, ...`` (all of them and ``flow.json`` when ``start`` is 0)."""
+    root = Path(out) / LEVELS
+    if start == 0:
+        shutil.rmtree(root, ignore_errors=True)
+        (Path(out) / FLOW_JSON).unlink(missing_ok=True)
+        return
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.isdigit() and int(p.name) >= start:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def write_level(path: Path, *, graph, regions, result, coarse: torch.Tensor, record: dict, timing: dict) -> None:
@@ -149,11 +199,43 @@ def write_level(path: Path, *, graph, regions, result, coarse: torch.Tensor, rec
     atomic_write_json(path / LEVEL_JSON, record, sort_keys=True)
 
 
+LEVEL_FILES = ("graph.safetensors", "graph.json", "regions.safetensors", "filters.safetensors", "coarse.safetensors")
+
+
 def read_level(path: Path) -> tuple[dict, torch.Tensor] | None:
-    """``(record, coarse samples)`` of a finished level in ``path``, or None when it is not complete."""
+    """``(record, coarse samples)`` of a finished level in ``path``, or None when it is not complete.
+
+    Complete means ``level.json`` and every file of :data:`LEVEL_FILES` present and readable; a level
+    that lacks one (deleted, truncated) is reported and treated as unfinished, so it is recomputed.
+    """
     if not (path / LEVEL_JSON).is_file():
         return None
-    return read_json(path / LEVEL_JSON, "level record"), load_tensors(path / "coarse.safetensors")["samples"]
+    try:
+        record = read_json(path / LEVEL_JSON, "level record")
+        for name in LEVEL_FILES:
+            if name.endswith(".json"):
+                read_json(path / name, "level file")
+            elif name != "coarse.safetensors":
+                _check_safetensors(path / name)
+        coarse = load_tensors(path / "coarse.safetensors")["samples"]
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("%s is damaged (%s); the level is recomputed", path, err)
+        return None
+    return record, coarse
+
+
+def _check_safetensors(path: Path) -> None:
+    """Raise a clear error unless ``path`` is a readable safetensors file (header and sizes checked)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is missing")
+    try:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{str(path)!r} is unreadable ({err})") from None
 
 
 def read_flow(out: str | Path) -> list[dict]:

@@ -88,7 +88,7 @@ def test_run_written_before_options_were_declared_once_resumes(ising_flow, tmp_p
     resumed = run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST)
     assert resumed.results == [None, None]  # both levels loaded, nothing retrained
     assert (out / "flow.json").read_bytes() == (full_out / "flow.json").read_bytes()
-    with pytest.raises(ValueError, match=r"differs in \['steps'\]"):
+    with pytest.raises(ValueError, match=r"differs in steps=100 \(now 99\)"):
         run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **{**FAST, "steps": 99})
 
 

@@ -128,19 +128,6 @@ def test_user_mistakes_in_process(tmp_path, capsys, setup, argv, needle):
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_run_with_other_config_is_refused(tmp_path, capsys):
-    out = tmp_path / "o"
-    out.mkdir()
-    from rsmi_nn.app.config import load_config
-
-    old = load_config()
-    old.set("flow.levels", 3)
-    (out / "config.toml").write_text(old.to_toml())
-    rc = main(["run", "--out", str(out), "--levels", "2"])
-    assert rc == 1
-    assert "already holds a run with flow.levels=3 (now 2)" in _err(capsys)
-
-
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage: rsmi" in capsys.readouterr().out
@@ -149,7 +136,7 @@ def test_no_command_prints_help(capsys):
 def test_every_flag_has_help():
     parser = build_parser()
     subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(subs.choices) == {"run", "record", "graph", "flow", "export", "report"}
+    assert set(subs.choices) == {"run", "record", "graph", "flow", "export", "evaluate", "report", "compare", "encode"}
     for name, sub in subs.choices.items():
         for action in sub._actions:
             assert action.help, f"rsmi {name} {action.option_strings or action.dest} has no help text"

@@ -1,0 +1,66 @@
+"""The flow on a planted hierarchy: blocks and coarse variables level by level (build_graph + run_flow)."""
+
+import json
+
+import pytest
+import torch
+
+from experiments.tmr import sample_tmr
+from experiments.tmr_scores import level_scores
+from graphs import build_graph
+from rsmi_nn import load_run, run_flow
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_flow_finds_the_planted_levels_where_the_nuisance_dominates(tmp_path):
+    """64 units, nuisance pairs dominating every group's variance; the level-0 graph (k = 8) splits into the
+    four level-1 groups and the level-1 graph has 16 nodes: a one-hop buffer leaves the blocks no environment
+    (issue 15), so the flow narrows the buffer of those blocks (min_env)."""
+    s = sample_tmr(5000, seed=0)
+    x_fit, rows = s.x[:4000], slice(4000, None)
+    flow = run_flow(x_fit, build_graph(x_fit, k=8), levels=2, block_size=4, steps=600, out=tmp_path, progress=False)
+    assert flow.stopped is None
+    assert all(rec["environment_sizes"]["min"] >= 8 for rec in flow.records)
+    run = load_run(tmp_path)
+    coarse = run.encode(s.x[rows])
+    for level in (0, 1):
+        sc = level_scores(coarse[level], run.unit_blocks(level), 1, s, level, rows)
+        assert sc["ari"] == 1.0
+        assert sc["corr_mean"] >= 0.95 and sc["corr_min"] >= 0.8, sc
+        assert sc["reads_latent"] == 1.0
+
+
+def test_min_env_leaves_large_sparse_graphs_alone():
+    """Where every block's shell beyond the buffer is big enough, the regions are make_regions' own."""
+    from graphs import make_regions, partition
+    from rsmi_nn.flow import _regions
+    from rsmi_nn.options import FlowOptions
+
+    s = sample_tmr(2000, depth=4, seed=1)  # 256 units
+    graph = build_graph(s.x, k=4)
+    blocks = partition(graph, 4, seed=0)
+    plain = make_regions(graph, blocks, buffer=1, env=1, max_env=64, seed=0)
+    opts = FlowOptions(min_env=int(plain.environment_mask.sum(1).min()))
+    same = _regions(graph, blocks, opts, 0)
+    for name in ("visible", "buffer", "environment", "environment_mask"):
+        assert torch.equal(getattr(same, name), getattr(plain, name))
+    narrowed = _regions(graph, blocks, opts.replace(min_env=10**6), 0)  # no shell is that big: the largest one
+    assert bool((narrowed.environment_mask.sum(1) >= plain.environment_mask.sum(1)).all())
+
+
+@pytest.mark.slow
+def test_tmr_study_quick(tmp_path):
+    from experiments.tmr_study import run
+
+    rec = run(tmp_path, quick=True)
+    rows = {(r["regime"], r["level"], r["method"]): r for r in rec["table"]}
+    for level in (0, 1):
+        rs = rows[("nuisance", level, "rsmi")]
+        assert rs["ari"] >= 0.9 and rs["corr_mean"] >= (0.95 if level == 0 else 0.9) and rs["corr_min"] >= 0.7
+        assert rows[("no-nuisance", level, "block-pca")]["corr_mean"] >= 0.9  # everyone succeeds without nuisance
+    assert rows[("nuisance", 0, "block-pca")]["corr_mean"] < 0.3  # block PCA reads the nuisance
+    assert rec["relevance_spectrum"]["hidden_per_block"].count(1) >= 0.9 * len(rec["relevance_spectrum"]["hidden_per_block"])
+    for name in ("tmr.json", "tmr_scores.png", "tmr_spectrum.png"):
+        assert (tmp_path / name).exists()
+    assert json.loads((tmp_path / "tmr.json").read_text())["quick"] is True
