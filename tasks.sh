@@ -24,6 +24,21 @@ setup() {
     fi
 }
 
+# Headless Chromium for the report's browser tests (tests/rsmi_nn/app/test_report_browser.py): installed from
+# the distribution when missing, only as root with apt-get; never fails the set-up (the tests then skip, saying why).
+browser_setup() {
+    if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+        return 0
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+        (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+            || { apt-get update >/dev/null 2>&1 \
+                 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; }) \
+            || echo "tasks.sh: could not install chromium; the browser tests will be skipped" >&2
+    fi
+    return 0
+}
+
 case "${1:-}" in
     demo)
         setup
@@ -32,6 +47,7 @@ case "${1:-}" in
         ;;
     test)
         setup
+        browser_setup
         shift
         "$VENV/bin/ruff" check .
         set +e

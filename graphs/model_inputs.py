@@ -1,12 +1,17 @@
-"""Model inputs for recording, batch by batch: a tensor, or texts through a tokenizer.
+"""Model inputs for recording, batch by batch: a tensor, token ids, or texts through a tokenizer.
 
 Each kind runs the model on one batch of input indices and turns the captured outputs into
-samples: one row per input for a tensor ``(n_inputs, ...)``; one row per real token (or per
-text, averaged) for texts. :func:`graphs.record_activations` drives both through the same
-loop; each kind also knows the manifest fields and the inputs file that describe it.
+samples: one row per input for a tensor ``(n_inputs, ...)``; for token ids ``(n_inputs, seq)``
+(an integer tensor, with an optional ``attention_mask`` of the same shape) one row per real
+token when every recorded output is ``(batch, seq, ...)``, else one per input; one row per
+real token (or per text, averaged) for texts. A ``reduction`` that cannot apply (no token
+dimension) is an error. :func:`graphs.record_activations` drives all through the same loop;
+each kind also knows the manifest fields and the inputs file that describe it.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
@@ -16,11 +21,13 @@ from estimators.validation import as_tensor, check_positive_int
 __all__ = ["TensorInputs", "TextInputs", "model_inputs"]
 
 TEXT_SAMPLE_KEYS = ["input_index", "token_position", "token_id", "char_start", "char_end"]
+TOKEN_SAMPLE_KEYS = ["input_index", "token_position", "token_id"]
 
 
-def model_inputs(inputs, tokenizer, *, batch_size: int, sort_window: int | None, reduction: str,
-                 max_length: int, keep_special_tokens: bool) -> TensorInputs | TextInputs:
-    """Wrap ``inputs`` (a tensor ``(n_inputs, ...)`` or a list of texts) after checking them."""
+def model_inputs(inputs, tokenizer, *, batch_size: int, sort_window: int | None, reduction: str | None,
+                 max_length: int, keep_special_tokens: bool, attention_mask=None) -> TensorInputs | TextInputs:
+    """Wrap ``inputs`` (a tensor ``(n_inputs, ...)``, token ids ``(n_inputs, seq)`` or a list of texts) after
+    checking them; ``reduction=None`` means one sample per token where there are tokens, else per input."""
     is_text = isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(isinstance(s, str) for s in inputs)
     if is_text:
         if tokenizer is None:
@@ -34,24 +41,68 @@ def model_inputs(inputs, tokenizer, *, batch_size: int, sort_window: int | None,
     if sort_window is not None:
         sort_window = check_positive_int(sort_window, name="sort_window")
     if not is_text:
-        return TensorInputs(x, batch_size)
-    return TextInputs(list(inputs), tokenizer, window=sort_window or 4 * batch_size, reduction=reduction,
+        return TensorInputs(x, batch_size, attention_mask=attention_mask, reduction=reduction)
+    if attention_mask is not None:
+        raise ValueError("attention_mask applies to token-id tensors; texts get theirs from the tokenizer")
+    return TextInputs(list(inputs), tokenizer, window=sort_window or 4 * batch_size, reduction=reduction or "token",
                       max_length=max_length, keep_special_tokens=keep_special_tokens)
 
 
-class TensorInputs:
-    """A tensor ``(n_inputs, ...)``: one sample per input, in input order (a window is one batch)."""
+def _check_mask(mask, x: torch.Tensor) -> torch.Tensor:
+    """The ``attention_mask`` of token ids ``x`` as a BoolTensor of ``x``'s shape (values 0/1 or bool)."""
+    if x.is_floating_point() or x.is_complex() or x.ndim != 2:
+        raise ValueError(f"attention_mask applies to token ids, an integer tensor (n_inputs, seq); the inputs are "
+                         f"{x.dtype} of shape {tuple(x.shape)}")
+    m = torch.as_tensor(mask)
+    if tuple(m.shape) != tuple(x.shape):
+        raise ValueError(f"attention_mask has shape {tuple(m.shape)} but the token ids have {tuple(x.shape)}; "
+                         "give one 0/1 entry per token")
+    if m.is_floating_point() or not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError("attention_mask must hold 0/1 (or bool) per token: 1 = a real token, 0 = padding")
+    if not bool(m.bool().any(1).all()):
+        raise ValueError("attention_mask has an input without any real token; drop it or fix its mask")
+    return m.bool()
 
-    kind = "tensor"
-    sample_keys = ["input_index"]
-    reduction = max_length = keep_special_tokens = None
+
+class TensorInputs:
+    """A tensor ``(n_inputs, ...)``: one sample per input, in input order (a window is one batch).
+
+    Token ids (an integer tensor ``(n_inputs, seq)``) give one sample per real token (by
+    ``attention_mask``, default all) when every recorded output is ``(batch, seq, ...)``; the
+    model is called as ``model(ids)``, or ``model(ids, attention_mask=mask)`` when a mask is given
+    and its forward takes ``attention_mask`` (otherwise the mask only picks the samples).
+    """
+
+    max_length = keep_special_tokens = None
     truncated = 0
 
-    def __init__(self, x: torch.Tensor, batch_size: int):
+    def __init__(self, x: torch.Tensor, batch_size: int, *, attention_mask=None, reduction: str | None = None):
         self.x = x
+        self.is_ids = not (x.is_floating_point() or x.is_complex()) and x.dtype != torch.bool and x.ndim == 2
+        self.mask = None if attention_mask is None else _check_mask(attention_mask, x)
         self.num_inputs = int(x.shape[0])
         self.window = batch_size
         self.special_tokens: dict[str, str] = {}
+        self.requested = reduction
+        self.per_token: bool | None = None  # decided from the first batch's outputs
+        if reduction is not None and not self.is_ids:
+            raise ValueError(
+                f"reduction={reduction!r} needs a token dimension, but the inputs are {x.dtype} of shape "
+                f"{tuple(x.shape)} (one sample per input); token ids are an integer tensor (n_inputs, seq) — "
+                "drop the reduction"
+            )
+
+    @property
+    def kind(self) -> str:
+        return "tokens" if self.per_token else "tensor"
+
+    @property
+    def reduction(self) -> str | None:
+        return (self.requested or "token") if self.per_token else None
+
+    @property
+    def sample_keys(self) -> list[str]:
+        return TOKEN_SAMPLE_KEYS if self.per_token and self.reduction == "token" else ["input_index"]
 
     def order(self, lo: int, hi: int) -> list[int]:
         """Input indices of the window ``[lo, hi)`` in the order they are run."""
@@ -60,11 +111,101 @@ class TensorInputs:
     def run(self, model: nn.Module, idx: torch.Tensor, acts: dict, names: list[str], device, dtype):
         """Run the inputs ``idx`` (consecutive); returns (per-module flat outputs, per-sample keys)."""
         start = int(idx[0])
-        model(self.x[start : start + len(idx)].to(device))
-        return _flatten_inputs(acts, names, len(idx), dtype), {"input_index": idx}
+        x = self.x[start : start + len(idx)]
+        mask = None if self.mask is None else self.mask[start : start + len(idx)]
+        _call(model, x, mask, device)
+        if self.per_token is None:
+            self.per_token = self._token_outputs(acts, names, x.shape)
+        if not self.per_token:
+            return _flatten_inputs(acts, names, len(idx), dtype), {"input_index": idx}
+        mask = torch.ones(x.shape, dtype=torch.bool) if mask is None else mask
+        flat = _flatten_tokens(acts, names, x.shape, mask, self.reduction, dtype)
+        if self.reduction == "mean":
+            return flat, {"input_index": idx}
+        pos = torch.arange(x.shape[1]).expand(x.shape)
+        keys = {"input_index": idx.unsqueeze(1).expand(x.shape)[mask], "token_position": pos[mask],
+                "token_id": x[mask].long()}
+        return flat, keys
+
+    def _token_outputs(self, acts: dict, names: list[str], ids_shape) -> bool:
+        """Whether the outputs are per token: all ``(batch, seq, ...)`` for token ids; an error when mixed."""
+        if not self.is_ids:
+            return False
+        shaped = {n: tuple(_captured(acts, n).shape[:2]) == tuple(ids_shape) and _captured(acts, n).ndim >= 3
+                  for n in names}
+        if all(shaped.values()):
+            return True
+        if any(shaped.values()) or self.requested is not None or self.mask is not None:
+            flat = [n for n, ok in shaped.items() if not ok]
+            raise ValueError(
+                f"token ids {tuple(ids_shape)} give one sample per token only when every recorded output is "
+                f"(batch, seq, ...), but {flat[:3]} output {[tuple(acts[n].shape) for n in flat[:3]]}"
+                + ("; record modules with a token dimension" if any(shaped.values()) or self.mask is not None
+                   else f"; reduction={self.requested!r} cannot apply — drop it or record modules with a token dimension")
+            )
+        return False
 
     def write_inputs(self, writer) -> str:
         return writer.write_inputs_tensor(self.x)
+
+
+def _expected_dtype(model: nn.Module) -> str:
+    """What the model's first parameterised layer takes: token ids for an embedding, else its weights' dtype."""
+    for name, m in model.named_modules():
+        params = list(m.parameters(recurse=False))
+        if not params:
+            continue
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            return f"integer token ids (torch.long; its first layer {name!r} is an Embedding)"
+        return f"{params[0].dtype} (its first layer {name or type(m).__name__!r} holds {params[0].dtype} weights)"
+    return "the dtype its forward expects"
+
+
+def _expected_shape(model: nn.Module) -> str:
+    """What the model's first parameterised layer takes, in words (features, channels)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            return f"its first layer {name!r} is a Linear taking {m.in_features} features per sample"
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return f"its first layer {name!r} is a convolution taking {m.in_channels} input channels"
+        if list(m.parameters(recurse=False)):
+            break
+    return "the inputs do not have the shape the model's forward expects"
+
+
+def _takes_mask(model: nn.Module) -> bool:
+    """Whether ``model.forward`` accepts ``attention_mask=`` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "attention_mask" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _call(model: nn.Module, x: torch.Tensor, mask, device) -> None:
+    """``model(x)``, or ``model(x, attention_mask=mask)`` when its forward takes one (else the mask only picks the
+    samples); a dtype the model rejects is a ValueError naming the dtype it expects."""
+    x = x.to(device)
+    try:
+        if mask is None or not _takes_mask(model):
+            model(x)
+        else:
+            model(x, attention_mask=mask.to(device=device, dtype=torch.long))
+    except (RuntimeError, TypeError, IndexError) as err:
+        msg = " ".join(str(err).split())
+        if isinstance(err, IndexError) and "index out of range" in msg and not x.is_floating_point():
+            raise ValueError(f"token ids of the inputs range over [{int(x.min())}, {int(x.max())}], beyond the "
+                             f"model's embedding table ({msg[:120]}); pass ids below its vocabulary size") from err
+        if "shapes cannot be multiplied" in msg or "size mismatch" in msg or "must match the size" in msg:
+            raise ValueError(f"the model rejected inputs of shape {tuple(x.shape)} ({msg[:160]}); "
+                             f"{_expected_shape(model)} — check that the data matches the model") from err
+        words = ("dtype", "scalar type", "Input type", "Long", "Float", "Double", "Half", "BFloat16", "Int")
+        if not any(w in msg for w in words):
+            raise
+        raise ValueError(
+            f"the model rejected the inputs of dtype {x.dtype}, shape {tuple(x.shape)} ({msg[:160]}); it expects "
+            f"{_expected_dtype(model)} — save the data in that dtype"
+        ) from err
 
 
 class TextInputs:

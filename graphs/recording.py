@@ -36,7 +36,8 @@ def record_activations(
     batch_size: int = 64,
     *,
     tokenizer=None,
-    reduction: str = "token",
+    attention_mask=None,
+    reduction: str | None = None,
     max_length: int = 128,
     keep_special_tokens: bool = True,
     sort_window: int | None = None,
@@ -57,15 +58,20 @@ def record_activations(
     ----------
     model : the network; moved to ``device`` and run in eval mode under ``torch.inference_mode()``
         (its training flag is restored afterwards).
-    inputs : a tensor of shape ``(n_inputs, ...)`` batched along dim 0 — one sample per input; or
-        a list of strings for a Hugging Face model with ``tokenizer`` — one sample per real
-        (non-padding, by the attention mask) token, or per text with ``reduction="mean"``.
+    inputs : a tensor of shape ``(n_inputs, ...)`` batched along dim 0 — one sample per input; token
+        ids, an integer tensor ``(n_inputs, seq)`` run as ``model(ids)`` (``model(ids, attention_mask=m)``
+        with a mask) — one sample per real token when every recorded output is ``(batch, seq, ...)``,
+        else per input; or a list of strings for a Hugging Face model with ``tokenizer`` — one sample
+        per real (non-padding, by the attention mask) token, or per text with ``reduction="mean"``.
     modules : fnmatch pattern(s) or predicate selecting modules (e.g. ``"encoder.layer.*.intermediate"``).
         For text, every matched output must be ``(batch, tokens, ...)``.
     out : folder for the store; must be empty or new unless ``overwrite=True``.
     batch_size : inputs per forward pass.
     tokenizer : a Hugging Face tokenizer (text inputs only); a fast one also gives the token spans.
-    reduction : ``"token"`` (one sample per token) or ``"mean"`` (average over each text's real tokens).
+    attention_mask : token-id inputs only: 0/1 or bool ``(n_inputs, seq)``, 1 = a real token (default: all).
+    reduction : ``"token"`` (one sample per token) or ``"mean"`` (average over each input's real tokens);
+        ``None``: per token where the inputs have tokens, else per input. A reduction the inputs cannot
+        take (a tensor without a token dimension) is an error.
     max_length : texts are truncated to this many tokens (a warning counts them).
     keep_special_tokens : whether ``[CLS]``/``[SEP]``-like tokens count as samples/enter the mean.
     sort_window : texts are run in windows of this many inputs (default ``4 * batch_size``), shortest
@@ -88,13 +94,15 @@ def record_activations(
     max_length = check_positive_int(max_length, name="max_length")
     if shard_size is not None:
         shard_size = check_positive_int(shard_size, name="shard_size")
-    check_choice(reduction, ("token", "mean"), name="reduction")
+    if reduction is not None:
+        check_choice(reduction, ("token", "mean"), name="reduction")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     names = match_modules(model, modules)
     dev = resolve_device(device)
     batches = model_inputs(inputs, tokenizer, batch_size=batch_size, sort_window=sort_window, reduction=reduction,
-                           max_length=max_length, keep_special_tokens=keep_special_tokens)
+                           max_length=max_length, keep_special_tokens=keep_special_tokens,
+                           attention_mask=attention_mask)
     writer = StoreWriter(out, shard_size=shard_size, overwrite=overwrite)
     module_info = _run_model(model, batches, names, writer, batch_size=batch_size, device=dev, dtype=dtype,
                              progress=progress)

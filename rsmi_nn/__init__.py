@@ -5,7 +5,7 @@ critics, the training loop) into the RSMI coarse-graining step, the decimation f
 run directory's format. The application (configs, the ``rsmi`` command, pipeline, export,
 report) is the sub-package :mod:`rsmi_nn.app`; no engine module imports it. Public names
 are imported lazily (PEP 562), so ``import rsmi_nn`` loads neither side's heavy modules;
-``export_run``, ``write_report`` and ``run_pipeline`` are the application's, offered here for
+``export_run``, ``evaluate_run``, ``compare_runs``, ``write_report`` and ``run_pipeline`` are the application's, offered here for
 the one-import API and loaded only when used.
 """
 
@@ -25,6 +25,8 @@ _EXPORTS = {
     "Run": "rsmi_nn.run",
     "Level": "rsmi_nn.run",
     "export_run": "rsmi_nn.app.export",
+    "compare_runs": "rsmi_nn.app.compare",
+    "evaluate_run": "rsmi_nn.app.evaluation",
     "write_report": "rsmi_nn.app.report",
     "run_pipeline": "rsmi_nn.app.pipeline",
 }

@@ -7,7 +7,10 @@ Sub-commands (``rsmi <command> --help`` for every flag)::
     rsmi graph  --store DIR --out FILE   the activation graph of a store (or of a samples file)
     rsmi flow   --samples FILE --lattice L --out DIR     decimation flow on raw samples / a store
     rsmi export RUN_DIR                  feature maps, graphs, top examples of a finished flow
+    rsmi evaluate RUN_DIR                does the model notice? splicing each level back, against baselines
     rsmi report RUN_DIR                  the self-contained report.html
+    rsmi compare RUN_A RUN_B --out DIR   matching, GW distances and flow invariants of two or more runs
+    rsmi encode RUN_DIR --out FILE       coarse variables of every level for a store's (or samples') activations
 
 A user mistake (unknown model, missing file, bad config key, wrong shapes) ends with one line
 ``rsmi: error: ...`` on stderr and exit status 1 (2 for a malformed command line); ``--debug``
@@ -52,15 +55,35 @@ def _cmd_run(args) -> int:
     if config_path is None and source is not None and source in builtin_configs():
         config_path = source  # `rsmi run --source minilm` uses the shipped minilm.toml
     cfg = load_config(config_path)
+    own_source = config_path is None and source is not None and source != cfg.source.name
+    if own_source:  # a source without a shipped config keeps its own defaults, not the default run's [source]
+        from rsmi_nn.app.config import SourceOptions
+
+        cfg.source = SourceOptions()
     apply_flags(cfg, args, args.overrides)
     if args.print_config:
         sys.stdout.write(cfg.to_toml())
         return 0
     _configure_logging(cfg.run.quiet, args.debug)
+    if own_source and not cfg.run.quiet:
+        sys.stdout.write(_inherited_note(source))
     t0 = time.perf_counter()
     out = run_pipeline(cfg, args.out)
     _print_summary(out, time.perf_counter() - t0)
     return 0
+
+
+def _inherited_note(source: str) -> str:
+    """What a run without CONFIG takes from the embedded default config (printed before it starts)."""
+    import tomllib
+
+    from rsmi_nn.app.config import default_config_path
+
+    data = tomllib.loads(default_config_path().read_text())
+    keys = [f"{section}.{key}={value}" for section, values in data.items() if section != "source"
+            for key, value in values.items()]
+    return (f"no CONFIG given: [source] takes {source}'s own defaults (all its inputs; --max-samples to cut); "
+            f"inherited from the embedded default config: {', '.join(keys)} (--print-config shows all)\n")
 
 
 def _flow_source(args) -> tuple[str, dict]:
@@ -103,9 +126,11 @@ def _cmd_record(args) -> int:
     from rsmi_nn.app.pipeline import prepare_input, record_stage
 
     if getattr(args, "source.name") is None:
-        raise UsageError("rsmi record needs --source NAME (digits-mlp, minilm, or python:<module>:<factory>)")
+        raise UsageError("rsmi record needs --source NAME (digits-mlp, minilm, hf:<folder>, or python:<module>:<factory>)")
+    from rsmi_nn.app.pipeline import check_out_dir
+
     cfg = _configured(Config(), args)
-    out = Path(args.out)
+    out = check_out_dir(args.out)
     if (out / "manifest.json").exists() and not args.overwrite:
         raise ValueError(f"{str(out)!r} already holds an activation store; pass --overwrite or another --out")
     _, source, _ = prepare_input(cfg)
@@ -119,6 +144,7 @@ def _cmd_graph(args) -> int:
     from rsmi_nn.app.config import Config
 
     cfg = _configured(Config(), args)
+    out = _graph_out(args.out)
     if args.samples is not None:
         from estimators.validation import check_samples
         from graphs.tensor_files import load_samples
@@ -129,9 +155,18 @@ def _cmd_graph(args) -> int:
 
         x = ActivationStore.open(args.store)
     graph = build_graph(x, **cfg.graph.build_kwargs(), device=cfg.run.device, progress=not cfg.run.quiet)
-    st, js = graph.save(args.out)
+    st, js = graph.save(out)
     print(f"graph: {graph.num_nodes} nodes, {graph.num_edges // 2} edges -> {st}, {js}")
     return 0
+
+
+def _graph_out(out: str) -> Path:
+    """The graph's path stem: ``--out DIR/`` (or an existing folder) means ``DIR/graph.safetensors``/``.json``."""
+    if str(out).strip() == "":
+        raise ValueError("--out is empty; pass the graph's file name (e.g. --out graph)")
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        return Path(out) / "graph"
+    return Path(out)
 
 
 def _cmd_export(args) -> int:
@@ -142,6 +177,42 @@ def _cmd_export(args) -> int:
     index = export_run(args.run_dir, top_examples=cfg.export.top_examples, top_units=cfg.export.top_units,
                        graphml=cfg.export.graphml, store=args.store)
     print(f"exported {args.run_dir} -> {index.parent}")
+    if args.format == "neuronpedia":
+        from rsmi_nn.app.export_neuronpedia import export_neuronpedia
+
+        print(f"neuronpedia: {export_neuronpedia(args.run_dir).parent}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from rsmi_nn.app.config import Config
+    from rsmi_nn.app.evaluation import EVALUATION_JSON, evaluate_run
+    from rsmi_nn.app.evaluation.report_section import summary_lines
+
+    cfg = _configured(Config(), args)
+    result = evaluate_run(args.run_dir, cfg.evaluate, device=cfg.run.device)
+    print("\n".join(summary_lines(result)))
+    print(f"evaluation: {Path(args.run_dir) / EVALUATION_JSON}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from rsmi_nn.app.compare import compare_runs
+    from rsmi_nn.app.compare_options import CompareOptions
+    from rsmi_nn.app.config import Config
+
+    cfg = _configured(Config(), args)
+    given = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("compare.") and v is not None}
+    result = compare_runs(args.runs, args.out, samples=args.samples, options=CompareOptions.create(**given),
+                          seed=cfg.run.seed)
+    key = f"fraction_above_{result['options']['threshold']:g}"
+    print(f"{'level':>5} {'matched|corr|':>14} {key:>20} {'GW':>10}")
+    for lv in result["levels"]:
+        m = lv["matching"]
+        cells = [f"{v:.4g}" if isinstance(v, float) else "-" for v in (m.get("mean_abs_corr"), m.get(key),
+                                                                       lv["gw_distance"])]
+        print(f"{lv['level']:>5} {cells[0]:>14} {cells[1]:>20} {cells[2]:>10}")
+    print(f"comparison: {Path(args.out) / 'compare.json'}, {Path(args.out) / 'compare.html'}")
     return 0
 
 
@@ -153,6 +224,16 @@ def _cmd_report(args) -> int:
     path = write_report(args.run_dir, max_cards=cfg.export.max_cards, top_units=cfg.export.top_units,
                         seed=cfg.run.seed)
     print(f"report: {path}")
+    return 0
+
+
+def _cmd_encode(args) -> int:
+    from rsmi_nn.app.config import Config
+    from rsmi_nn.app.encode import encode_to_file
+
+    _configured(Config(), args)
+    path = encode_to_file(args.run_dir, args.out, store=args.store, samples=args.samples, key=args.key)
+    print(f"encoded {args.run_dir} -> {path}")
     return 0
 
 
@@ -177,7 +258,8 @@ def _print_summary(out: Path, seconds: float) -> None:
 
 
 _COMMANDS = {"run": _cmd_run, "record": _cmd_record, "graph": _cmd_graph, "flow": _cmd_flow,
-             "export": _cmd_export, "report": _cmd_report}
+             "export": _cmd_export, "evaluate": _cmd_evaluate, "report": _cmd_report,
+             "compare": _cmd_compare, "encode": _cmd_encode}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from rsmi_nn import __version__
-from rsmi_nn.app.config import SECTIONS, ExportOptions, RunOptions, SourceOptions
+from rsmi_nn.app.config import SECTIONS, EvaluateOptions, ExportOptions, RunOptions, SourceOptions
 from rsmi_nn.options import FlowOptions, GraphOptions, Options
 
 __all__ = ["UsageError", "add_option_flags", "apply_flags", "build_parser", "flag_names"]
@@ -30,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 _TITLES = {"source": "model source", "graph": "activation graph", "flow": "decimation flow and its RSMI steps",
-           "export": "export and report", "run": "common options"}
+           "export": "export and report", "evaluate": "does the model notice? (evaluation against baselines)",
+           "run": "common options"}
 _METAVARS = {int: "N", float: "X", str: "VALUE", list: "PATTERN", dict: "KEY=VALUE"}
 
 
@@ -127,7 +128,7 @@ def _run_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override any config value, repeatable (e.g. --set flow.levels=3)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    for options in (SourceOptions, GraphOptions, FlowOptions, ExportOptions):
+    for options in (SourceOptions, GraphOptions, FlowOptions, ExportOptions, EvaluateOptions):
         add_option_flags(p, options)
     _common(p)
 
@@ -178,7 +179,39 @@ def _export_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (flow.json + levels/)")
     p.add_argument("--store", metavar="DIR", default=None,
                    help="activation store for the top examples (default: RUN_DIR/activations if present)")
+    p.add_argument("--format", choices=("rsmi", "neuronpedia"), default="rsmi",
+                   help="rsmi: feature_maps/, graphs/, examples/; neuronpedia: also RUN_DIR/neuronpedia/, the "
+                        "variables as Neuronpedia feature dashboards (SAEDashboard batch JSON)")
     add_option_flags(p, ExportOptions, only=("top_examples", "top_units", "graphml"))
+    _common(p)
+
+
+def _evaluate_parser(sub) -> None:
+    p = _subparser(sub, "evaluate", "does the model notice? splice each level back into the model, against baselines",
+                   "Encode held-out inputs (the source's inputs after those the flow recorded) into each level's coarse "
+                   "variables, decode the recorded modules by least squares, splice them into the model and measure "
+                   "the output change against the clean model (1) and mean ablation (0), for rsmi and baselines with "
+                   "the same number of latents; plus a worst-case bound and per-variable effects. Writes "
+                   "RUN_DIR/evaluation.json (a run of `rsmi run` from a model source).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rsmi run` from a model source")
+    names = tuple(n for n in EvaluateOptions.specs() if n != "enabled")
+    add_option_flags(p, EvaluateOptions, only=names)
+    _common(p)
+
+
+def _compare_parser(sub) -> None:
+    from rsmi_nn.app.compare_options import CompareOptions
+
+    p = _subparser(sub, "compare", "compare two or more runs: variable matching, GW distances, flow invariants",
+                   "Compare finished runs level by level: match their coarse variables one-to-one by |corr| on shared "
+                   "samples (runs that recorded the same inputs, or runs of the same units re-encoded on both runs' "
+                   "samples), the Gromov-Wasserstein distance between their level graphs (POT), and the flow "
+                   "invariants of each run with their relative spread. Writes OUT/compare.json and OUT/compare.html.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for compare.json, compare.html, couplings/")
+    p.add_argument("--samples", metavar="FILE", default=None,
+                   help="level-0 activations [N, U0] (.npy/.npz/.safetensors/.pt) to match runs of the same units on")
+    add_option_flags(p, CompareOptions, title="comparison")
     _common(p)
 
 
@@ -187,6 +220,22 @@ def _report_parser(sub) -> None:
                    "Write RUN_DIR/report.html (all images embedded) and RUN_DIR/plots/*.png.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (exported first if needed)")
     add_option_flags(p, ExportOptions, only=("max_cards", "top_units"))
+    _common(p)
+
+
+def _encode_parser(sub) -> None:
+    p = _subparser(sub, "encode", "coarse variables of every level for activations, with a finished flow",
+                   "Apply a finished flow's filters (linear, binarised or MLP) to level-0 activations, streamed from "
+                   "an activation store (the run's level-0 units, by name) or a raw [N, U0] samples file; write one "
+                   "safetensors file with one tensor [N, J_l * h_l] per level (level_000, level_001, ...).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (flow.json + levels/)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--store", metavar="DIR", default=None,
+                     help="activation store holding the run's level-0 units (default: RUN_DIR/activations)")
+    src.add_argument("--samples", metavar="FILE", default=None,
+                     help="raw samples [N, U0], one column per level-0 unit in the run's order")
+    p.add_argument("--key", default=None, help="tensor name inside a multi-tensor samples file")
+    p.add_argument("--out", required=True, metavar="FILE", help="safetensors file to write")
     _common(p)
 
 
@@ -202,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rsmi-nn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for make in (_run_parser, _record_parser, _graph_parser, _flow_parser, _export_parser, _report_parser):
+    for make in (_run_parser, _record_parser, _graph_parser, _flow_parser, _export_parser, _evaluate_parser,
+                 _report_parser, _compare_parser, _encode_parser):
         make(sub)
     return parser

@@ -1,11 +1,12 @@
 """Run configuration: one section per options class, read from and written to TOML.
 
-A config has five sections::
+A config has six sections::
 
     [source]   where the samples come from (a built-in model, a user model, or a samples file)
     [graph]    the level-0 activation graph              (rsmi_nn.options.GraphOptions)
     [flow]     the decimation flow and its RSMI steps    (rsmi_nn.options.FlowOptions)
     [export]   what the export keeps (top examples, report cards)
+    [evaluate] does the model notice? splicing the coarse variables back (rsmi_nn.app.evaluation)
     [run]      seed, device, verbosity
 
 Every key, its type, default, constraint and help text is declared once, on an options class
@@ -32,6 +33,7 @@ from rsmi_nn.options import FlowOptions, GraphOptions, Options, option, parse_by
 __all__ = [
     "SECTIONS",
     "Config",
+    "EvaluateOptions",
     "ExportOptions",
     "RunOptions",
     "SourceOptions",
@@ -68,16 +70,23 @@ class SourceOptions(Options):
 
     section: ClassVar[str] = "source"
 
-    name: str = option("digits-mlp", "'digits-mlp', 'minilm', or a user model 'python:<module.path or file.py>:<factory>' "
-                       "(with --option data=<file>)", kind=str, flag="--source")
+    name: str = option("digits-mlp", "'digits-mlp', 'minilm', a Hugging Face model saved in a folder 'hf:<folder>' "
+                       "(texts from --option data=<file.txt>, default: the bundled corpus), or a user model "
+                       "'python:<module.path or file.py>:<factory>' (with --option data=<file>)", kind=str,
+                       flag="--source")
     options: dict = option({}, "source option, repeatable (e.g. data=inputs.npy, max_texts=200)", kind=dict,
                            flag=("--option", "-o"))
     modules: list | None = option(None, "module name pattern to record, repeatable (fnmatch, e.g. "
                                   "'encoder.layer.*.intermediate'; default: the source's)", kind=list, optional=True)
     max_samples: int | None = option(None, "use at most this many inputs (images, or texts for text models)",
                                      kind=int, optional=True, minimum=1)
-    reduction: str = option("token", "text models: one sample per token, or the mean over each text's tokens",
-                            kind=str, choices=("token", "mean"))
+    reduction: str | None = option(None, "inputs with tokens (texts, token ids): one sample per token, or the mean "
+                                   "over each input's tokens (default: per token; an error for inputs without tokens)",
+                                   kind=str, choices=("token", "mean"), optional=True)
+    site: str | None = option(None, "hf: and minilm sources: the neurons recorded by default: 'mlp' (post-activation "
+                              "MLP neurons of every layer), 'resid' (each layer's output), 'attn-out' (each attention "
+                              "block's output); --modules replaces it", kind=str, choices=("mlp", "resid", "attn-out"),
+                              optional=True)
     batch_size: int = option(64, "inputs per forward pass while recording", kind=int, minimum=1)
 
 
@@ -89,8 +98,50 @@ class ExportOptions(Options):
 
     top_examples: int = option(8, "top-activating inputs kept per coarse variable", kind=int, minimum=1)
     top_units: int = option(10, "level-0 units listed per coarse variable", kind=int, minimum=1)
-    max_cards: int = option(48, "the most coarse-variable cards shown in the report", kind=int, minimum=1)
+    max_cards: int = option(48, "coarse-variable cards per page of the report (every variable is reachable)", kind=int,
+                            minimum=1)
     graphml: bool = option(True, "also write each level's graph as GraphML", kind=bool)
+
+
+_BASELINES = ("block-pca", "block-mean", "pca", "sae")  # rsmi_nn.baselines.BASELINES, without importing torch
+
+
+def _comma_list(value):
+    """``["a,b", "c"]`` or ``"a,b"`` → ``["a", "b", "c"]`` (``--baselines block-pca,pca``)."""
+    if isinstance(value, (list, tuple)):
+        return [v.strip() for item in value for v in str(item).split(",") if v.strip()]
+    return value
+
+
+def _check_baselines(value: list) -> None:
+    bad = [v for v in value if v not in _BASELINES]
+    if bad:
+        raise ValueError(f"evaluate.baselines has {bad}; choose among {', '.join(_BASELINES)}")
+
+
+@dataclass(frozen=True)
+class EvaluateOptions(Options):
+    """Does the model notice? Splice each level's coarse variables back into the model (rsmi_nn.app.evaluation)."""
+
+    section: ClassVar[str] = "evaluate"
+
+    enabled: bool = option(True, "rsmi run: evaluate a run of a model source after its report (evaluation.json)",
+                           kind=bool, flag="--evaluate")
+    held_out: int = option(100, "held-out inputs (the source's inputs after those the flow recorded)", kind=int,
+                           minimum=1)
+    baselines: list = option(list(_BASELINES), "baselines with the same number of latents, comma list of "
+                             "block-pca, block-mean, pca, sae", kind=list, convert=_comma_list,
+                             check=_check_baselines)
+    per_module: bool = option(True, "also splice one recorded module at a time", kind=bool)
+    worst_case_inputs: int = option(32, "held-out inputs of the worst-case search", kind=int, minimum=1)
+    worst_case_starts: int = option(3, "random starts of the worst-case search (and random draws)", kind=int,
+                                    minimum=1)
+    worst_case_steps: int = option(10, "projected gradient steps per start of the worst-case search", kind=int,
+                                   minimum=0)
+    effect_inputs: int = option(32, "held-out inputs of the per-variable mean-ablation effect", kind=int, minimum=1)
+    sae_steps: int = option(2000, "training steps of the sae baseline", kind=int, minimum=1)
+    ridge: float = option(1e-3, "ridge of the least-squares decoder, relative to each standardised code's sum of "
+                          "squares", kind=float, minimum=0.0)
 
 
 @dataclass(frozen=True)
@@ -108,7 +159,8 @@ class RunOptions(Options):
 
 #: config section -> its options class, in file order
 SECTIONS: dict[str, type[Options]] = {
-    "source": SourceOptions, "graph": GraphOptions, "flow": FlowOptions, "export": ExportOptions, "run": RunOptions,
+    "source": SourceOptions, "graph": GraphOptions, "flow": FlowOptions, "export": ExportOptions,
+    "evaluate": EvaluateOptions, "run": RunOptions,
 }
 
 
@@ -124,6 +176,7 @@ class Config:
     graph: GraphOptions = field(default_factory=GraphOptions)
     flow: FlowOptions = field(default_factory=FlowOptions)
     export: ExportOptions = field(default_factory=ExportOptions)
+    evaluate: EvaluateOptions = field(default_factory=EvaluateOptions)
     run: RunOptions = field(default_factory=RunOptions)
 
     @classmethod

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["pydoc_corpus"]
+__all__ = ["pydoc_corpus", "pydoc_passages"]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z])")
 _RULE = re.compile(r"^[\*=\-~^+#]{3,}$")
@@ -61,6 +61,28 @@ def pydoc_corpus(max_texts: int | None = None, *, min_words: int = 6, max_words:
                     continue
                 seen.add(sent)
                 out.append(sent)
+                if max_texts is not None and len(out) >= max_texts:
+                    return out
+    return out
+
+
+def pydoc_passages(max_texts: int | None = None, *, max_words: int = 40) -> list[str]:
+    """The whole of Python's bundled help texts as passages of at most ``max_words`` words.
+
+    Every block of every topic (split at blank lines: prose, grammar rules and code examples alike),
+    whitespace collapsed, cut at word boundaries into passages of ``max_words`` words or fewer, in
+    topic order; deterministic for a given Python version. On Python 3.11.7: 3 315 passages,
+    134 701 MiniLM tokens, 126 449 of them within 128 tokens per text (86 code-dense passages are
+    longer), against ~61 000 in :func:`pydoc_corpus`'s sentences: the corpus for token-scale runs.
+    """
+    from pydoc_data.topics import topics
+
+    out: list[str] = []
+    for name in sorted(topics):
+        for block in re.split(r"\n\s*\n", topics[name]):
+            words = block.split()
+            for i in range(0, len(words), max_words):
+                out.append(" ".join(words[i : i + max_words]))
                 if max_texts is not None and len(out) >= max_texts:
                     return out
     return out

@@ -6,10 +6,13 @@ the map composed from the original units ``M_l [U_0, J_l·h]``; see :mod:`rsmi_n
 
 - ``feature_maps/level_NNN.safetensors``: ``local_*`` (``W_l``) and ``composed_*`` (``M_l``) as COO
   parts (``*_indices [2, nnz]``, ``*_values [nnz]``, ``*_shape [2]``) and a JSON sidecar
-  ``level_NNN.json`` (unit names, block membership, per-variable MI, ξ, locality, top units);
+  ``level_NNN.json`` (unit names, block membership, ξ, locality, and per variable: MI with its standard
+  error, top units, the histogram of its values, its ``parents`` at the next level and ``children`` at the
+  level below — at level 0, the level-0 units of its block);
 - ``graphs/level_NNN.safetensors`` (the level's PyG ``Data`` tensors) and ``graphs/level_NNN.graphml``;
-- ``examples/level_NNN.json`` (+ ``.png`` sprites for image inputs): the top-activating inputs of every
-  coarse variable, when the run has an activation store;
+- ``examples/level_NNN.json`` (+ ``.png`` sprites for image inputs): the top- and bottom-activating inputs of
+  every coarse variable, for text with the variable's value on every token of the context
+  (:mod:`rsmi_nn.app.export_examples`), when the run has an activation store;
 - ``feature_maps/index.json`` last: its presence marks a complete export.
 """
 
@@ -24,7 +27,8 @@ import torch
 
 from graphs.atomic import atomic_save_tensors, atomic_write, atomic_write_bytes
 from rsmi_nn.app.config import read_run_config
-from rsmi_nn.app.files import to_jsonable, write_json
+from rsmi_nn.app.export_examples import level_examples, variable_histograms
+from rsmi_nn.app.files import write_json
 from rsmi_nn.run import Level, Run, load_run
 from rsmi_nn.rundir import read_flow
 
@@ -71,50 +75,40 @@ def _find_store(run: Run, store):
     return store if isinstance(store, ActivationStore) else ActivationStore.open(store)
 
 
-def _top_examples(level: Level, store, k: int) -> dict | None:
-    """Top-``k`` activating samples of every coarse variable of ``level``, described by the store."""
-    h = level.coarse_samples()
-    if h.shape[0] != store.num_samples:
-        log.warning("level %d has %d coarse samples but the store has %d; skipping its examples",
-                    level.index, h.shape[0], store.num_samples)
-        return None
-    k = min(k, h.shape[0])
-    values, rows = torch.topk(h.float(), k, dim=0)  # [k, V]
-    unique = torch.unique(rows)
-    described = {int(i): d for i, d in zip(unique.tolist(), store.examples(unique))}
-    variables = []
-    for v in range(h.shape[1]):
-        items = []
-        for r in range(k):
-            ex = dict(described[int(rows[r, v])])
-            ex["value"] = float(values[r, v])
-            items.append(ex)
-        variables.append(items)
-    kind = store.kind if hasattr(store, "kind") else "tensor"
-    return {"level": level.index, "kind": kind, "k": k, "variables": to_jsonable(variables)}
-
-
 def _write_sprite(path: Path, examples: dict, max_rows: int) -> bool:
-    """One PNG per level: a row of top-activating input images per coarse variable."""
-    first = examples["variables"][0][0].get("input") if examples["variables"] else None
-    if first is None:
-        return False
-    arr = np.asarray(first, dtype=np.float32)
-    if arr.ndim == 1:
-        side = round(arr.size**0.5)
-        if side * side != arr.size:
-            return False
-        shape = (side, side)
-    elif arr.ndim == 2:
-        shape = arr.shape
-    else:
-        return False
-    from rsmi_nn.app.plots import image_grid_png
+    """One PNG per level: a row of top-activating input images per coarse variable (any ``C×H×W``)."""
+    from rsmi_nn.app.plots import image_grid_png, to_picture
 
-    rows = [[np.asarray(ex["input"], dtype=np.float32).reshape(shape) for ex in var]
-            for var in examples["variables"][:max_rows]]
+    first = examples["variables"][0][0].get("input") if examples["variables"] else None
+    if first is None or to_picture(np.asarray(first, dtype=np.float32)) is None:
+        return False
+    rows = [[np.asarray(ex["input"], dtype=np.float32) for ex in var] for var in examples["variables"][:max_rows]]
     atomic_write_bytes(path, image_grid_png(rows))
     return True
+
+
+def _relatives(run: Run, index: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Per coarse variable of level ``index``: its parents (the variables at ``index + 1`` of the block its
+    unit joined; none at the last level or where the next graph dropped it) and its children (the variables
+    at ``index - 1`` that are the units of its block; at level 0, the level-0 unit indices of its block)."""
+    from rsmi_nn.run import _input_columns  # the one definition of which columns became the next level's units
+
+    level = run.levels[index]
+    parents: list[list[int]] = [[] for _ in range(level.num_coarse)]
+    if index + 1 < len(run.levels):
+        nxt = run.levels[index + 1]
+        cols = _input_columns(level, nxt)
+        h = nxt.hidden
+        for col, block in zip(cols.tolist(), nxt.blocks.tolist()):
+            parents[col] = [block * h + c for c in range(h)]
+    members: list[list[int]] = [[] for _ in range(level.num_blocks)]
+    for u, b in enumerate(level.blocks.tolist()):
+        members[b].append(u)
+    if index > 0:
+        cols = _input_columns(run.levels[index - 1], level).tolist()
+        members = [[cols[u] for u in m] for m in members]
+    children = [members[v // level.hidden] for v in range(level.num_coarse)]
+    return parents, children
 
 
 def _save_graph(level: Level, out: Path, graphml: bool) -> None:
@@ -169,11 +163,17 @@ def export_run(run_dir: str | Path, *, top_examples: int = 8, top_units: int = 1
         for u, b in enumerate(blocks):
             members[b].append(level.names[u])
         var_mi = level.variable_mi().tolist()
+        stderr = level._filters.get("mi_stderr")
+        var_se = stderr.double().repeat_interleave(level.hidden).tolist() if stderr is not None else None
+        hists = variable_histograms(level.coarse_samples())
+        parents, children = _relatives(run, level.index)
         variables = []
         for v in range(level.num_coarse):
             variables.append({
                 "variable": v, "block": v // level.hidden, "component": v % level.hidden, "mi": var_mi[v],
+                "mi_stderr": var_se[v] if var_se is not None else None,
                 "top_units": [{"name": n, "weight": w} for n, w in run.top_units(level.index, v, top_units)],
+                "parents": parents[v], "children": children[v], "histogram": hists[v],
             })
         m = level.metrics
         sidecar = {
@@ -195,7 +195,7 @@ def export_run(run_dir: str | Path, *, top_examples: int = 8, top_units: int = 1
         if graphml:
             entry["graphml"] = f"graphs/{stem}.graphml"
         if store is not None:
-            examples = _top_examples(level, store, top_examples)
+            examples = level_examples(level, store, top_examples)
             if examples is not None:
                 write_json(ex_dir / f"{stem}.json", examples, indent=None)
                 entry["examples"] = f"examples/{stem}.json"

@@ -18,6 +18,7 @@ level). A directory holding a run with a *different* configuration is refused ra
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -26,42 +27,28 @@ import torch
 from graphs.tensor_files import load_samples
 from rsmi_nn.app.config import Config, read_run_config
 from rsmi_nn.app.files import write_json, write_text
+from rsmi_nn.app.provenance import (
+    check_stage,
+    file_digest,
+    files_digest,
+    read_fingerprints,
+    record_stage_fingerprint,
+    store_digest,
+)
 from rsmi_nn.rundir import FLOW_JSON, read_flow
 
 __all__ = ["flow_stage", "graph_stage", "load_level0", "prepare_input", "record_stage", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
-#: config sections whose change invalidates the recorded activations / graph / flow
-_RESULT_SECTIONS = ("source", "graph", "flow")
-
-
-def _check_existing(out: Path, config: Config) -> bool:
-    """Refuse a directory holding another run; returns True when export/report must be redone."""
-    path = out / "config.toml"
-    if not path.is_file():
+def _export_changed(out: Path, config: Config) -> bool:
+    """Whether the export options differ from those of the run in ``out`` (its ``config.toml``)."""
+    if not (out / "config.toml").is_file():
         return False
     try:
-        data = read_run_config(out)
-        data.get("run", {}).pop("device", None)  # where it ran is not what it computed (a CUDA run resumes on CPU)
-        old = Config.from_dict(data, origin=str(path))
-    except (ValueError, TypeError, AttributeError):  # TOMLDecodeError is a ValueError
-        raise ValueError(f"{str(path)!r} is unreadable; pass a new --out directory or delete {str(out)!r}") from None
-    for section in _RESULT_SECTIONS:
-        a, b = old.stage_key(section)[section], config.stage_key(section)[section]
-        if section == "source":  # the recording batch size does not change the result
-            a.pop("batch_size"), b.pop("batch_size")
-        if a != b:
-            key = next(k for k in b if a.get(k) != b.get(k))
-            raise ValueError(
-                f"{str(out)!r} already holds a run with {section}.{key}={a.get(key)!r} (now {b.get(key)!r}); "
-                "pass a new --out directory or delete the old one"
-            )
-    if old.run.seed != config.run.seed:
-        raise ValueError(
-            f"{str(out)!r} already holds a run with run.seed={old.run.seed} (now {config.run.seed}); "
-            "pass a new --out directory or delete the old one"
-        )
+        old = Config.from_dict(read_run_config(out), origin=str(out / "config.toml"))
+    except (ValueError, TypeError, AttributeError):  # a damaged config.toml: export again
+        return True
     return old.export != config.export
 
 
@@ -70,9 +57,17 @@ def _load_source(config: Config):
     from rsmi_nn.app.sources import load_source
 
     options = dict(config.source.options)
-    if config.source.name == "minilm" and config.source.max_samples is not None:
+    name = config.source.name
+    if name == "minilm" and config.source.max_samples is not None:
         options.setdefault("max_texts", config.source.max_samples)
-    return load_source(config.source.name, **options)
+    if config.source.site is not None:
+        if config.source.modules:
+            raise ValueError("give either source.site (--site) or source.modules (--modules), not both")
+        if not (name == "minilm" or name.startswith("hf:")):
+            raise ValueError(f"source.site (--site) applies to hf:<folder> and minilm sources, not {name!r}; "
+                             "choose modules with --modules")
+        options["site"] = config.source.site
+    return load_source(name, **options)
 
 
 def prepare_input(config: Config, out: str | Path | None = None):
@@ -111,7 +106,7 @@ def prepare_input(config: Config, out: str | Path | None = None):
             raise ValueError(f"lattice size must be an integer >= 2, got {L!r}")
         if x.shape[1] != L * L:
             side = round(x.shape[1] ** 0.5)
-            hint = f"; did you mean --lattice {side}?" if side * side == x.shape[1] else ""
+            hint = f"; did you mean --lattice {side}?" if side * side == x.shape[1] and side >= 2 else ""
             raise ValueError(
                 f"samples in {file!r} have {x.shape[1]} columns but --lattice {L} needs L*L = {L * L}" + hint
             )
@@ -130,42 +125,117 @@ def prepare_input(config: Config, out: str | Path | None = None):
             f"{graph.num_nodes} units are too few for flow.block_size={config.flow.block_size} (a level needs at "
             f"least 2 x block_size units); use a smaller block size"
         )
+    if graph is not None:  # the flow's own checks, before anything is written
+        from rsmi_nn.flow import check_flow
+
+        check_flow(x, graph, config.flow, graph_options=config.graph, seed=config.run.seed)
     return "samples", x, graph
 
 
 def record_stage(config: Config, out: Path, *, progress: bool, store_dir: Path | None = None, source=None):
     """Record the source's activations into ``store_dir`` (default ``out/activations``).
 
-    Skipped when that store is already complete (``rsmi record`` passes its own directory and
-    checks for an existing store itself). Returns ``(store, skipped)``.
+    Skipped when ``out/activations`` is a complete, readable store whose fingerprint matches
+    (``rsmi record`` passes its own directory and checks for an existing store itself).
+    Returns ``(store, skipped)``.
     """
-    from graphs import ActivationStore
-
     store_dir = Path(store_dir) if store_dir is not None else out / "activations"
-    if (store_dir / "manifest.json").is_file() and store_dir == out / "activations":
-        return ActivationStore.open(store_dir), True
+    own = store_dir == out / "activations"
+    if own and check_stage(out, "record", _record_inputs(config), remove=repr(str(store_dir))):
+        store = _readable_store(store_dir)
+        if store is not None:
+            return store, True
     src = config.source
     source = _load_source(config) if source is None else source
     store = source.record(store_dir, max_samples=src.max_samples, modules=src.modules or None,
                           batch_size=src.batch_size, reduction=src.reduction, device=config.run.device,
                           metadata={"source": src.name, "description": source.description, "kind": source.kind},
                           progress=progress, overwrite=True)
+    if own:
+        record_stage_fingerprint(out, "record", _record_inputs(config))
     return store, False
 
 
+def _record_inputs(config: Config) -> dict:
+    """What the record stage reads: the source section (but its batch size) and the model's files."""
+    source = config.stage_key("source")["source"]
+    source.pop("batch_size")
+    return {"source": source, "model": model_digest(config.source.name)}
+
+
+def model_digest(name: str) -> str | None:
+    """Digest of the files a model source is loaded from (``python:FILE.py:...``, ``hf:DIR``); None for built-ins."""
+    if name.startswith("hf:"):
+        folder = Path(name[3:])
+        return files_digest(sorted(p for p in folder.rglob("*") if p.is_file())) if folder.is_dir() else None
+    if name.startswith("python:"):
+        module = name[len("python:"):].rsplit(":", 1)[0]
+        return file_digest(module) if module.endswith(".py") and Path(module).is_file() else module
+    return None
+
+
+def _readable_store(store_dir: Path):
+    """The store in ``store_dir`` when its manifest and every shard are readable, else None (re-record)."""
+    from safetensors import SafetensorError, safe_open
+
+    from graphs import ActivationStore
+
+    try:
+        store = ActivationStore.open(store_dir)
+        for shard in store.manifest["shards"]:
+            with safe_open(str(store_dir / shard["file"]), "pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+    except (OSError, ValueError, SafetensorError) as err:
+        log.warning("the activation store %s is damaged (%s); recording it again", store_dir, err)
+        return None
+    return store
+
+
 def graph_stage(config: Config, out: Path, x, *, given=None, progress: bool):
-    """Build (or load) the level-0 graph ``out/graph``; ``x`` is a store or a ``[N, U]`` tensor."""
+    """Build (or load) the level-0 graph ``out/graph``; ``x`` is a store or a ``[N, U]`` tensor.
+
+    Skipped when the saved graph is readable and its fingerprint (graph options, the digest of the
+    samples or store it was built from, the given graph file) matches.
+    """
     from graphs import ActivationGraph, build_graph
 
     path = out / "graph"
-    if (out / "graph.json").is_file() and (out / "graph.safetensors").is_file():
-        return ActivationGraph.load(path), True
+    inputs = _graph_inputs(config, out)
+    if check_stage(out, "graph", inputs, remove=f"{str(path)!r}.safetensors/.json"):
+        try:
+            return ActivationGraph.load(path), True
+        except (OSError, ValueError) as err:
+            log.warning("the saved graph %s is damaged (%s); building it again", path, err)
     if given is not None:
         graph = given
     else:
         graph = build_graph(x, **config.graph.build_kwargs(), device=config.run.device, progress=progress)
     graph.save(path)
+    record_stage_fingerprint(out, "graph", inputs)
     return graph, False
+
+
+def _graph_inputs(config: Config, out: Path) -> dict:
+    """What the graph stage reads: graph options (but the memory budget) and the digests of its inputs."""
+    from graphs.graph import graph_paths
+
+    graph = config.stage_key("graph")["graph"]
+    graph.pop("memory_budget")
+    name, opts = config.source.name, config.source.options
+    if name.startswith("samples:"):
+        data = {"samples": file_digest(name[len("samples:"):]), "key": opts.get("key"),
+                "max_samples": config.source.max_samples}
+    elif name.startswith("store:"):
+        data = {"store": store_digest(name[len("store:"):])}
+    else:
+        data = {"store": store_digest(out / "activations")}
+    given = None
+    if "graph" in opts:
+        given = files_digest(graph_paths(opts["graph"]))
+    elif "lattice" in opts:
+        given = f"lattice {opts['lattice']} periodic={bool(opts.get('periodic', True))}"
+    return {"graph": graph, "input": data, "given_graph": given}
 
 
 def load_level0(x, graph) -> torch.Tensor:
@@ -206,17 +276,37 @@ def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | Non
     ------
     ValueError if ``out`` holds a run with another configuration, or for a bad configuration.
     """
-    from rsmi_nn import __version__
-    from rsmi_nn.app.config import versions
-    from rsmi_nn.app.export import export_run, is_exported
-    from rsmi_nn.app.report import write_report
-
     config = (config or Config()).copy()
+    out = check_out_dir(out)
+    progress = (not config.run.quiet) if progress is None else progress
+    fresh = not out.exists() or not any(out.iterdir())
+    try:
+        return _run_stages(config, out, progress, report)
+    except Exception:
+        if fresh and out.is_dir() and not read_fingerprints(out):  # nothing finished: leave no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """``out`` as a Path, refused when empty or an existing file."""
+    if str(out).strip() == "":
+        raise ValueError("--out is empty; pass the directory to write the run into")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; pass a directory")
-    progress = (not config.run.quiet) if progress is None else progress
-    redo_export = _check_existing(out, config)
+    return out
+
+
+def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path:
+    """The stages of :func:`run_pipeline`, each skipped when its fingerprinted output is complete."""
+    from rsmi_nn import __version__
+    from rsmi_nn.app.config import versions
+    from rsmi_nn.app.evaluation import evaluate_run, evaluation_is_current
+    from rsmi_nn.app.export import export_run, is_exported
+    from rsmi_nn.app.report import write_report
+
+    redo_export = _export_changed(out, config)
     kind, data, given_graph = prepare_input(config, out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", config.to_toml())
@@ -262,7 +352,14 @@ def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | Non
     done("export", t0, not fresh_export)
 
     t0 = time.perf_counter()
-    fresh_report = fresh_export or not (out / "report.html").is_file()
+    fresh_eval = (kind == "model" and config.evaluate.enabled
+                  and (flow_changed or not evaluation_is_current(out, config.evaluate)))
+    if fresh_eval:  # does the model notice? (rsmi_nn.app.evaluation; --no-evaluate skips it)
+        evaluate_run(out, config.evaluate, device=config.run.device)
+    done("evaluate", t0, not fresh_eval)
+
+    t0 = time.perf_counter()
+    fresh_report = fresh_export or fresh_eval or not (out / "report.html").is_file()
     if fresh_report:
         write_report(out, max_cards=config.export.max_cards, top_units=config.export.top_units,
                      seed=config.run.seed)

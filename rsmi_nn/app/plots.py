@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-__all__ = ["flow_figure", "graph_figure", "image_grid_png", "lattice_weights_png"]
+__all__ = ["flow_figure", "graph_figure", "image_grid_png", "lattice_weights_png", "to_picture"]
 
 
 def _pyplot():
@@ -54,7 +54,7 @@ def flow_figure(flow: list[dict]) -> bytes:
     ax.plot(levels, xi, "o-", label="ξ (own hops)")
     ax.plot(levels, xi0, "s--", label="ξ (level-0 hops)")
     ax.set_title("correlation length")
-    ax.set_ylabel("ξ [hops]")
+    ax.set_ylabel("ξ [graph hops]")
     ax.legend(fontsize=8)
     chance = [_num(r.get("locality_chance")) for r in flow]
     ax = axes[1]
@@ -64,19 +64,28 @@ def flow_figure(flow: list[dict]) -> bytes:
         ax.legend(fontsize=8)
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("locality preservation")
-    ax.set_ylabel("fraction of local edges")
+    ax.set_ylabel("local share of strongest edges [0–1]")
     ax = axes[2]
-    per_block = [r.get("mi_per_block") or [] for r in flow]
-    for lv, blocks in zip(levels, per_block):
-        vals = [_num(b) for b in blocks]
+    per_block = [[_num(b) for b in (r.get("mi_per_block") or [])] for r in flow]
+    stderr = [[_num(b) for b in (r.get("mi_stderr_per_block") or [])] for r in flow]
+    shown = [v for vals in per_block for v in vals if math.isfinite(v)] + [m for m in mi if math.isfinite(m)]
+    for lv, vals in zip(levels, per_block):
         if vals:
             jitter = np.random.default_rng(lv).uniform(-0.12, 0.12, len(vals))
-            ax.scatter(np.full(len(vals), lv) + jitter, vals, s=6, alpha=0.35, color="tab:gray")
-    ax.plot(levels, mi, "o-", color="tab:red", label="mean I(H;E)")
-    if any(math.isfinite(c) for c in ceil):
-        ax.plot(levels, ceil, ":", color="black", label="bound ceiling")
-    ax.set_title("MI retained (held-out)")
-    ax.set_ylabel("nats")
+            ax.scatter(np.full(len(vals), lv) + jitter, vals, s=6, alpha=0.35, color="tab:gray",
+                       label="per block" if lv == levels[0] else None)
+    sem = [math.sqrt(sum(s * s for s in se if math.isfinite(s))) / len(se) if se else math.nan for se in stderr]
+    ax.errorbar(levels, mi, yerr=[s if math.isfinite(s) else 0.0 for s in sem], fmt="o-", color="tab:red",
+                capsize=3, label="mean I(H;E) ± s.e.")
+    if shown:  # scaled to the data: the bound's ceiling is stated, not drawn as the axis
+        lo, hi = min(0.0, min(shown)), max(shown)
+        ax.set_ylim(lo - 0.05 * (hi - lo or 1.0), hi + 0.08 * (hi - lo or 1.0))
+    finite_ceil = [c for c in ceil if math.isfinite(c)]
+    title = "MI retained (held-out)"
+    if finite_ceil:
+        title += f"\nceiling of the bound: {max(finite_ceil):.2g} nats (off the axis)"
+    ax.set_title(title)
+    ax.set_ylabel("I(H;E) [nats]")
     ax.legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("level")
@@ -149,31 +158,64 @@ def graph_figure(graph, blocks, *, seed: int = 0, max_nodes: int = 400, title: s
     return _png(fig), note
 
 
-def image_grid_png(rows: list[list[np.ndarray]], *, zoom: int = 4, gap: int = 1) -> bytes:
-    """A mosaic of small grey images (one row per coarse variable), as PNG bytes.
+def _normalise(a: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] between the 2nd and 98th percentile (robust to a few extreme pixels; constant → 0)."""
+    lo, hi = (float(v) for v in np.percentile(a, [2.0, 98.0]))
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(a)
 
-    Each image is scaled on its own (2nd–98th percentile) and enlarged ``zoom`` times (nearest neighbour);
-    one mosaic is drawn with ``imsave`` (no axes), which stays fast for hundreds of images.
+
+def to_picture(x: np.ndarray, *, max_channels: int = 8) -> np.ndarray | None:
+    """An input as a contrast-normalised picture in [0, 1]: ``[H, W]`` (grey, 1 = high) or ``[H, W, 3]`` (RGB).
+
+    Accepts a flat square ``[H·H]``, ``[H, W]``, ``[1, H, W]``, ``[3, H, W]`` (RGB, normalised over all channels)
+    or ``[C, H, W]`` with other ``C`` (the first ``max_channels`` channels side by side, each normalised on its
+    own, one pixel of gap). Returns ``None`` for anything else (a vector that is not a square, 4-d arrays).
+    """
+    a = np.asarray(x, dtype=np.float32)
+    if a.ndim == 1:
+        side = round(a.size**0.5)
+        if side * side != a.size or a.size < 4:
+            return None
+        a = a.reshape(side, side)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 2:
+        return _normalise(a)
+    if a.ndim != 3:
+        return None
+    if a.shape[0] == 3:
+        return np.moveaxis(_normalise(a), 0, -1)
+    chans = [_normalise(c) for c in a[:max_channels]]
+    gap = np.full((a.shape[1], 1), np.nan, dtype=np.float32)
+    tiles = [t for c in chans for t in (c, gap)][:-1]
+    return np.nan_to_num(np.concatenate(tiles, axis=1), nan=0.0)
+
+
+def image_grid_png(rows: list[list[np.ndarray]], *, zoom: int = 4, gap: int = 1) -> bytes:
+    """A mosaic of small images (one row per coarse variable), as PNG bytes.
+
+    Each image goes through :func:`to_picture` (any ``C×H×W``, each scaled on its own) and is enlarged
+    ``zoom`` times (nearest neighbour); grey pictures are drawn dark = high (ink on paper). One mosaic is written
+    with ``imsave`` (no axes), which stays fast for hundreds of images.
     """
     import matplotlib.image
 
     _pyplot()
-    rows = [r for r in rows if len(r)] or [[np.zeros((1, 1))]]
-    h = max(img.shape[0] for r in rows for img in r)
-    w = max(img.shape[1] for r in rows for img in r)
-    ncols = max(len(r) for r in rows)
+    pics = [[p for p in (to_picture(img) for img in r) if p is not None] for r in rows]
+    pics = [r for r in pics if r] or [[np.zeros((1, 1), dtype=np.float32)]]
+    h = max(p.shape[0] for r in pics for p in r)
+    w = max(p.shape[1] for r in pics for p in r)
+    ncols = max(len(r) for r in pics)
     cell_h, cell_w = h * zoom + gap, w * zoom + gap
-    canvas = np.ones((len(rows) * cell_h + gap, ncols * cell_w + gap), dtype=np.float32)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            a = np.asarray(img, dtype=np.float32)
-            lo, hi = (float(v) for v in np.percentile(a, [2.0, 98.0]))  # robust to a few extreme pixels
-            a = np.clip((a - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(a)
-            a = np.kron(1.0 - a, np.ones((zoom, zoom), dtype=np.float32))  # dark = high
+    canvas = np.ones((len(pics) * cell_h + gap, ncols * cell_w + gap, 3), dtype=np.float32)
+    for i, row in enumerate(pics):
+        for j, p in enumerate(row):
+            rgb = p if p.ndim == 3 else np.repeat((1.0 - p)[..., None], 3, axis=2)
+            big = np.kron(rgb, np.ones((zoom, zoom, 1), dtype=np.float32))
             y, x = gap + i * cell_h, gap + j * cell_w
-            canvas[y : y + a.shape[0], x : x + a.shape[1]] = a
+            canvas[y : y + big.shape[0], x : x + big.shape[1]] = big
     buf = io.BytesIO()
-    matplotlib.image.imsave(buf, canvas, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    matplotlib.image.imsave(buf, canvas, format="png")
     return buf.getvalue()
 
 

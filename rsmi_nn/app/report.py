@@ -1,9 +1,15 @@
-"""One self-contained HTML report of a run: the flow table, diagnostics, graph drawings, and cards.
+"""One self-contained HTML report of a run: how to read it, the flow, the graph view and a dashboard of variables.
 
-``write_report(run_dir)`` reads the run with :func:`rsmi_nn.load_run` (exporting it first when
-needed), draws the figures with :mod:`rsmi_nn.app.plots`, writes them as PNG files under
-``run_dir/plots/`` and embeds the same images as base64 ``data:`` URIs in ``run_dir/report.html``:
-no external CSS, scripts, fonts or images, so the file opens anywhere, offline.
+``write_report(run_dir)`` reads the run with :func:`rsmi_nn.load_run` (exporting it first when needed),
+draws the flow figure with :mod:`rsmi_nn.app.plots` (also written as PNG files under ``run_dir/plots/``), and
+writes ``run_dir/report.html``: every coarse variable of every level as a card (search, filters, sort, pages;
+links to its block, parent and children), the quotient graph of each level with a zoom into one block, built
+in the browser by ``report_assets/dashboard.js`` from the JSON of :mod:`rsmi_nn.app.report_data` embedded in
+the page. Images are ``data:`` URIs, CSS and script are inline: no request leaves the page, so it opens
+anywhere, offline, from a file.
+
+Sections are functions returning HTML strings; :func:`write_report` lists them in order (other modules'
+sections, such as the evaluation's, are inserted there).
 """
 
 from __future__ import annotations
@@ -15,31 +21,23 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
-
 from graphs.atomic import atomic_write_bytes as write_bytes
 from rsmi_nn.app import plots
 from rsmi_nn.app.config import read_run_config
 from rsmi_nn.app.export import export_run, is_exported
-from rsmi_nn.app.files import write_text
+from rsmi_nn.app.files import to_jsonable, write_text
+from rsmi_nn.app.report_data import dashboard_data
 from rsmi_nn.run import load_run
 
 __all__ = ["write_report"]
 
 log = logging.getLogger(__name__)
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;
-color:#222;line-height:1.4;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;font-size:.9em;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .6em;
-text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}
-.note{color:#666;font-size:.9em}.cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{border:1px solid #ccc;border-radius:6px;padding:.6em;width:340px;font-size:.85em;background:#fcfcfc}
-.card h3{margin:.1em 0 .4em;font-size:1em}.card ol{margin:.2em 0;padding-left:1.4em}
-.ex{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;white-space:pre-wrap;margin:.2em 0}
-mark{background:#ffe27a}img{max-width:100%}.mono{font-family:ui-monospace,Menlo,Consolas,monospace}
-"""
+_ASSETS = Path(__file__).with_name("report_assets")
+
+
+def _asset(name: str) -> str:
+    return (_ASSETS / name).read_text(encoding="utf-8")
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -91,43 +89,17 @@ def _mark_text(text: str, token: str | None = None) -> str:
             + html.escape(text[i + len(needle) :]))
 
 
-def _example_html(ex: dict) -> str:
-    if "text" in ex:
-        marked = _mark_text(str(ex["text"]), ex.get("token"))
-        return f'<div class="ex">{marked} <span class="note">({_fmt(ex.get("value"))})</span></div>'
-    return ""
-
-
-def _examples_block(variable_examples: list[dict]) -> str:
-    if not variable_examples:
-        return ""
-    if "input" in variable_examples[0]:
-        arrs = []
-        for ex in variable_examples:
-            a = np.asarray(ex["input"], dtype=np.float32)
-            if a.ndim == 1:
-                side = round(a.size**0.5)
-                if side * side != a.size:
-                    return ""
-                a = a.reshape(side, side)
-            if a.ndim != 2:
-                return ""
-            arrs.append(a)
-        return "<div>top inputs:</div>" + _img(plots.image_grid_png([arrs], zoom=5), "top inputs")
-    items = "".join(_example_html(ex) for ex in variable_examples)
-    return f"<div>top inputs:</div>{items}" if items else ""
-
-
-def write_report(run_dir: str | Path, *, max_cards: int = 48, top_units: int = 10, max_draw_nodes: int = 400,
+def write_report(run_dir: str | Path, *, max_cards: int = 24, top_units: int = 10, max_draw_nodes: int = 400,
                  seed: int = 0) -> Path:
-    """Write ``run_dir/report.html`` (self-contained) and the same figures under ``run_dir/plots/``.
+    """Write ``run_dir/report.html`` (self-contained) and the figures under ``run_dir/plots/``.
 
     Parameters
     ----------
     run_dir : a finished run directory (``flow.json`` + ``levels/``); exported first if needed.
-    max_cards : the most coarse-variable cards shown (highest MI first; a note says how many were left out).
+    max_cards : coarse-variable cards per page of the dashboard (every variable is reachable by paging,
+        search and links).
     top_units : level-0 units listed per card.
-    max_draw_nodes : larger graphs are drawn on a seeded subset of whole blocks (the figure says so).
+    max_draw_nodes : ``plots/graph_level_NNN.png`` draws larger graphs on a seeded subset of whole blocks.
     seed : seed of the graph layouts.
 
     Returns
@@ -139,14 +111,19 @@ def write_report(run_dir: str | Path, *, max_cards: int = 48, top_units: int = 1
         export_run(root)
     run = load_run(root)
     title = f"rsmi-nn run: {html.escape(root.resolve().name)}"
-    parts = [f"<h1>{title}</h1>", _summary_line(run, root), *_flow_section(run, root / "plots"),
-             *_graphs_section(run, root / "plots", seed, max_draw_nodes), *_cards_section(run, max_cards, top_units),
-             *_provenance_section(run, root)]
+    data = dashboard_data(run, root, top_units=top_units, seed=seed)
+    data["page_size"] = int(max_cards)
+    parts = [f"<h1>{title}</h1>", _summary_line(run, root), _how_to_read(run),
+             *_flow_section(run, root / "plots"), *_graphs_section(run, root / "plots", seed, max_draw_nodes)]
+    # sections of other modules go here, in reading order (e.g. the evaluation's "Does the model notice?")
+    parts += [*_variables_section(run, data), *_provenance_section(run, root)]
+    payload = json.dumps(to_jsonable(data), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     doc = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-           f"<title>{title}</title><style>{_CSS}</style></head><body>\n" + "\n".join(parts)
-           + "\n</body></html>\n")
+           f"<title>{title}</title><style>{_asset('dashboard.css')}</style></head><body>\n" + "\n".join(parts)
+           + f"\n<script type='application/json' id='rsmi-data'>{payload}</script>"
+           + f"\n<script>{_asset('dashboard.js')}</script>\n</body></html>\n")
     out = write_text(root / "report.html", doc)
-    log.info("report written to %s", out)
+    log.info("report written to %s (%.1f MB)", out, len(doc.encode("utf-8")) / 1e6)
     return out
 
 
@@ -158,63 +135,103 @@ def _summary_line(run, root: Path) -> str:
     return f"<p class='note'>{', '.join(what)}; directory <span class='mono'>{html.escape(str(root))}</span></p>"
 
 
+def _how_to_read(run) -> str:
+    """One paragraph at the top: what a level, a block, a coarse variable and the three diagnostics are."""
+    sizes = " → ".join(f"{lv.num_units:,}".replace(",", " ") for lv in run.levels)
+    sizes += f" → {run.levels[-1].num_coarse:,}".replace(",", " ")
+    return (
+        "<div class='how'><b>How to read this flow.</b> Each <i>level</i> partitions its units into connected "
+        f"<i>blocks</i> of its activation graph and learns one coarse variable per block (here {sizes} units "
+        "from level to level): the linear summary H of the block that keeps the most mutual information "
+        "I(H;E) with the block's <i>environment</i> beyond a buffer, so short-range detail is discarded and what "
+        "the block shares with the rest of the network is kept. The coarse variables are the next level's units. "
+        "Read the flow table left to right: the <i>correlation length</i> ξ (how far, in graph hops, units stay "
+        "correlated) should grow when counted in level-0 hops; <i>locality</i> (the share of the coarse graph's "
+        "strongest edges that join blocks adjacent one level below) near 1 and well above its chance level means "
+        "the coarse-graining kept the network's geometry; <i>MI</i> says how much each variable knows about its "
+        "surroundings, in nats, against the estimator's ceiling. Then browse the variables: search a token or a "
+        "unit, open a card, follow its parent up and its children down.</div>")
+
+
+def _flags(run) -> list[str]:
+    """Where a figure or number is not informative, one sentence each."""
+    out = []
+    if len(run.flow) == 1:
+        out.append("One level only: the flow figure shows single points, not a trend.")
+    for r in run.flow:
+        lv = r.get("level")
+        loc, chance = _num(r.get("locality")), _num(r.get("locality_chance"))
+        if math.isfinite(loc) and math.isfinite(chance) and abs(loc - chance) <= max(0.05, 0.1 * chance):
+            out.append(f"Level {lv}: locality {loc:.2f} equals its chance level {chance:.2f} — it says nothing "
+                       "about whether the blocks kept the geometry.")
+        elif not math.isfinite(loc):
+            out.append(f"Level {lv}: no locality (no level above it to compare with, or too few edges).")
+        status = (r.get("correlation_fit") or {}).get("status")
+        if status and status != "fit":
+            out.append(f"Level {lv}: ξ is a {str(status).replace('_', '-')} estimate, not a fit over a range of "
+                       "distances — read it as a rough scale.")
+        mi, se = r.get("mi_per_block") or [], r.get("mi_stderr_per_block") or []
+        if mi and se and len(mi) == len(se) and all(abs(_num(m)) <= 2 * _num(s) for m, s in zip(mi, se)):
+            out.append(f"Level {lv}: every block's MI is within two standard errors of 0.")
+        n, e = _num(r.get("num_nodes")), _num(r.get("num_edges"))
+        if n > 2 and e / 2 > 0.5 * n * (n - 1) / 2:
+            out.append(f"Level {lv}: its graph is near-complete ({e / 2:.0f} of {n * (n - 1) / 2:.0f} possible edges); "
+                       "a drawing of it shows little structure, the quotient graph below shows more.")
+    return out
+
+
+def _num(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _flow_section(run, plot_dir: Path) -> list[str]:
     png = plots.flow_figure(run.flow)
     write_bytes(plot_dir / "flow.png", png)
-    return ["<h2>Flow summary</h2>", _flow_table(run.flow), _img(png, "correlation length, locality and MI against level"),
-            "<p class='note'>ξ: decay length of |connected correlation| with graph distance. Locality: "
-            "fraction of the next level's strongest co-occurrence edges joining blocks adjacent at this "
-            "level. MI: held-out I(H<sub>j</sub>;E<sub>j</sub>) per block (grey dots) and mean (red).</p>"]
+    flags = _flags(run)
+    box = ("<ul class='flags'>" + "".join(f"<li>{html.escape(f)}</li>" for f in flags) + "</ul>") if flags else ""
+    return ["<h2 id='flow'>Flow summary</h2>", _flow_table(run.flow), box,
+            _img(png, "correlation length, locality and MI against level"),
+            "<p class='note'>ξ: decay length of |connected correlation| with graph distance, in hops. Locality: "
+            "fraction of the next level's strongest co-occurrence edges joining blocks adjacent at this level "
+            "(grey: the same for random blocks). MI: held-out I(H<sub>j</sub>;E<sub>j</sub>) per block (grey dots), "
+            "mean (red) with its standard error; the axis is scaled to the values, the bound's ceiling is stated "
+            "in the panel's title.</p>"]
 
 
 def _graphs_section(run, plot_dir: Path, seed: int, max_draw_nodes: int) -> list[str]:
-    parts = ["<h2>Graphs by level (nodes coloured by block)</h2><div class='cards'>"]
-    for level in run.levels:
-        png, note = plots.graph_figure(level.graph, level.blocks.numpy(), seed=seed, max_nodes=max_draw_nodes,
-                                       title=f"level {level.index}: {level.num_units} units, {level.num_blocks} blocks")
+    for level in run.levels:  # the unit-level drawings stay files (plots/); the page draws the quotient graph
+        png, _ = plots.graph_figure(level.graph, level.blocks.numpy(), seed=seed, max_nodes=max_draw_nodes,
+                                    title=f"level {level.index}: {level.num_units} units, {level.num_blocks} blocks")
         write_bytes(plot_dir / f"graph_level_{level.index:03d}.png", png)
-        parts.append(f"<div>{_img(png, f'graph of level {level.index}')}"
-                     + (f"<div class='note'>{html.escape(note)}</div>" if note else "") + "</div>")
-    return [*parts, "</div>"]
+    return ["<h2 id='graphs'>Graphs by level: blocks and their neighbours</h2>",
+            "<div id='graph-tabs' class='tabs'></div><p id='graph-note' class='note'></p>",
+            "<div class='graphwrap'><div id='graph-main'></div><div id='graph-zoom'></div></div>"]
 
 
-def _cards_section(run, max_cards: int, top_units: int) -> list[str]:
-    parts = ["<h2>Coarse variables</h2>"]
-    lattice = (run.levels[0].graph.metadata or {}).get("lattice") if run.levels else None
-    side = int(lattice["L"]) if lattice and int(lattice["L"]) ** 2 == run.num_units else None
-    cards_per_level = max(1, max_cards // max(len(run.levels), 1))
-    for level in run.levels:
-        var_mi = level.variable_mi().numpy()
-        order = np.argsort(-np.nan_to_num(var_mi, nan=-np.inf), kind="stable")
-        shown = order[:cards_per_level]
-        examples = run.examples(level.index)
-        parts.append(f"<h3>Level {level.index} — {level.num_coarse} coarse variable(s)</h3>")
-        if len(order) > len(shown):
-            parts.append(f"<p class='note'>showing the {len(shown)} variables with the highest MI of "
-                         f"{len(order)}; all are in <span class='mono'>feature_maps/level_{level.index:03d}.json"
-                         "</span>.</p>")
-        cards = [_card(run, level, v, float(var_mi[v]), top_units, side, examples) for v in shown.tolist()]
-        parts.append("<div class='cards'>" + "".join(cards) + "</div>")
-    return parts
-
-
-def _card(run, level, v: int, mi: float, top_units: int, side: int | None, examples: dict | None) -> str:
-    """One coarse variable: its block, MI, top level-0 units, lattice weights or top inputs."""
-    top = run.top_units(level.index, v, top_units)
-    units = "".join(f"<li><span class='mono'>{html.escape(n)}</span> {_fmt(w)}</li>" for n, w in top)
-    block = v // level.hidden
-    members = int((level.blocks == block).sum())
-    card = [f"<div class='card'><h3>level {level.index} · variable {v} (block {block}"
-            + (f", component {v % level.hidden}" if level.hidden > 1 else "") + ")</h3>",
-            f"<div>I(H;E) = {_fmt(mi)} nats · block of {members} unit(s)</div>",
-            f"<div>top level-0 units (composed weight):</div><ol>{units}</ol>"]
-    if side is not None:
-        w = run.feature_map_sparse(level.index)[:, v].toarray().reshape(side, side)
-        card.append("<div>weights on the level-0 lattice (red +, blue −):</div>"
-                    + _img(plots.lattice_weights_png(w, zoom=max(2, 160 // side)), "lattice weights"))
-    if examples is not None and v < len(examples.get("variables", [])):
-        card.append(_examples_block(examples["variables"][v]))
-    return "".join(card) + "</div>"
+def _variables_section(run, data: dict) -> list[str]:
+    levels = "".join(f"<option value='{lv.index}'>level {lv.index} ({lv.num_coarse})</option>" for lv in run.levels)
+    effect = ("<option value='effect'>output effect, largest first</option>" if data.get("has_effect") else "")
+    total = sum(lv.num_coarse for lv in run.levels)
+    return [
+        "<h2 id='variables'>Coarse variables</h2>",
+        f"<p class='note'>All {total} coarse variables of the {len(run.levels)} level(s). Each card: MI with its "
+        "standard error (and the output effect when <span class='mono'>evaluation.json</span> exists), the histogram "
+        "of the variable over every sample, its top and bottom examples (every token shaded by the variable's value: "
+        "orange positive, blue negative, relative to the variable's largest |value|; the marked token's value "
+        "leads the line; hover a token for its own value), its top level-0 units with their composed weights, and "
+        "links to its block, its parent (the next level's variable its block became part of) and its children.</p>",
+        "<div class='controls'><input type='search' id='search' placeholder='search top tokens or units, e.g. they' "
+        "aria-label='search'><label>level <select id='level'><option value='all'>all</option>" + levels + "</select></label>"
+        "<label>sort <select id='sort'><option value='mi'>MI, largest first</option>"
+        "<option value='mi-asc'>MI, smallest first</option>" + effect + "<option value='index'>level, index</option>"
+        "</select></label><label>MI ≥ <input type='number' id='min-mi' step='0.05' style='width:5em'></label>"
+        "<span class='pager'><button type='button' id='prev'>◀</button> <button type='button' id='next'>▶</button>"
+        "</span> <span id='count' class='note'></span></div>",
+        "<div id='focus'></div><div id='cards' class='cards'></div>",
+    ]
 
 
 def _provenance_section(run, root: Path) -> list[str]:

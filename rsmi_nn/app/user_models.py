@@ -26,7 +26,7 @@ from torch import nn
 from graphs.tensor_files import TENSOR_SUFFIXES, load_tensor
 from rsmi_nn.app.sources import Source
 
-__all__ = ["default_modules", "python_source"]
+__all__ = ["default_modules", "load_texts", "python_source"]
 
 
 def _import_target(target: str):
@@ -43,9 +43,11 @@ def _import_target(target: str):
         sys.modules[mod_name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception:
+        except (Exception, SystemExit) as err:  # the user's file exiting must not end rsmi silently
             sys.modules.pop(mod_name, None)
-            raise
+            what = f"called sys.exit({err.code!r})" if isinstance(err, SystemExit) else f"raised {type(err).__name__}: {err}"
+            raise ValueError(f"importing the model file {target!r} {what}; fix the file so that it imports "
+                             "without side effects (run your script code under `if __name__ == '__main__':`)") from err
         return module
     try:
         return importlib.import_module(target)
@@ -53,8 +55,28 @@ def _import_target(target: str):
         raise ValueError(f"cannot import module {target!r} ({err}); check the module path or give a .py file") from err
 
 
-def _load_data(data) -> tuple[object, str]:
-    """The inputs in a user's data file: ``(texts, "text")`` from ``.txt``, else ``(tensor, "tensor")``."""
+def load_texts(path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped: one text per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"text file {str(p)!r} not found; pass an existing .txt file with one text per line")
+    if p.suffix.lower() != ".txt":
+        raise ValueError(f"text file {str(p)!r} has suffix {p.suffix!r}; pass a .txt file with one text per line")
+    try:
+        texts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"text file {str(p)!r} is not UTF-8 text; pass a .txt file with one text per line") from None
+    if not texts:
+        raise ValueError(f"text file {str(p)!r} has no non-empty lines")
+    return texts
+
+
+def _load_data(data) -> tuple[object, object, str]:
+    """The inputs in a user's data file: ``(texts, None, "text")`` from ``.txt``, else ``(tensor, mask, "tensor")``.
+
+    A multi-tensor file holding ``input_ids`` gives those token ids and its ``attention_mask``
+    (or ``None``); any other file its one tensor (:func:`graphs.tensor_files.load_tensor`).
+    """
     if data is None:
         raise ValueError("a 'python:' source needs data=<file> (.pt, .npy, .npz, .safetensors or .txt)")
     p = Path(data)
@@ -62,16 +84,34 @@ def _load_data(data) -> tuple[object, str]:
         raise FileNotFoundError(f"data file {str(p)!r} not found; pass an existing .pt/.npy/.npz/.safetensors/.txt file")
     suffix = p.suffix.lower()
     if suffix == ".txt":
-        texts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if not texts:
-            raise ValueError(f"text file {str(p)!r} has no non-empty lines")
-        return texts, "text"
+        return load_texts(p), None, "text"
     if suffix not in TENSOR_SUFFIXES:
         raise ValueError(f"data file {str(p)!r} has suffix {suffix!r}; use .pt, .npy, .npz, .safetensors or .txt")
-    x = load_tensor(p, what="data")
+    x, mask = _token_ids(p)
+    if x is None:
+        x = load_tensor(p, what="data")
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"data file {str(p)!r} must hold a non-empty tensor (n_inputs, ...), got shape {tuple(x.shape)}")
-    return x, "tensor"
+    return x, mask, "tensor"
+
+
+def _token_ids(p: Path):
+    """``(input_ids, attention_mask or None)`` of a multi-tensor file holding ``input_ids``, else ``(None, None)``."""
+    if p.suffix.lower() == ".npy":
+        return None, None
+    try:
+        ids = load_tensor(p, "input_ids", what="data")
+    except ValueError as err:
+        if "has no tensor 'input_ids'" in str(err):
+            return None, None
+        raise
+    try:
+        mask = load_tensor(p, "attention_mask", what="data")
+    except ValueError as err:
+        if "has no tensor 'attention_mask'" not in str(err):
+            raise
+        mask = None
+    return ids, mask
 
 
 _SKIP_ACTIVATIONS = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.MultiheadAttention)
@@ -110,10 +150,15 @@ def python_source(spec: str, *, data=None, modules=None, **factory_kwargs) -> So
     if isinstance(factory, nn.Module):
         result = factory
     elif callable(factory):
-        result = factory(**factory_kwargs)
+        try:
+            result = factory(**factory_kwargs)
+        except (Exception, SystemExit) as err:
+            args = ", ".join(f"{k}={v!r}" for k, v in factory_kwargs.items())
+            raise ValueError(f"the model factory {target}:{factory_name}({args}) failed: {type(err).__name__}: {err}; "
+                             "fix the factory or the options passed to it (-o key=value)") from err
     else:
         raise TypeError(f"{target}:{factory_name} is a {type(factory).__name__}, not callable; point to a factory")
-    inputs, kind = _load_data(data)
+    inputs, mask, kind = _load_data(data)
     tokenizer = None
     if isinstance(result, tuple) and len(result) == 2:
         result, tokenizer = result
@@ -135,4 +180,5 @@ def python_source(spec: str, *, data=None, modules=None, **factory_kwargs) -> So
         tokenizer=tokenizer,
         kind=kind,
         description=f"user model {target}:{factory_name} ({type(result).__name__}) on {Path(data).name}",
+        attention_mask=mask,
     )

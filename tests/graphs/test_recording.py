@@ -151,3 +151,80 @@ def test_sort_window_keeps_input_order_and_truncation_is_reported(tiny_bert, tmp
     assert "2 of 3 texts were truncated" in caplog.text and short.manifest["truncated_inputs"] == 2
     assert short.num_samples == 4 + 4 + 4
 
+
+
+class TokenNet(nn.Module):
+    """A sequence model over token ids: embedding, a per-token MLP, and a pooled head."""
+
+    def __init__(self, vocab=11, d=6):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 8), nn.GELU())
+        self.head = nn.Linear(8, 3)
+        self.seen_mask = None
+
+    def forward(self, ids, attention_mask=None):
+        self.seen_mask = attention_mask
+        h = self.mlp(self.emb(ids))
+        return self.head(h.mean(1))
+
+
+def test_token_ids_give_one_sample_per_real_token(tmp_path):
+    """Token ids [n, seq] with a mask: one sample per real token of (batch, seq, d) outputs (issue 17)."""
+    torch.manual_seed(0)
+    net = TokenNet()
+    ids = torch.randint(0, 11, (9, 5), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(9, 5, dtype=torch.long)
+    mask[2, 3:] = 0
+    mask[7, 1:] = 0
+    store = record_activations(net, ids, "mlp.1", tmp_path / "a", batch_size=4, attention_mask=mask,
+                               device="cpu", progress=False)
+    with torch.no_grad():
+        expected = net.mlp(net.emb(ids))[mask.bool()]
+    assert store.kind == "tokens" and store.manifest["reduction"] == "token"
+    assert store.num_samples == int(mask.sum()) == 9 * 5 - 2 - 4 and store.num_units == 8
+    torch.testing.assert_close(store.to_tensor(), expected, rtol=1e-6, atol=1e-6)
+    info = store.sample_info(range(store.num_samples))
+    assert info["input_index"].tolist()[:12] == [0] * 5 + [1] * 5 + [2] * 2
+    assert info["token_position"].tolist()[10:12] == [0, 1] and torch.equal(info["token_id"], ids[mask.bool()])
+    assert net.seen_mask is not None  # the mask was passed to the model
+    mean = record_activations(net, ids, "mlp.1", tmp_path / "m", reduction="mean", attention_mask=mask,
+                              device="cpu", progress=False)
+    with torch.no_grad():
+        h = net.mlp(net.emb(ids))
+    w = mask.unsqueeze(-1).float()
+    torch.testing.assert_close(mean.to_tensor(), (h * w).sum(1) / w.sum(1), rtol=1e-6, atol=1e-6)
+    # without a mask every position is a sample; the model is called with the ids alone
+    plain = record_activations(net, ids, "mlp.1", tmp_path / "p", device="cpu", progress=False)
+    assert plain.num_samples == 45 and net.seen_mask is None
+
+
+def test_token_ids_per_input_and_reduction_errors(tmp_path):
+    torch.manual_seed(0)
+    net = TokenNet()
+    ids = torch.randint(0, 11, (6, 4))
+    per_input = record_activations(net, ids, "head", tmp_path / "h", device="cpu", progress=False)
+    assert per_input.kind == "tensor" and per_input.num_samples == 6 and per_input.num_units == 3
+    with pytest.raises(ValueError, match="reduction='mean' cannot apply"):
+        record_activations(net, ids, "head", tmp_path / "r", reduction="mean", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="every recorded output is"):
+        record_activations(net, ids, ["mlp.1", "head"], tmp_path / "mix", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="reduction='token' needs a token dimension"):
+        record_activations(nn.Sequential(nn.Linear(4, 2)), torch.randn(5, 4), "0", tmp_path / "f", reduction="token",
+                           progress=False)
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        record_activations(net, ids, "mlp.1", tmp_path / "s", attention_mask=torch.ones(6, 3), progress=False)
+    with pytest.raises(ValueError, match="attention_mask must hold 0/1"):
+        record_activations(net, ids, "mlp.1", tmp_path / "v", attention_mask=torch.full((6, 4), 2), progress=False)
+
+
+def test_wrong_input_dtype_names_the_expected_one(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"dtype torch.float32.*expects integer token ids.*'emb' is an Embedding"):
+        record_activations(TokenNet(), torch.randn(4, 5), "mlp.1", tmp_path / "a", device="cpu", progress=False)
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    with pytest.raises(ValueError, match=r"dtype torch.int64.*expects torch.float32"):
+        record_activations(mlp, torch.ones(4, 4, dtype=torch.long), "1", tmp_path / "b", device="cpu",
+                           progress=False)
+    with pytest.raises(ValueError, match="beyond the model's embedding table"):
+        record_activations(TokenNet(), torch.full((2, 3), 40), "mlp.1", tmp_path / "c", device="cpu", progress=False)

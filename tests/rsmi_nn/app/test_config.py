@@ -59,7 +59,9 @@ def test_shipped_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
 
 
 def test_missing_config_lists_the_shipped_ones(tmp_path):
-    with pytest.raises(FileNotFoundError, match="shipped configs: default, digits-mlp, minilm, tiny"):
+    shipped = ", ".join(sorted(builtin_configs()))  # default, digits-mlp, minilm, ..., tiny, tiny-lm
+    assert {"default", "digits-mlp", "minilm", "tiny", "tiny-lm"} <= set(builtin_configs())
+    with pytest.raises(FileNotFoundError, match=f"shipped configs: {shipped}$"):
         load_config(tmp_path / "absent.toml")
 
 
@@ -110,7 +112,13 @@ def test_record_needs_a_source(tmp_path, capsys):
 
 
 def test_a_run_made_on_another_device_is_not_refused(tmp_path):
-    from rsmi_nn.app.pipeline import _check_existing
+    """Where a stage ran is not what it computed: the device is in no stage's fingerprint (a CUDA run resumes on CPU)."""
+    from rsmi_nn.app.pipeline import _graph_inputs, _record_inputs
 
-    (tmp_path / "config.toml").write_text('[run]\ndevice = "cuda:7"\nseed = 0\n[source]\nname = "digits-mlp"\n')
-    assert _check_existing(tmp_path, Config()) is False
+    cuda, cpu = Config(), Config()
+    object.__setattr__(cuda.run, "device", "cuda:7")  # no CUDA here: skip the check that the device exists
+    cpu.set("run.device", "cpu")
+    assert _record_inputs(cuda) == _record_inputs(cpu)
+    (tmp_path / "activations").mkdir()
+    (tmp_path / "activations" / "manifest.json").write_text('{"shards": []}')
+    assert _graph_inputs(cuda, tmp_path) == _graph_inputs(cpu, tmp_path)

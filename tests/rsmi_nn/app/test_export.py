@@ -132,3 +132,81 @@ def test_load_run_errors(tmp_path, fake):
     assert len(run.levels) == 1
     with pytest.raises(ValueError, match="levels 0..0"):
         run.feature_maps(1)
+
+
+def _tiny_text_store(tmp_path):
+    """A per-token store of a tiny BERT (2 layers x 7 intermediate units = 14 units) on three texts."""
+    transformers = pytest.importorskip("transformers")
+    from graphs import record_activations
+
+    words = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away", "and", "slept"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=7, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    texts = ["the cat sat on the mat", "a dog ran far away and the cat slept on the mat", "the dog ran"]
+    root = tmp_path / "run"
+    store = record_activations(model, texts, "encoder.layer.*.intermediate", root / "activations", batch_size=2,
+                               tokenizer=tok, device="cpu", progress=False)
+    return root, store, texts
+
+
+def test_text_examples_carry_every_token_of_their_context(tmp_path):
+    """Top and bottom examples of text: the variable's value on each context token equals the coarse sample of
+    that token, the tokens read as the text, and the focus token is the example's own."""
+    root, store, texts = _tiny_text_store(tmp_path)
+    truth = make_fake_run(root, x=store.to_tensor())
+    export_run(root, top_examples=3)
+    info = store.sample_info(torch.arange(store.num_samples))
+    for level in range(2):
+        ex = load_run(root).examples(level)
+        coarse = truth["levels"][level]["coarse"]
+        assert len(ex["variables"]) == len(ex["bottom"]) == coarse.shape[1]
+        for v in range(coarse.shape[1]):
+            lows = [it["value"] for it in ex["bottom"][v]]
+            assert lows == sorted(lows) and lows[0] == pytest.approx(float(coarse[:, v].min()), rel=1e-5)
+            for it in ex["variables"][v] + ex["bottom"][v]:
+                j, first = it["input_index"], it["context_start"]
+                rows = torch.nonzero(info["input_index"] == j).flatten()
+                rows = rows[torch.argsort(info["token_position"][rows])]
+                window = rows[first : first + len(it["context_tokens"])]
+                assert int(window[it["context_focus"]]) == it["sample"]
+                np.testing.assert_allclose(it["context_values"], coarse[window, v].numpy(), rtol=2e-3, atol=1e-6)
+                words = "".join(t for t in it["context_tokens"] if not t.startswith("["))
+                assert words.strip() in texts[j]
+                assert it["context_tokens"][it["context_focus"]].strip() in (it["token"], f"{it['token']}")
+    side = json.loads((root / "feature_maps" / "level_000.json").read_text())
+    for var in side["variables"]:  # histograms count every sample; level-0 children are the block's units
+        assert sum(var["histogram"]["counts"]) == store.num_samples
+        assert var["children"] == [u for u, b in enumerate(side["blocks"]) if b == var["block"]]
+    up = json.loads((root / "feature_maps" / "level_001.json").read_text())
+    for var in side["variables"]:  # the parent's block holds this variable as a unit
+        (p,) = {q // up["hidden"] for q in var["parents"]}
+        assert up["blocks"][var["variable"]] == p
+
+
+def test_neuronpedia_layout(tmp_path):
+    from rsmi_nn.app.export_neuronpedia import export_neuronpedia
+
+    root, store, _ = _tiny_text_store(tmp_path)
+    make_fake_run(root, x=store.to_tensor())
+    index = json.loads(export_neuronpedia(root, batch_size=3).read_text())
+    run = load_run(root)
+    for entry, level in zip(index["levels"], run.levels):
+        feats = [f for name in entry["files"]
+                 for f in json.loads((root / "neuronpedia" / name).read_text())["features"]]
+        assert [f["feature_index"] for f in feats] == list(range(level.num_coarse))
+        batch = json.loads((root / "neuronpedia" / entry["files"][0]).read_text())
+        assert set(batch) == {"model_id", "layer", "sae_set", "features"} and batch["layer"] == level.index
+        ex = run.examples(level.index)
+        for f in feats:
+            assert sum(f["freq_hist_data_bar_heights"]) == store.num_samples
+            acts = f["activations"]
+            top = ex["variables"][f["feature_index"]]
+            assert len(acts) == 2 * len(top) and all(len(a["tokens"]) == len(a["values"]) for a in acts)
+            assert acts[0]["tokens"] == top[0]["context_tokens"] and acts[0]["bin_max"] == pytest.approx(
+                top[0]["value"], abs=1e-3)
+            assert f["neuron_alignment_l1"][0] <= 1.0 and len(f["neuron_alignment_indices"]) > 0

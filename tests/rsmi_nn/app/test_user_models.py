@@ -102,3 +102,69 @@ def test_user_model_errors(tmp_path, spec, data, error, match):
     save_file({"a": torch.zeros(2), "b": torch.zeros(2)}, str(tmp_path / "two.safetensors"))
     with pytest.raises(error, match=match):
         load_source(spec.format(d=tmp_path), data=None if data is None else tmp_path / data)
+
+
+SEQ_MODEL = '''
+import torch
+from torch import nn
+
+class SeqModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 12), nn.GELU())
+
+    def forward(self, ids, attention_mask=None):
+        return self.mlp(self.emb(ids))
+
+def make():
+    torch.manual_seed(0)
+    return SeqModel()
+'''
+
+
+def test_token_id_source_through_the_cli(tmp_path, capsys):
+    """``rsmi run --source python:...`` on token ids + mask: one sample per real token, the source's own
+    defaults (not the default config's max_samples=200), inherited settings printed (issue 17)."""
+    import tomllib
+    from safetensors.torch import save_file
+
+    from rsmi_nn.app.cli import main
+
+    (tmp_path / "seq.py").write_text(SEQ_MODEL)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (300, 7), generator=gen)
+    mask = torch.ones(300, 7, dtype=torch.long)
+    mask[::3, 5:] = 0
+    save_file({"input_ids": ids, "attention_mask": mask}, str(tmp_path / "tokens.safetensors"))
+    out = tmp_path / "run"
+    argv = ["run", "--source", f"python:{tmp_path / 'seq.py'}:make", "-o", f"data={tmp_path / 'tokens.safetensors'}",
+            "--out", str(out), "--levels", "1", "--steps", "20", "--block-size", "4", "--k", "6", "--device", "cpu"]
+    assert main([*argv, "--print-config"]) == 0
+    resolved = tomllib.loads(capsys.readouterr().out)["source"]
+    assert "max_samples" not in resolved and resolved["batch_size"] == 64  # not the MiniLM default's 200 / 32
+    main([*argv, "--max-samples", "280", "--quiet"])  # (whether the later stages pass is not this test's concern)
+    printed = capsys.readouterr()
+    assert "no CONFIG given" not in printed.out  # --quiet
+    main([*argv, "--max-samples", "280"])
+    printed = capsys.readouterr()
+    assert printed.out.startswith("no CONFIG given") and "flow.block_size=8" in printed.out  # inherited, printed
+    assert main(["record", *argv[1:5], "--out", str(tmp_path / "store"), "--quiet"]) == 0
+    from graphs import ActivationStore
+
+    store = ActivationStore.open(tmp_path / "store")
+    assert store.manifest["num_inputs"] == 300 and store.kind == "tokens" and store.num_units == 12
+    assert store.num_samples == int(mask.sum()) and store.manifest["reduction"] == "token"
+
+
+def test_wrong_dtype_is_one_line_error(tmp_path, capsys):
+    from rsmi_nn.app.cli import main
+
+    (tmp_path / "seq.py").write_text(SEQ_MODEL)
+    np.save(tmp_path / "x.npy", np.zeros((5, 7), np.float32))
+    rc = main(["record", "--source", f"python:{tmp_path / 'seq.py'}:make", "-o", f"data={tmp_path / 'x.npy'}",
+               "--out", str(tmp_path / "s"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("rsmi: error: the model rejected the inputs of dtype "
+                                                           "torch.float32")
+    assert "expects integer token ids" in err[0]

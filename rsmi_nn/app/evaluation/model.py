@@ -1,0 +1,189 @@
+"""A model on its held-out inputs, run clean or with the recorded modules' outputs replaced.
+
+:class:`SplicedModel` holds the model, its held-out batches and how the run's level-0 units map onto
+the recorded modules' outputs. Activation *rows* are what the flow calls samples: one per input for a
+tensor model, one per real token (attention mask) for a text model, in batch order. ``outputs(x)``
+runs every batch with the recorded modules' outputs replaced by the rows ``x [n_rows, U0]`` (in the
+run's unit order) through forward hooks that exist only inside the call (:func:`replaced_outputs`);
+``x=None`` runs the clean model. Units the run's graph left out (constant on the flow's samples) are
+set to their mean on the flow's samples whenever a module is replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Batch", "ModuleLayout", "SplicedModel", "replaced_outputs"]
+
+
+@dataclass
+class Batch:
+    """One forward pass: ``inputs`` (a tensor, or tokenizer output as a dict), ``mask`` ``[B, T]`` of the
+    tokens that are rows (``None`` for tensor inputs), and the rows ``[start, stop)`` it covers."""
+
+    inputs: object
+    mask: torch.Tensor | None
+    start: int
+    stop: int
+    size: int  # number of inputs
+    labels: torch.Tensor | None = None  # class labels of the inputs, when known
+
+
+@dataclass
+class ModuleLayout:
+    """Where one recorded module's units sit: ``columns`` (run columns) feed ``units`` (indices in the
+    module's flattened output of ``width`` units); ``fill [width]`` is the value of units not in the run."""
+
+    name: str
+    width: int
+    columns: torch.Tensor
+    units: torch.Tensor
+    fill: torch.Tensor
+
+
+@contextmanager
+def replaced_outputs(model: nn.Module, replace: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Inside the block, module ``name``'s output ``t`` is replaced by ``replace[name](t)``.
+
+    Forward hooks, removed in ``finally``. A module whose output is not a tensor raises ValueError.
+    """
+    lookup = dict(model.named_modules())
+    handles = []
+
+    def make(name: str, fn):
+        def hook(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise ValueError(f"module {name!r} returns {type(output).__name__}, not a tensor; it cannot be spliced")
+            return fn(output)
+
+        return hook
+
+    try:
+        for name, fn in replace.items():
+            if name not in lookup:
+                raise ValueError(f"module {name!r} is not in {type(model).__name__}; the run recorded another model")
+            handles.append(lookup[name].register_forward_hook(make(name, fn)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _put_rows(t: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``t`` with its row positions (all inputs, or the ``mask`` tokens) set to ``rows [n, width]``."""
+    rows = rows.to(device=t.device, dtype=t.dtype)
+    if mask is None:
+        return rows.reshape(t.shape)
+    flat = t.reshape(mask.shape[0], mask.shape[1], -1)
+    return flat.masked_scatter(mask[..., None].to(t.device).expand_as(flat), rows).reshape(t.shape)
+
+
+def _get_rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return t.reshape(t.shape[0], -1)
+    return t.reshape(mask.shape[0], mask.shape[1], -1)[mask.to(t.device)]
+
+
+class SplicedModel:
+    """The model, its held-out batches and the unit layout; see the module docstring.
+
+    Parameters
+    ----------
+    model : the network (eval mode), on ``device``.
+    forward : ``forward(model, batch) -> Tensor``: the output the metrics read (class logits ``[B, C]``, a
+        pooled embedding ``[B, d]``, next-token logits ``[B, T, V]``).
+    batches : the held-out batches, rows in order.
+    layout : one :class:`ModuleLayout` per recorded module, in model order.
+    """
+
+    def __init__(self, model: nn.Module, forward, batches: list[Batch], layout: list[ModuleLayout], device):
+        self.model, self.forward, self.batches, self.layout, self.device = model, forward, batches, layout, device
+        self.num_rows = batches[-1].stop if batches else 0
+        self.num_units = sum(len(m.columns) for m in layout)
+
+    @property
+    def modules(self) -> list[str]:
+        return [m.name for m in self.layout]
+
+    def record(self) -> torch.Tensor:
+        """The clean activations ``[n_rows, U0]`` of the run's units on the held-out inputs (float32, CPU)."""
+        out = torch.empty(self.num_rows, self.num_units)
+        for batch in self.batches:
+            seen: dict[str, torch.Tensor] = {}
+
+            def keep(name, seen=seen, mask=batch.mask):
+                def fn(t):
+                    seen[name] = _get_rows(t.detach(), mask).float().cpu()
+                    return t
+                return fn
+
+            with torch.no_grad(), replaced_outputs(self.model, {m.name: keep(m.name) for m in self.layout}):
+                self.forward(self.model, batch)
+            for m in self.layout:
+                rows = seen[m.name]
+                if rows.shape != (batch.stop - batch.start, m.width):
+                    raise ValueError(f"module {m.name!r} gave rows of shape {tuple(rows.shape)}, expected "
+                                     f"{(batch.stop - batch.start, m.width)}; the run recorded another model or input")
+                out[batch.start:batch.stop, m.columns] = rows[:, m.units]
+        return out
+
+    def _replacements(self, rows: torch.Tensor, batch: Batch, modules) -> dict:
+        replace = {}
+        for m in self.layout:
+            if modules is not None and m.name not in modules:
+                continue
+            full = m.fill.to(rows).expand(rows.shape[0], m.width)
+            full = full.index_copy(1, m.units.to(rows.device), rows[:, m.columns.to(rows.device)])
+            replace[m.name] = (lambda t, full=full: _put_rows(t, full, batch.mask))
+        return replace
+
+    def run_batch(self, batch: Batch, rows: torch.Tensor | None = None, modules=None) -> torch.Tensor:
+        """The output on one batch with its rows ``[batch.stop - batch.start, U0]`` spliced into ``modules``
+        (``None``: every recorded module), or clean (``rows=None``); differentiable in ``rows``."""
+        if rows is None:
+            return self.forward(self.model, batch)
+        with replaced_outputs(self.model, self._replacements(rows.to(self.device), batch, modules)):
+            return self.forward(self.model, batch)
+
+    def outputs(self, x: torch.Tensor | None = None, modules=None) -> list[torch.Tensor]:
+        """The outputs of every batch (no gradient), clean (``x=None``) or with the rows ``x [n_rows, U0]``
+        spliced in."""
+        with torch.no_grad():
+            return [self.run_batch(b, None if x is None else x[b.start:b.stop], modules).detach()
+                    for b in self.batches]
+
+    def head(self, n_inputs: int) -> SplicedModel:
+        """The same model on its first ``n_inputs`` held-out inputs (rows ``[0, head.num_rows)``)."""
+        batches, left = [], n_inputs
+        for b in self.batches:
+            if left <= 0:
+                break
+            k = min(left, b.size)
+            left -= k
+            if k == b.size:
+                batches.append(b)
+                continue
+            if b.mask is None:
+                inputs, n = b.inputs[:k], k
+            else:
+                inputs, n = {key: v[:k] for key, v in b.inputs.items()}, int(b.mask[:k].sum())
+            batches.append(Batch(inputs, None if b.mask is None else b.mask[:k], b.start, b.start + n, k,
+                                 None if b.labels is None else b.labels[:k]))
+        return SplicedModel(self.model, self.forward, batches, self.layout, self.device)
+
+
+def repeat_batch(batch: Batch, times: int) -> Batch:
+    """``batch`` with its inputs stacked ``times`` times (copy-major; rows likewise), for running several
+    splices of the same inputs in one forward pass."""
+    if batch.mask is None:
+        inputs = batch.inputs.repeat(times, *([1] * (batch.inputs.ndim - 1)))
+    else:
+        inputs = {k: v.repeat(times, *([1] * (v.ndim - 1))) for k, v in batch.inputs.items()}
+    rows = batch.stop - batch.start
+    return Batch(inputs, None if batch.mask is None else batch.mask.repeat(times, 1), 0, rows * times,
+                 batch.size * times, None if batch.labels is None else batch.labels.repeat(times))
