@@ -98,7 +98,8 @@ def sample_tmr(n: int, branching: int = 4, depth: int = 3, group_size: int = 4, 
     signal, noise : std of each unit's signal and private-noise terms.
     coupling : parent-child correlation ``c`` (one value, or one per level boundary: ``depth - 1`` values,
         ``coupling[l]`` between levels ``l`` and ``l + 1``).
-    nuisance_size : units per nuisance variable (consecutive in the planted order); must be >= 2.
+    nuisance_size : units per nuisance variable (consecutive in the planted order, nested in the groups: a group
+        whose size is not a multiple ends with a smaller sub-group); must be >= 2.
     nuisance_offset : shift of the nuisance sub-groups along the planted order (0: nested in the groups;
         > 0: straddling group boundaries, cyclically).
     contrast : nuisance loadings orthogonal to the signal within each sub-group (else random signs).
@@ -127,7 +128,11 @@ def sample_tmr(n: int, branching: int = 4, depth: int = 3, group_size: int = 4, 
     sizes = [branching ** (depth - 1 - lv) for lv in range(depth)]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     planted = [np.arange(num_units) // (group_size * branching**lv) for lv in range(depth)]
-    nuis_of_unit = ((np.arange(num_units) - nuisance_offset) % num_units) // nuisance_size
+    # sub-groups nested in the groups (a group of 5 in pairs: 2 + 2 + 1), shifted along the planted order by the offset
+    shifted = (np.arange(num_units) - nuisance_offset) % num_units
+    per_group = -(-group_size // nuisance_size)
+    nuis_of_unit = (shifted // group_size) * per_group + (shifted % group_size) // nuisance_size
+    nuis_of_unit = np.unique(nuis_of_unit, return_inverse=True)[1]
     load_signal = np.full(num_units, float(signal))
     load_nuis = _nuisance_loadings(nuis_of_unit, load_signal, float(nuisance), contrast, rng)
     positions = _positions(geometry, group_size, branching, depth)
@@ -223,7 +228,7 @@ def _nuisance_loadings(nuis_of_unit: np.ndarray, load_signal: np.ndarray, amplit
     for s in range(int(nuis_of_unit.max()) + 1):
         members = np.flatnonzero(nuis_of_unit == s)
         a = rng.choice([-1.0, 1.0], size=members.size)
-        if contrast:
+        if contrast and members.size > 1:  # a lone unit's nuisance cannot be orthogonal to its signal
             sig = load_signal[members] / np.linalg.norm(load_signal[members])
             a = a - (a @ sig) * sig
             if np.linalg.norm(a) < 1e-9:  # an all-equal sign draw: take the first two units' contrast

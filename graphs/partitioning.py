@@ -111,17 +111,14 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
             break
         u = jitter[:num_clusters]
         score = cw / (sizes[a] * sizes[b]) * (1.0 + 1e-7 * ((u[a] + u[b]) % 1.0))
+        # merge only pairs that are each other's best partner among *all* candidates: a further handshake among
+        # the still-free clusters (a maximal matching) paired leftovers across planted groups of 3, 5 or 6 units
+        # (ARI 0.66-0.80 on experiments.tmr hierarchies, 1.0 with one handshake) for ~1.6x the contraction rounds
         partner = np.full(num_clusters, -1, dtype=np.int64)
-        free = np.ones(num_clusters, dtype=bool)
-        for _ in range(64):  # handshake rounds until no mutual proposal is left
-            ok = free[a] & free[b]
-            best = _best_partner(a[ok], b[ok], score[ok], num_clusters)
-            idx = np.nonzero(best >= 0)[0]
-            mutual = idx[best[best[idx]] == idx]
-            if mutual.size == 0:
-                break
-            partner[mutual] = best[mutual]
-            free[mutual] = False
+        best = _best_partner(a, b, score, num_clusters)
+        idx = np.nonzero(best >= 0)[0]
+        mutual = idx[best[best[idx]] == idx]
+        partner[mutual] = best[mutual]
         merged = np.arange(num_clusters)
         has = partner >= 0
         merged[has] = np.minimum(np.arange(num_clusters)[has], partner[has])

@@ -100,7 +100,7 @@ def _read_entries(p: Path, suffix: str) -> dict:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+        if isinstance(err, pickle.UnpicklingError) and "global" in str(err).lower():  # a pickled object, refused
             raise ValueError(f"{str(p)!r} holds Python objects other than tensors, which rsmi does not unpickle "
                              "(that could run arbitrary code); save plain tensors (torch.save({'samples': x}, ...)) "
                              "or use .npy / .safetensors") from None
