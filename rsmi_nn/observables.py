@@ -17,6 +17,27 @@ from estimators.validation import check_positive_int, check_samples
 __all__ = ["correlation_length", "graph_sizes", "locality_preservation"]
 
 
+def _source_correlations(x: torch.Tensor, src: torch.Tensor, chunk_elements: int = 2**22):
+    """``(|corr| [S, U] as numpy, std [U])``: Pearson correlations of the ``src`` units with every unit.
+
+    Two passes over row chunks in float64 (mean, then deviations), so memory stays at one chunk and
+    the ``[S, U]`` result whatever the number of samples.
+    """
+    n, u = x.shape
+    rows = max(1, chunk_elements // u)
+    mean = sum(x[a:a + rows].double().sum(0) for a in range(0, n, rows)) / n
+    sq = torch.zeros(u, dtype=torch.float64)
+    cross = torch.zeros(src.numel(), u, dtype=torch.float64)
+    for a in range(0, n, rows):
+        d = x[a:a + rows].double() - mean
+        sq += (d * d).sum(0)
+        cross += d[:, src].T @ d
+    std = (sq / n).sqrt()
+    safe = torch.where(std > 1e-12, std, torch.ones_like(std))
+    corr = (cross / n / safe[src][:, None] / safe[None, :]).abs().numpy()
+    return corr, std
+
+
 def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int = 256, seed: int = 0,
                        noise_factor: float = 3.0, fit_max: int | None = None) -> dict:
     """Correlation length ξ (in hops of ``graph``) from the decay of |connected correlation|.
@@ -55,15 +76,11 @@ def correlation_length(x, graph, max_hops: int | None = None, *, n_sources: int 
     n_sources = check_positive_int(n_sources, name="n_sources")
     if max_hops is not None:
         max_hops = check_positive_int(max_hops, name="max_hops")
-    z = x.to(torch.float64, copy=True)  # standardised in place: one [N, U] float64 array, not three
-    z -= z.mean(0)
-    std = torch.linalg.vector_norm(z, dim=0) / math.sqrt(n)
-    z /= torch.where(std > 1e-12, std, torch.ones_like(std))
     if u > n_sources:
         src = np.sort(np.random.default_rng(seed).choice(u, size=n_sources, replace=False))
     else:
         src = np.arange(u)
-    corr = (z[:, torch.from_numpy(src)].T @ z / n).abs().numpy()  # [S, U]
+    corr, std = _source_correlations(x, torch.from_numpy(src))
     corr[std.numpy()[None, :].repeat(len(src), 0) <= 1e-12] = 0.0
     dist = graph.hop_distances(src.tolist(), max_hops=max_hops).numpy()
     r_max_seen = int(dist.max()) if dist.size else 0
