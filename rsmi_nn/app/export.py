@@ -50,7 +50,8 @@ def is_exported(run_dir: str | Path) -> bool:
         flow = read_flow(p)
     except (OSError, ValueError, TypeError):  # JSONDecodeError is a ValueError
         return False
-    return index.get("num_levels") == len(flow)
+    files = [v for e in index.get("levels", []) for k, v in e.items() if isinstance(v, str) and "/" in v]
+    return index.get("num_levels") == len(flow) and all((p / f).is_file() for f in files)
 
 
 def _coo_parts(prefix: str, m) -> dict[str, torch.Tensor]:

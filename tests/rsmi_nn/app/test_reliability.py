@@ -119,6 +119,17 @@ def test_a_damaged_level_is_recomputed_to_the_same_bytes(samples, base_run, tmp_
     assert _digests(out) == _digests(base_run)
 
 
+def test_a_deleted_export_file_is_written_again(samples, base_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(base_run, out)
+    (out / "feature_maps" / "level_001.safetensors").unlink()
+    (out / "report.html").unlink()
+    assert _flow(samples / "x.npy", out) == 0
+    stages = json.loads((out / "timings.json").read_text())["stages"]
+    assert stages["flow"]["skipped"] and not stages["export"]["skipped"] and not stages["report"]["skipped"]
+    assert _digests(out) == _digests(base_run)
+
+
 def test_levels_of_unknown_configuration_are_recomputed(samples, base_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(base_run, out)
