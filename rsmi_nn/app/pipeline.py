@@ -303,6 +303,7 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
     from rsmi_nn import __version__
     from rsmi_nn.app.config import versions
     from rsmi_nn.app.evaluation import evaluate_run, evaluation_is_current
+    from rsmi_nn.app.evaluation.held_out import NoHeldOutInputs
     from rsmi_nn.app.export import export_run, is_exported
     from rsmi_nn.app.report import write_report
 
@@ -355,7 +356,11 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
     fresh_eval = (kind == "model" and config.evaluate.enabled
                   and (flow_changed or not evaluation_is_current(out, config.evaluate)))
     if fresh_eval:  # does the model notice? (rsmi_nn.app.evaluation; --no-evaluate skips it)
-        evaluate_run(out, config.evaluate, device=config.run.device)
+        try:
+            evaluate_run(out, config.evaluate, device=config.run.device)
+        except NoHeldOutInputs as err:  # every input was recorded: nothing to evaluate on, the run stands
+            log.warning("evaluation skipped: %s", err)
+            fresh_eval = False
     done("evaluate", t0, not fresh_eval)
 
     t0 = time.perf_counter()

@@ -17,11 +17,15 @@ import torch
 from rsmi_nn.app.evaluation.metrics import output_kind
 from rsmi_nn.app.evaluation.model import Batch, ModuleLayout, SplicedModel
 
-__all__ = ["held_out_model", "model_kind"]
+__all__ = ["NoHeldOutInputs", "held_out_model", "model_kind"]
 
 log = logging.getLogger(__name__)
 
 _TEXT_SOURCES = ("minilm", "tiny-lm")  # built-in text sources whose input count is the option max_texts
+
+
+class NoHeldOutInputs(ValueError):
+    """The run recorded every input of its source, so none is held out (``rsmi run`` then skips the evaluation)."""
 
 
 def model_kind(source) -> str:
@@ -41,7 +45,7 @@ def _load(config, n_recorded: int, n: int):
         raise ValueError(f"the run's source is {name!r}, not a model; evaluation splices into a model, so it needs "
                          "a run of `rsmi run` on a model source (digits-mlp, minilm, tiny-lm, python:...)")
     options = dict(config.source.options)
-    if name in _TEXT_SOURCES:
+    if name in _TEXT_SOURCES or name.startswith("hf:"):
         options["max_texts"] = n_recorded + n
     return load_source(name, **options)
 
@@ -109,7 +113,7 @@ def held_out_model(run, run_dir: Path, config, n: int, *, device="cpu", batch_to
     source = _load(config, n_recorded, n)
     total = len(source.inputs)
     if total <= n_recorded:
-        raise ValueError(f"the run recorded all {total} inputs of source {config.source.name!r}, so none is held out; "
+        raise NoHeldOutInputs(f"the run recorded all {total} inputs of source {config.source.name!r}, so none is held out; "
                          f"re-run with --max-samples below {total} (e.g. {int(total * 0.8)})")
     indices = list(range(n_recorded, min(total, n_recorded + n)))
     if len(indices) < n:
