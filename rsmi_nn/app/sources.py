@@ -181,16 +181,21 @@ def cache_dir() -> Path:
 
 # --------------------------------------------------------------------------- digits MLP
 class DigitsMLP(nn.Module):
-    """``hidden.i`` = ``Sequential(Linear, ReLU)`` blocks, then ``out`` = ``Linear`` to 10 classes."""
+    """Pixels standardised by the buffers ``mean``/``std``, then ``hidden.i`` = ``Sequential(Linear, ReLU)``
+    blocks, then ``out`` = ``Linear`` to 10 classes. It takes raw 0..16 pixels, so the recorded inputs are
+    the images themselves (readable pictures in the report)."""
 
     def __init__(self, sizes: tuple[int, ...] = (64, 128, 64), n_classes: int = 10):
         super().__init__()
+        self.register_buffer("mean", torch.zeros(sizes[0]), persistent=False)  # set from the training split
+        self.register_buffer("std", torch.ones(sizes[0]), persistent=False)
         self.hidden = nn.ModuleList(
             nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in itertools.pairwise(sizes)
         )
         self.out = nn.Linear(sizes[-1], n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
         for block in self.hidden:
             x = block(x)
         return self.out(x)
@@ -275,12 +280,15 @@ def _digits_mlp(*, cache: bool = True, retrain: bool = False, width: int | None 
         if cache:
             tensors = dict(model.state_dict(), _mean=mean, _std=std, _test_accuracy=torch.tensor([acc]))
             atomic_save_tensors(path, tensors)
+    with torch.no_grad():  # the model takes raw pixels from here on
+        model.mean.copy_(mean)
+        model.std.copy_(std)
     logger.info("digits-mlp test accuracy %.4f", acc)
     x, y = _digits_data()
     model.eval()
     return Source(
         model=model,
-        inputs=(x - mean) / std,
+        inputs=x,
         modules=["hidden.0", "hidden.1"],
         kind="image",
         description=f"{'-'.join(map(str, recipe['sizes']))}-10 ReLU MLP on sklearn digits (1797 8x8 images), "

@@ -25,7 +25,9 @@ def test_digits_mlp_accuracy_and_shapes(digits):
     assert src.info["test_accuracy"] > 0.9
     assert src.inputs.shape == (1797, 64) and src.kind == "image" and src.input_shape == (8, 8)
     assert src.modules == ["hidden.0", "hidden.1"] and src.targets.shape == (1797,)
-    assert torch.allclose(src.inputs.mean(0), torch.zeros(64), atol=0.2)  # standardised (train-split stats)
+    assert float(src.inputs.min()) == 0 and float(src.inputs.max()) == 16  # raw pixels: pictures read as digits
+    z = (src.inputs - src.model.mean) / src.model.std  # the model standardises them with the train-split stats
+    assert torch.allclose(z.mean(0), torch.zeros(64), atol=0.2)
 
 
 def test_digits_mlp_deterministic(digits):
