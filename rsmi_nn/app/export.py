@@ -200,7 +200,8 @@ def export_run(run_dir: str | Path, *, top_examples: int = 8, top_units: int = 1
             if examples is not None:
                 write_json(ex_dir / f"{stem}.json", examples, indent=None)
                 entry["examples"] = f"examples/{stem}.json"
-                if examples["kind"] != "text" and _write_sprite(ex_dir / f"{stem}.png", examples, max_sprite_rows):
+                pictures = examples["kind"] not in ("text", "tokens")  # token ids are no image, whatever their length
+                if pictures and _write_sprite(ex_dir / f"{stem}.png", examples, max_sprite_rows):
                     entry["sprite"] = f"examples/{stem}.png"
         entries.append(entry)
         log.info("exported level %d: %d units -> %d coarse variables", level.index, level.num_units,

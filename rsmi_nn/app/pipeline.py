@@ -303,7 +303,7 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
     from rsmi_nn import __version__
     from rsmi_nn.app.config import versions
     from rsmi_nn.app.evaluation import evaluate_run, evaluation_is_current
-    from rsmi_nn.app.evaluation.held_out import NoHeldOutInputs
+    from rsmi_nn.app.evaluation.errors import NotEvaluable
     from rsmi_nn.app.export import export_run, is_exported
     from rsmi_nn.app.report import write_report
 
@@ -358,7 +358,7 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
     if fresh_eval:  # does the model notice? (rsmi_nn.app.evaluation; --no-evaluate skips it)
         try:
             evaluate_run(out, config.evaluate, device=config.run.device)
-        except NoHeldOutInputs as err:  # every input was recorded: nothing to evaluate on, the run stands
+        except NotEvaluable as err:  # no held-out input, or no logits / embedding to compare: the run stands
             log.warning("evaluation skipped: %s", err)
             fresh_eval = False
     done("evaluate", t0, not fresh_eval)

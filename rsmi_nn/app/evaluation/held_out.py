@@ -14,18 +14,15 @@ from pathlib import Path
 
 import torch
 
+from rsmi_nn.app.evaluation.errors import NoHeldOutInputs, NotEvaluable
 from rsmi_nn.app.evaluation.metrics import output_kind
 from rsmi_nn.app.evaluation.model import Batch, ModuleLayout, SplicedModel
 
-__all__ = ["NoHeldOutInputs", "held_out_model", "model_kind"]
+__all__ = ["NoHeldOutInputs", "NotEvaluable", "held_out_model", "model_kind"]
 
 log = logging.getLogger(__name__)
 
 _TEXT_SOURCES = ("minilm", "tiny-lm")  # built-in text sources whose input count is the option max_texts
-
-
-class NoHeldOutInputs(ValueError):
-    """The run recorded every input of its source, so none is held out (``rsmi run`` then skips the evaluation)."""
 
 
 def model_kind(source) -> str:

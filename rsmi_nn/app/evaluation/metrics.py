@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from rsmi_nn.app.evaluation.errors import NotEvaluable
+
 __all__ = ["KINDS", "OutputKind", "normalised", "output_kind"]
 
 
@@ -75,7 +77,7 @@ class Classifier(OutputKind):
         logits = _first_tensor(model(batch.inputs))
         if logits is None or logits.ndim != 2:
             shape = None if logits is None else tuple(logits.shape)
-            raise ValueError(f"a classifier must return logits [batch, classes], got {shape}")
+            raise NotEvaluable(f"a classifier must return logits [batch, classes], got {shape}")
         return torch.log_softmax(logits.float(), -1)
 
     def change(self, clean, other):
@@ -128,7 +130,7 @@ class CausalLM(OutputKind):
     def forward(self, model, batch):
         logits = _first_tensor(model(**batch.inputs))
         if logits is None or logits.ndim != 3:
-            raise ValueError("a causal LM must return next-token logits [batch, tokens, vocabulary]")
+            raise NotEvaluable("a causal LM must return next-token logits [batch, tokens, vocabulary]")
         pos = self._positions(batch).to(logits.device)
         return torch.log_softmax(logits[:, :-1][pos].float(), -1)
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rsmi_nn.app.evaluation.errors import NotEvaluable
+
 __all__ = ["Batch", "ModuleLayout", "SplicedModel", "replaced_outputs"]
 
 
@@ -58,7 +60,7 @@ def replaced_outputs(model: nn.Module, replace: dict[str, Callable[[torch.Tensor
     def make(name: str, fn):
         def hook(_module, _inputs, output):
             if not isinstance(output, torch.Tensor):
-                raise ValueError(f"module {name!r} returns {type(output).__name__}, not a tensor; it cannot be spliced")
+                raise NotEvaluable(f"module {name!r} returns {type(output).__name__}, not a tensor; it cannot be spliced")
             return fn(output)
 
         return hook

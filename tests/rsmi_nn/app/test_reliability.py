@@ -244,3 +244,23 @@ def test_negative_levels_are_refused(base_run):
 
     with pytest.raises(ValueError, match="level=-1 does not exist"):
         load_run(base_run).feature_maps(-1)
+
+
+def test_a_model_that_cannot_be_evaluated_still_finishes_its_run(tmp_path, capsys):
+    """A token model whose output is neither logits nor an embedding: `rsmi run` warns and writes the run."""
+    (tmp_path / "tok.py").write_text(
+        "import torch\n"
+        "def make(**kw):\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 24), torch.nn.GELU())\n")
+    ids = torch.randint(0, 50, (96, 12), generator=torch.Generator().manual_seed(0))
+    from safetensors.torch import save_file
+
+    save_file({"input_ids": ids}, str(tmp_path / "ids.safetensors"))
+    out = tmp_path / "o"
+    rc = main(["run", "--source", f"python:{tmp_path}/tok.py:make", "-o", f"data={tmp_path}/ids.safetensors",
+               "--max-samples", "64", "--levels", "1", "--block-size", "4", "--steps", "20", "--eval-every", "10",
+               "--out", str(out), "-q"])
+    assert rc == 0
+    assert (out / "flow.json").is_file() and (out / "report.html").is_file() and not (out / "evaluation.json").exists()
+    assert "evaluation skipped: a classifier must return logits" in capsys.readouterr().err
