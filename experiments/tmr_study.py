@@ -5,7 +5,10 @@ For every regime (a construction of :func:`experiments.tmr.sample_tmr`) the leve
 branching); the coarse variables of every level are scored on held-out rows against the planted truth
 (:mod:`experiments.tmr_scores`), and so are block PCA, block mean, global PCA and a TopK SAE with the
 same blocks / number of latents. One regime's level-0 blocks also get their relevance spectrum
-(``coarse_grain(..., hidden="auto")``). Writes ``tmr.json``, ``tmr_scores.png`` and ``tmr_spectrum.png``.
+(``coarse_grain(..., hidden="auto")``). The trained model family of :mod:`experiments.tmr_models` (MLPs of
+four widths and a transformer, cached) is coarse-grained on its hidden layer and every method's coarse
+variables are probed for every planted level. Writes ``tmr.json``, ``tmr_scores.png``, ``tmr_spectrum.png``
+and ``tmr_models.png``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from graphs.atomic import atomic_write, atomic_write_json
 
-__all__ = ["REGIMES", "main", "run", "run_regime"]
+__all__ = ["REGIMES", "main", "run", "run_models", "run_regime"]
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,27 @@ def relevance_spectrum(name: str = "nuisance", *, n: int = 8000, k: int = 8, see
             "hidden_per_block": res.hidden_per_block.tolist()}
 
 
+def run_models(*, seed: int = 0, steps: int = 3000, sae_steps: int = 2000, progress: bool = False,
+               names: tuple[str, ...] | None = None) -> dict:
+    """Every model of the family (:data:`experiments.tmr_models.FAMILY`): task accuracy and probe scores."""
+    from experiments.tmr_models import FAMILY, load_model, model_recipe, score_model
+
+    models = {}
+    for name in FAMILY if names is None else names:
+        recipe = model_recipe(name, seed=seed)
+        model, stats = load_model(recipe)
+        log.info("model %s: task accuracy %.3f (reference %.3f)", name, stats["val_accuracy"],
+                 stats["reference_accuracy"])
+        t0 = time.time()
+        scores = score_model(model, recipe, steps=steps, sae_steps=sae_steps, seed=seed, progress=progress)
+        models[name] = {"recipe": recipe, "stats": stats, "seconds_scores": time.time() - t0, **scores}
+    return models
+
+
 def run(out: str | os.PathLike = "experiments/results/tmr", *, quick: bool = False, seed: int = 0,
         progress: bool = False) -> dict:
-    """Every regime (``quick``: three of them, shorter training), the spectrum, JSON and plots under ``out``."""
+    """Every regime (``quick``: three of them, shorter training), the spectrum, the model family (:func:`run_models`),
+    JSON and plots under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = QUICK if quick else tuple(REGIMES)
@@ -102,10 +123,13 @@ def run(out: str | os.PathLike = "experiments/results/tmr", *, quick: bool = Fal
         log.info("regime %s", name)
         regimes[name] = run_regime(name, seed=seed, steps=steps, sae_steps=sae_steps, progress=progress)
     spectrum = relevance_spectrum(seed=seed, steps=steps)
-    rec = {"quick": quick, "seed": seed, "regimes": regimes, "relevance_spectrum": spectrum, "table": _table(regimes)}
+    models = run_models(seed=seed, steps=steps, sae_steps=sae_steps, progress=progress)
+    rec = {"quick": quick, "seed": seed, "regimes": regimes, "relevance_spectrum": spectrum, "table": _table(regimes),
+           "models": models, "model_table": _model_table(models)}
     atomic_write_json(out / "tmr.json", rec, sort_keys=True)
     _plot_scores(out / "tmr_scores.png", regimes)
     _plot_spectrum(out / "tmr_spectrum.png", spectrum)
+    _plot_models(out / "tmr_models.png", models)
     return rec
 
 
@@ -118,6 +142,50 @@ def _table(regimes: dict) -> list[dict]:
                 rows.append({"regime": name, "level": level, "method": method, "ari": s["ari"],
                              "corr_mean": s["corr_mean"], "corr_min": s["corr_min"], "reads_latent": s["reads_latent"]})
     return rows
+
+
+def _model_table(models: dict) -> list[dict]:
+    """One row per (model, method, flow level): probe R² and best single-variable |corr| per planted level."""
+    rows = []
+    for name, m in models.items():
+        for method, per_level in {"hidden": [m["hidden"]], **m["probe"]}.items():
+            for level, s in enumerate(per_level):
+                rows.append({"model": name, "task_accuracy": m["stats"]["val_accuracy"], "method": method,
+                             "flow_level": None if method == "hidden" else level,
+                             "num_latents": m["alive_units"] if method == "hidden" else m["num_latents"][level],
+                             "r2": s["r2"], "best_corr": s["best_corr"], "variables_per_level": s["variables_per_level"],
+                             "nuisance_r2": s["nuisance_r2"]})
+    return rows
+
+
+def _plot_models(path: Path, models: dict) -> None:
+    """Probe R² against planted level: one panel per (flow level, method), one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(models.values()))
+    methods, levels = list(first["probe"]), max(len(m["num_latents"]) for m in models.values())
+    fig, axes = plt.subplots(levels, len(methods), figsize=(2.9 * len(methods), 2.7 * levels), squeeze=False,
+                             sharey=True)
+    planted = range(len(first["input_ceiling"]))
+    for row in range(levels):
+        for ax, method in zip(axes[row], methods):
+            ax.plot(planted, first["input_ceiling"], color="k", ls="--", lw=0.8, label="from x (exact)")
+            for i, (name, m) in enumerate(models.items()):
+                if row < len(m["probe"][method]):
+                    ax.plot(planted, m["probe"][method][row]["r2"], marker="o", color=f"C{i}",
+                            ls=":" if name == "transformer" else "-", label=f"{name} ({m['num_latents'][row]})")
+            ax.set_title(f"{method}, flow level {row}", fontsize=8)
+            ax.set_xticks(list(planted))
+            ax.set_ylim(-0.05, 1.02)
+            ax.set_xlabel("planted level")
+        axes[row][0].set_ylabel("held-out probe R²")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
 
 
 def _plot_scores(path: Path, regimes: dict) -> None:
@@ -166,7 +234,7 @@ def _plot_spectrum(path: Path, spec: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="experiments/results/tmr", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="three regimes, shorter training (minutes)")
+    parser.add_argument("--quick", action="store_true", help="three regimes and the model family, shorter training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -177,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         ari = "  -  " if row["ari"] is None else f"{row['ari']:.3f}"
         print(f"{row['regime']:>20} L{row['level']} {row['method']:>10}  ARI {ari}  |corr|/ceiling mean "
               f"{row['corr_mean']:.3f} min {row['corr_min']:.3f}")
+    for row in rec["model_table"]:
+        level = "hidden" if row["flow_level"] is None else f"L{row['flow_level']}"
+        print(f"{row['model']:>12} (task acc {row['task_accuracy']:.3f}) {row['method']:>10} {level:>6} "
+              f"({row['num_latents']:>3} vars)  probe R2 per planted level "
+              + " ".join(f"{v:.3f}" for v in row["r2"]))
     print(f"relevance spectrum: components per block {rec['relevance_spectrum']['hidden_per_block']} "
           f"-> {Path(args.out) / 'tmr.json'}")
     return 0

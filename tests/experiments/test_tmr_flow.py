@@ -61,6 +61,6 @@ def test_tmr_study_quick(tmp_path):
         assert rows[("no-nuisance", level, "block-pca")]["corr_mean"] >= 0.9  # everyone succeeds without nuisance
     assert rows[("nuisance", 0, "block-pca")]["corr_mean"] < 0.3  # block PCA reads the nuisance
     assert rec["relevance_spectrum"]["hidden_per_block"].count(1) >= 0.9 * len(rec["relevance_spectrum"]["hidden_per_block"])
-    for name in ("tmr.json", "tmr_scores.png", "tmr_spectrum.png"):
+    for name in ("tmr.json", "tmr_scores.png", "tmr_spectrum.png", "tmr_models.png"):
         assert (tmp_path / name).exists()
     assert json.loads((tmp_path / "tmr.json").read_text())["quick"] is True
