@@ -168,6 +168,8 @@ class Bound:
 
     name = "bound"
     clip: float | None = None
+    # the row statistics ``from_row_statistics`` reads besides ``diag`` (each costs a pass over the scores)
+    row_keys: tuple[str, ...] = ("lse", "lse_off")
 
     def estimate(self, scores: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -196,6 +198,7 @@ class Bound:
 
 class InfoNCEBound(Bound):
     name = "infonce"
+    row_keys = ("lse",)
 
     def estimate(self, scores):
         return infonce(scores)
@@ -209,6 +212,7 @@ class InfoNCEBound(Bound):
 
 class NWJBound(Bound):
     name = "nwj"
+    row_keys = ("lse_off",)
 
     def estimate(self, scores):
         return nwj(scores)
@@ -227,6 +231,7 @@ class DVBound(Bound):
     """
 
     name = "dv"
+    row_keys = ("lse_off",)
 
     def __init__(self, ema_decay: float = 0.99):
         if not 0.0 <= ema_decay < 1.0:
@@ -264,6 +269,7 @@ class SMILEBound(Bound):
     """SMILE: reports :func:`smile`, trains on the Jensen-Shannon gradient (Song & Ermon 2020)."""
 
     name = "smile"
+    row_keys = ()
 
     def __init__(self, clip: float = 5.0):
         if not clip > 0:

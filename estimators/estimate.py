@@ -9,7 +9,8 @@ Procedure (one batched program for all problems, no Python loop over them):
    of the training rows with the one training loop, :func:`estimators.training.train_problems`;
 4. every ``eval_every`` steps score the bound on the *whole* validation split; keep, per
    problem, the weights of its best validation score and stop a problem after ``patience``
-   evaluations without a gain beyond ``min_delta`` (the loop's rule);
+   evaluations without a gain beyond ``min_delta`` (the loop's rule); a stopped problem leaves the batch, so
+   the slowest problems do not make the others compute until they stop;
 5. report the bound of the best weights on the *whole* test split (never a training batch),
    with a batch-means standard error (:func:`estimators.heldout.heldout_bound`).
 
@@ -29,8 +30,8 @@ from estimators.bounds import BOUNDS, get_bound
 from estimators.critics import CRITICS
 from estimators.device import resolve_device
 from estimators.fused import critic_objective
-from estimators.heldout import heldout_bound
-from estimators.training import TrainSettings, TrainState, train_problems
+from estimators.heldout import chunk_rows, heldout_bound
+from estimators.training import ProblemSubset, TrainSettings, TrainState, train_problems
 from estimators.validation import (
     as_tensor,
     check_choice,
@@ -59,7 +60,8 @@ class MIResult:
     best_step : int or Tensor (P,): training step of the kept weights (0 = untrained).
     steps : number of training steps run.
     history : ``{"step": [...], "train": Tensor [n_evals(, P)], "valid": Tensor [n_evals(, P)]}``:
-        mean training objective since the previous evaluation, and the validation bound.
+        mean training objective since the previous evaluation, and the validation bound (NaN once a problem
+        has stopped and left the batch).
     seconds : wall-clock time of the call.
     """
 
@@ -174,19 +176,31 @@ def _split(xt, yt, xm, ym, sizes: tuple[int, int, int], gen: torch.Generator, de
 
 def _train_critics(net, objective, split: dict, masks, gen: torch.Generator, settings: TrainSettings) -> TrainState:
     """Maximise ``objective`` of every problem's critic on training minibatches, selected on the validation split."""
-    (x_tr, y_tr), (x_va, y_va) = split["train"], split["valid"]
+    full = (*split["train"], *split["valid"], *masks)
+    live = {"data": full}  # the problems still training: stopped ones leave the batch
 
     def train_objective(rows: torch.Tensor) -> torch.Tensor:
-        return critic_objective(net, objective, x_tr[:, rows], y_tr[:, rows], *masks)
+        x_tr, y_tr, _, _, xm, ym = live["data"]
+        return critic_objective(net, objective, x_tr[:, rows], y_tr[:, rows], xm, ym)
+
+    rows = chunk_rows(net, full[0].shape[0], full[2].shape[1])  # the chunks of all P problems, kept as they leave
 
     def validate():
+        _, _, x_va, y_va, xm, ym = live["data"]
         net.eval()
         try:
-            return heldout_bound(net, x_va, y_va, objective, *masks)
+            return heldout_bound(net, x_va, y_va, objective, xm, ym, rows=rows)
         finally:
             net.train()
 
-    return train_problems(list(net.parameters()), train_objective, validate, x_tr.shape[1], gen, settings)
+    cut_net = ProblemSubset([net], full[0].shape[0])
+
+    def restrict(keep: torch.Tensor) -> None:
+        live["data"] = tuple(t[keep] for t in full)
+        cut_net(keep)
+
+    return train_problems(list(net.parameters()), train_objective, validate, full[0].shape[1], gen, settings,
+                          restrict=restrict)
 
 
 def _report(net, objective, split: dict, masks, state: TrainState, batched: bool, start_time: float,

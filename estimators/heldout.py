@@ -15,13 +15,14 @@ groups, the bound is evaluated on each group's rows (against all columns), and
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 
 from estimators.bounds import Bound, get_bound
 
-__all__ = ["bound_with_stderr", "heldout_bound", "row_statistics"]
+__all__ = ["bound_with_stderr", "chunk_rows", "group_edges", "heldout_bound", "row_statistics"]
 
 # Elements of one scores chunk: 8 MiB of float32. With 32 MiB chunks (glibc's largest dynamic mmap
 # threshold) the held-out pass of a 4 096-block RSMI level peaked 3-13 GiB above its working set, varying
@@ -31,17 +32,21 @@ SCORE_BUDGET = 1 << 21
 
 
 @torch.no_grad()
-def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *,
-                   clip: float | None = None, budget: int = SCORE_BUDGET) -> dict[str, torch.Tensor]:
+def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *, clip: float | None = None,
+                   budget: int = SCORE_BUDGET, keys: tuple[str, ...] = ("lse", "lse_off"),
+                   rows: int | None = None) -> dict[str, torch.Tensor]:
     """Per-row reductions of the held-out score matrix ``f[p, i, j] = f_p(x_i, y_j)``.
 
     ``x`` is a ``[P, M, x_dim]`` tensor, or a callable ``x(start, stop) -> [P, stop - start, x_dim]``
     that builds a chunk's rows on the fly (RSMI gathers every block's environment rows that
     way, so the ``[P, M, x_dim]`` tensor is never formed).
 
-    Returns ``[P, M]`` tensors: ``diag`` (``f_ii``), ``lse`` (``logsumexp_j f_ij``),
-    ``lse_off`` (``logsumexp_{j != i} f_ij``) and, when ``clip`` is given,
-    ``lse_off_clip`` (same over ``f`` clamped to ``[-clip, clip]``).
+    Returns ``[P, M]`` tensors: ``diag`` (``f_ii``) and those of ``keys``: ``lse`` (``logsumexp_j f_ij``),
+    ``lse_off`` (``logsumexp_{j != i} f_ij``); when ``clip`` is given, also ``lse_off_clip`` (same over ``f``
+    clamped to ``[-clip, clip]``). Each reduction is a pass over the scores: InfoNCE reads ``lse`` alone
+    (:attr:`estimators.bounds.Bound.row_keys`), half the time of both. ``rows`` : rows per chunk (default:
+    :func:`chunk_rows` of ``budget``); a training loop whose problems leave the batch fixes it, so that the
+    live problems' scores are computed in the same chunks, to the same bits.
     """
     p, m = y.shape[0], y.shape[1]
     x_rows = x if callable(x) else (lambda start, stop: x[:, start:stop])
@@ -51,14 +56,12 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *,
         def score_rows(start: int, stop: int) -> torch.Tensor:
             return torch.bmm(critic.embed_x(x_rows(start, stop), x_mask), ey)
 
-        per_pair = 1
     else:
         def score_rows(start: int, stop: int) -> torch.Tensor:
             return critic(x_rows(start, stop), y, x_mask, y_mask)
 
-        per_pair = getattr(critic, "hidden", 1)  # a concat critic holds [P, rows, M, hidden]
-    chunk = max(1, min(m, budget // per_pair // max(1, p * m)))
-    out = {"diag": [], "lse": [], "lse_off": []}
+    chunk = chunk_rows(critic, p, m, budget) if rows is None else rows
+    out = {"diag": [], **{k: [] for k in ("lse", "lse_off") if k in keys}}
     if clip is not None:
         out["lse_off_clip"] = []
     for start in range(0, m, chunk):
@@ -67,9 +70,11 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *,
         rows = torch.arange(stop - start, device=s.device)
         cols = rows + start
         out["diag"].append(s[:, rows, cols])
-        out["lse"].append(torch.logsumexp(s, dim=2))
+        if "lse" in out:
+            out["lse"].append(torch.logsumexp(s, dim=2))
         s[:, rows, cols] = -math.inf
-        out["lse_off"].append(torch.logsumexp(s, dim=2))
+        if "lse_off" in out:
+            out["lse_off"].append(torch.logsumexp(s, dim=2))
         if clip is not None:
             c = s.clamp(-clip, clip)
             c[:, rows, cols] = -math.inf
@@ -77,8 +82,15 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *,
     return {k: torch.cat(v, dim=1) for k, v in out.items()}
 
 
+def chunk_rows(critic, p: int, m: int, budget: int = SCORE_BUDGET) -> int:
+    """Rows per chunk of :func:`row_statistics` for ``p`` problems and ``m`` columns: ``budget`` scores a chunk."""
+    per_pair = 1 if hasattr(critic, "embed_x") else getattr(critic, "hidden", 1)  # concat: [P, rows, M, hidden]
+    return max(1, min(m, budget // per_pair // max(1, p * m)))
+
+
 def heldout_bound(critic, x, y: torch.Tensor, bound: str | Bound = "infonce", x_mask=None,
-                  y_mask=None, *, n_groups: int = 10, budget: int = SCORE_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+                  y_mask=None, *, n_groups: int = 10, budget: int = SCORE_BUDGET,
+                  columns: int | None = None, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bound on all M held-out rows and its batch-means standard error, both ``[P]`` nats.
 
     Parameters
@@ -88,6 +100,11 @@ def heldout_bound(critic, x, y: torch.Tensor, bound: str | Bound = "infonce", x_
         ``x`` may instead be a row-range callable (see :func:`row_statistics`).
     bound : a name or :class:`Bound`; only its estimate is used (no training state).
     n_groups : number of disjoint row groups for the standard error.
+    columns : when set and below M, the rows are cut into ``ceil(M / columns)`` consecutive groups of
+        (nearly) equal size and each row is scored against its own group's rows only: ``M * columns``
+        scores per problem instead of ``M²``, and InfoNCE's ceiling ``log`` of the smallest group size instead
+        of ``log M``. Every row still counts (the standard error is that of M rows).
+    rows : rows per score chunk (see :func:`row_statistics`).
     """
     bound = get_bound(bound)
     m = y.shape[1]
@@ -96,8 +113,42 @@ def heldout_bound(critic, x, y: torch.Tensor, bound: str | Bound = "infonce", x_
     if not callable(x) and tuple(x.shape[:2]) != tuple(y.shape[:2]):
         raise ValueError(f"x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; "
                          "both must be [P, M, d] with the same P and M")
-    stats = row_statistics(critic, x, y, x_mask, y_mask, clip=bound.clip, budget=budget)
-    return bound_with_stderr(bound, stats, n_groups=n_groups)
+    if columns is not None and columns < 2:
+        raise ValueError(f"columns={columns} must be at least 2 (each row needs a negative)")
+    x_rows = x if callable(x) else (lambda start, stop: x[:, start:stop])
+    edges = group_edges(m, columns)
+    stats = [row_statistics(critic, lambda a, b, s=start: x_rows(s + a, s + b), y[:, start:stop], x_mask, y_mask,
+                            clip=bound.clip, budget=budget, keys=bound.row_keys, rows=rows)
+             for start, stop in itertools.pairwise(edges)]
+    return _grouped_with_stderr(bound, stats, edges, n_groups=n_groups)
+
+
+def group_edges(m: int, columns: int | None) -> list[int]:
+    """Start rows of the column groups of :func:`heldout_bound` and ``m`` (``[0, m]`` for one group)."""
+    n_col = 1 if columns is None or columns >= m else math.ceil(m / columns)
+    return [int(t[0]) for t in torch.arange(m).tensor_split(n_col)] + [m]
+
+
+def _grouped_with_stderr(bound: Bound, stats: list[dict], edges: list[int], *, n_groups: int):
+    """Value and batch-means stderr from the row statistics of each column group (``edges``: their start rows)."""
+    if len(stats) == 1:
+        return bound_with_stderr(bound, stats[0], n_groups=n_groups)
+    m = edges[-1]
+
+    def value_of(a: int, b: int) -> torch.Tensor:
+        """The bound over rows ``a:b``: the row-weighted mean of each column group's bound on its share."""
+        total = 0.0
+        for g, (s0, s1) in enumerate(itertools.pairwise(edges)):
+            lo, hi = max(a, s0), min(b, s1)
+            if hi > lo:
+                part = {k: v[:, lo - s0:hi - s0] for k, v in stats[g].items()}
+                total = total + (hi - lo) * bound.from_row_statistics(part, s1 - s0)
+        return total / (b - a)
+
+    g = max(2, min(n_groups, m // 2))
+    cuts = [int(t[0]) for t in torch.arange(m).tensor_split(g)] + [m]
+    per_group = torch.stack([value_of(a, b) for a, b in itertools.pairwise(cuts)], dim=1)
+    return value_of(0, m), per_group.std(dim=1) / math.sqrt(g)
 
 
 def bound_with_stderr(bound: Bound, stats: dict[str, torch.Tensor], *, n_groups: int = 10):

@@ -15,6 +15,14 @@ objectives, so each problem trains as if alone (its gradient touches only its ow
    problem is never revived (its checkpoint is final, as if it had been trained alone); training
    ends when every problem has stopped.
 
+Stopped problems leave the batch (when the caller passes ``restrict``): after an evaluation that stops
+some, the live problems' slices of every parameter and of Adam's moments are gathered into smaller
+tensors and ``restrict(live)`` tells the caller to cut its data and buffers to the same problems, so the
+rest of the run costs what the live problems cost. Each problem's arithmetic is its own (batched matmuls,
+elementwise Adam), so the kept problems' numbers are those of the uncompacted run (tested byte for byte);
+the history holds NaN for a problem after it left. With 1 000 estimation problems whose stopping steps
+spread over 300-1 000 steps, the long tail no longer costs all 1 000 problems' work.
+
 When a parameter is shared the problems are not independent: they are judged together on the mean
 validation value over the live problems, and keep one common best step. On return the parameters
 hold each problem's best checkpoint.
@@ -37,7 +45,7 @@ import torch
 
 from estimators.device import training_precision
 
-__all__ = ["TrainSettings", "TrainState", "train_problems"]
+__all__ = ["ProblemSubset", "TrainSettings", "TrainState", "train_problems"]
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +139,17 @@ class _Selection:
     def active(self) -> torch.Tensor:
         return ~(self.stopped | self.collapsed)
 
-    def collapse(self, objective: torch.Tensor, step: int) -> torch.Tensor:
-        """Mark the problems with a non-finite objective as collapsed; returns the live mask."""
-        newly = ~torch.isfinite(objective.detach()) & ~self.collapsed
+    def collapse(self, objective: torch.Tensor, step: int, batch: torch.Tensor) -> torch.Tensor:
+        """Mark the problems of ``batch`` (their ``objective [len(batch)]``) that are not finite as collapsed;
+        returns the batch's live mask."""
+        newly = torch.zeros_like(self.collapsed)
+        newly[batch] = ~torch.isfinite(objective.detach())
+        newly &= ~self.collapsed
         if bool(newly.any()):
             log.warning("problem(s) %s produced a non-finite objective at step %d; keeping their best checkpoint",
                         newly.nonzero().flatten()[:10].tolist(), step)
             self.collapsed |= newly
-        return ~self.collapsed
+        return ~self.collapsed[batch]
 
     def _score(self, val: torch.Tensor) -> torch.Tensor:
         if not self.coupled:
@@ -147,8 +158,10 @@ class _Selection:
         mean = val[live].mean() if bool(live.any()) else val.new_tensor(-math.inf)
         return mean.expand_as(val)
 
-    def update(self, val: torch.Tensor, step: int) -> torch.Tensor:
-        """Record one validation; returns the values ``[P]`` compared (``-inf``: not finite, or collapsed)."""
+    def update(self, val: torch.Tensor, step: int, batch: torch.Tensor) -> torch.Tensor:
+        """Record one validation of the problems ``batch`` (the parameters' slices, in order); ``val [P]``.
+
+        Returns the values ``[P]`` compared (``-inf``: not finite, or collapsed)."""
         val = torch.where(torch.isfinite(val) & ~self.collapsed, val, torch.full_like(val, -math.inf))
         score, live = self._score(val), self.active
         improved = (score > self.best_score) & live
@@ -156,9 +169,9 @@ class _Selection:
         if bool(improved.any()):
             with torch.no_grad():
                 for t, b in zip(self.params, self.best):
-                    if t.shape[0] == improved.shape[0]:
-                        b.copy_(torch.where(improved.view(-1, *([1] * (t.ndim - 1))), t, b))
-                    else:  # shared: the coupled problems improve together
+                    if t.shape[0] == batch.numel():
+                        b[batch] = torch.where(improved[batch].view(-1, *([1] * (t.ndim - 1))), t, b[batch])
+                    else:  # shared (never compacted): the coupled problems improve together
                         b.copy_(t)
         self.best_val = torch.where(improved, val, self.best_val)
         self.best_score = torch.where(improved, score, self.best_score)
@@ -170,9 +183,9 @@ class _Selection:
         return val
 
     def restore(self) -> None:
-        with torch.no_grad():
-            for t, b in zip(self.params, self.best):
-                t.copy_(b)
+        """Every parameter back to its full size, each problem at its best checkpoint."""
+        for t, b in zip(self.params, self.best):
+            t.data = b
 
 
 class _History:
@@ -181,18 +194,19 @@ class _History:
     def __init__(self, p: int, device: torch.device):
         self.p, self.device = p, device
         self.record = {"step": [], "train": [], "valid": [], "valid_stderr": [], "active": []}
-        self.train_sum, self.train_count = torch.zeros(p, device=device), 0
+        self.train_sum, self.train_count = torch.zeros(p, device=device), torch.zeros(p, device=device)
 
-    def add_step(self, objective: torch.Tensor) -> None:
-        self.train_sum += objective.detach().nan_to_num(0.0)
-        self.train_count += 1
+    def add_step(self, objective: torch.Tensor, batch: torch.Tensor) -> None:
+        """Add one step's objective ``[len(batch)]`` of the problems ``batch``."""
+        self.train_sum[batch] += objective.detach().nan_to_num(0.0)
+        self.train_count[batch] += 1
 
     def add_evaluation(self, step: int, val: torch.Tensor, stderr: torch.Tensor, active: int) -> str:
         """Append one evaluation; returns the mean finite validation value, formatted for the progress bar."""
         for key, v in (("step", step), ("train", (self.train_sum / self.train_count).cpu()), ("valid", val.cpu()),
                        ("valid_stderr", stderr.detach().float().cpu()), ("active", active)):
             self.record[key].append(v)
-        self.train_sum, self.train_count = torch.zeros(self.p, device=self.device), 0
+        self.train_sum, self.train_count = torch.zeros(self.p, device=self.device), torch.zeros(self.p, device=self.device)
         finite = val[torch.isfinite(val)]
         return f"{float(finite.mean()) if finite.numel() else math.nan:.3f}"
 
@@ -212,6 +226,8 @@ def train_problems(
     settings: TrainSettings,
     *,
     on_step: Callable[[], None] | None = None,
+    restrict: Callable[[torch.Tensor], None] | None = None,
+    problems: torch.Tensor | None = None,
 ) -> TrainState:
     """Train P problems at once; on return ``params`` hold each problem's best checkpoint.
 
@@ -219,13 +235,23 @@ def train_problems(
     ----------
     params : the parameters to optimise, each of leading dimension P (one slice per problem) or 1
         (shared by every problem).
-    objective : ``objective(rows) -> Tensor (P,)`` to *maximise*, for a LongTensor ``rows`` of
-        ``batch_size`` training-row indices (on the parameters' device).
-    validate : ``validate() -> (value, stderr)``, Tensors (P,): the held-out score each problem's
+    objective : ``objective(rows) -> Tensor (P',)`` to *maximise*, for a LongTensor ``rows`` of
+        ``batch_size`` training-row indices (on the parameters' device); P' = P, or the problems still in the
+        batch after ``restrict``.
+    validate : ``validate() -> (value, stderr)``, Tensors (P',): the held-out score each problem's
         checkpoint is selected on, and its standard error (recorded in the history).
     n_train : number of training rows. generator : seeds the minibatch order.
     settings : :class:`TrainSettings`.
     on_step : called after every optimiser step (e.g. to anneal a temperature).
+    restrict : ``restrict(keep)``, ``keep`` a LongTensor of problem indices in ``0..P-1`` (increasing): from now
+        on ``objective`` and ``validate`` compute those problems only, in that order (the caller cuts its data
+        and per-problem buffers; the parameters and Adam's state are cut here). Called when problems stop, and
+        with every index at the end. None: every problem computes until the last stops. Never called when a
+        parameter is shared (the problems then stop together).
+    problems : LongTensor of the problems to train (increasing), default all: the others count as stopped
+        before the first step (they keep their initial parameters, ``-inf`` best value and NaN history), and
+        the trained ones get exactly the numbers of a run of all P (one rank's share of a distributed run).
+        Needs ``restrict`` and no shared parameter.
 
     Returns
     -------
@@ -238,17 +264,25 @@ def train_problems(
     batches = _Minibatches(n_train, settings.batch_size, generator, device)
     opt = torch.optim.Adam(params, lr=settings.lr)
     selection, history = _Selection(params, p, settings, device), _History(p, device)
+    batch = torch.arange(p, device=device)  # the problems the parameters' slices hold, in order
+    if problems is not None:
+        if restrict is None or selection.coupled:
+            raise ValueError("train_problems(problems=...) needs restrict and no shared parameter")
+        selection.stopped |= ~_in(problems.to(device), p)
+        batch = _compact(params, opt, batch, selection.active, restrict)
     bar = tqdm(total=settings.max_steps, desc=settings.description, disable=not settings.progress, leave=False)
     step = 0
     while step < settings.max_steps:
         step += 1
         with training_precision(device):
             obj = objective(batches.next())
-            if obj.shape != (p,):
-                raise ValueError(f"objective returned shape {tuple(obj.shape)}; expected ({p},), one value per problem")
-            live = selection.collapse(obj, step)
+            if obj.shape != (batch.numel(),):
+                raise ValueError(f"objective returned shape {tuple(obj.shape)}; expected ({batch.numel()},), one value "
+                                 "per problem")
+            live = selection.collapse(obj, step, batch)
             opt.zero_grad(set_to_none=True)
             (-torch.where(live, obj, torch.zeros_like(obj)).sum()).backward()
+        obj = obj.detach()  # frees the step's graph, whose leaf nodes would pin the parameters' old shapes
         for t in params:  # a diverging problem must not poison its own weights with NaN
             if t.grad is not None:
                 t.grad.nan_to_num_(0.0, 0.0, 0.0)
@@ -256,19 +290,82 @@ def train_problems(
         if on_step is not None:
             on_step()
         bar.update(1)
-        history.add_step(obj)
+        history.add_step(obj, batch)
         if step % settings.eval_every == 0 or step == settings.max_steps:
-            val, stderr = validate()
-            val = selection.update(val, step)
+            val, stderr = _scatter(validate(), batch, p)
+            val = selection.update(val, step, batch)
             active = int(selection.active.sum())
-            bar.set_postfix(valid=history.add_evaluation(step, val, stderr, active), active=active)
+            bar.set_postfix(valid=history.add_evaluation(step, torch.where(_in(batch, p), val, math.nan), stderr,
+                                                         active), active=active)
             if active == 0:
                 break
+            if restrict is not None and not selection.coupled and active < batch.numel():
+                batch = _compact(params, opt, batch, selection.active, restrict)
     bar.close()
     selection.restore()
+    if restrict is not None and batch.numel() < p:
+        restrict(torch.arange(p, device=device))
     collapsed = selection.collapsed.nonzero().flatten().tolist()
     if collapsed:
         log.warning("%d problem(s) collapsed (non-finite objective) during training: %s; their best checkpoint "
                     "was kept", len(collapsed), collapsed[:10])
     return TrainState(best_val=selection.best_val, best_step=selection.best_step, steps_run=step, collapsed=collapsed,
                       history=history.result())
+
+
+def _in(batch: torch.Tensor, p: int) -> torch.Tensor:
+    mask = torch.zeros(p, dtype=torch.bool, device=batch.device)
+    mask[batch] = True
+    return mask
+
+
+def _scatter(values: tuple[torch.Tensor, torch.Tensor], batch: torch.Tensor, p: int):
+    """``validate()``'s ``(value, stderr)`` of the batch's problems -> ``[P]`` each, NaN for the others."""
+    out = []
+    for v in values:
+        if v.shape != (batch.numel(),):
+            raise ValueError(f"validate returned shape {tuple(v.shape)}; expected ({batch.numel()},), one value "
+                             "per problem")
+        full = torch.full((p,), math.nan, dtype=v.dtype, device=v.device)
+        full[batch] = v
+        out.append(full)
+    return out
+
+
+@torch.no_grad()
+def _compact(params: list[torch.Tensor], opt: torch.optim.Optimizer, batch: torch.Tensor, active: torch.Tensor,
+             restrict: Callable[[torch.Tensor], None]) -> torch.Tensor:
+    """Keep the active problems' slices of the parameters and of Adam's moments; returns the new batch."""
+    local = active[batch].nonzero().flatten()
+    for t in params:
+        t.grad = None
+        t.data = t.data[local]
+        for key, value in opt.state[t].items():
+            if torch.is_tensor(value) and value.ndim and value.shape[0] == batch.numel():
+                opt.state[t][key] = value[local]
+    batch = batch[local]
+    restrict(batch)
+    return batch
+
+
+class ProblemSubset:
+    """Cut modules' per-problem *buffers* and problem counts to a subset (the ``restrict`` of
+    :func:`train_problems`; the loop cuts the parameters itself).
+
+    Every buffer of leading dimension P, and the attributes ``n_problems`` / ``n_blocks`` equal to P, of each
+    module and its children are recorded at creation; ``self(keep)`` sets them to the rows ``keep`` of the
+    recorded ones (so ``keep = arange(P)`` restores them).
+    """
+
+    def __init__(self, modules: Sequence[torch.nn.Module], p: int):
+        self.p = p
+        self.buffers = [(m, name, b) for module in modules for m in module.modules()
+                        for name, b in m.named_buffers(recurse=False) if b.ndim and b.shape[0] == p]
+        self.counts = [(m, a) for module in modules for m in module.modules() for a in ("n_problems", "n_blocks")
+                       if isinstance(getattr(m, a, None), int) and getattr(m, a) == p]
+
+    def __call__(self, keep: torch.Tensor) -> None:
+        for m, name, full in self.buffers:
+            setattr(m, name, full[keep])
+        for m, attr in self.counts:
+            setattr(m, attr, int(keep.numel()))

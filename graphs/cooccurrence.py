@@ -15,7 +15,13 @@
    band is a single float32 matrix product: either ``Z[:, r0:r1]ᵀ Z[:, r0:]`` of the resident
    copy (when it fits the memory budget) or accumulated over sample batches (one more pass
    over the data per band). :class:`graphs.topk.RunningTopK` keeps each row's ``k`` best
-   partners.
+   partners (ties: the smaller column id).
+
+Inside an initialised ``torch.distributed`` process group (:mod:`graphs.distributed`, e.g. under
+``torchrun``) every rank makes the moments pass itself and computes its share of the bands (balanced
+by area, :func:`graphs.distributed.band_owners`); the partial top-k lists are all-gathered and merged.
+Every band is the same product on whichever rank computes it and ties are broken canonically, so every
+rank returns the graph of one process, byte for byte.
 
 Memory (bytes, float32): ``4·N·U`` for the resident copy when used, ``4·t·U`` for a band of
 ``t`` rows, ``~12·U·k`` for the running top-k, plus one batch. ``memory_budget`` bounds the
@@ -39,6 +45,7 @@ import torch
 
 from estimators.device import resolve_device
 from estimators.validation import as_tensor, check_choice, check_positive_int, check_samples
+from graphs.distributed import agreed, all_gather_objects, all_gather_tensors, band_owners, broadcast_object, is_active, rank
 from graphs.graph import ActivationGraph
 from graphs.moments import ShiftedSums
 from graphs.sample_batches import SampleBatches
@@ -138,6 +145,18 @@ def build_graph(
     ``metadata["excluded_units"]``/``["excluded_names"]``; ``metadata["unit_index"]`` gives each
     node's column in ``x``).
     """
+    if memory_budget is None and is_active():  # free GPU memory differs between ranks: all plan with the least
+        memory_budget = min(all_gather_objects(_memory_budget(None, resolve_device(device))))
+    with agreed("build_graph"):  # local work; a rank that fails here makes every rank fail
+        topk, src, kept, counts, k_eff, n, plan = _local_bands(x, k, metric, names, threshold, tile_size,
+                                                               memory_budget, device, progress)
+    if is_active():  # each rank saw its own bands: merge the partial top-k lists (same on every rank)
+        _merge_ranks(topk, counts, metric, plan)
+    return _assemble(topk, src, kept, counts, metric, k_eff, n, plan, threshold)
+
+
+def _local_bands(x, k, metric, names, threshold, tile_size, memory_budget, device, progress):
+    """Checks, the moments pass and this rank's bands (all of them in one process), into a running top-k."""
     metric = check_choice(metric, METRICS, name="metric")
     k = check_positive_int(k, name="k")
     dev = resolve_device(device)
@@ -169,7 +188,18 @@ def build_graph(
         z = _transform_resident(z, transform, offset, counts, chunk_rows)
     _band_pass(topk, z, src, transform, counts, plan, progress)
     del z
-    return _assemble(topk, src, kept, counts, metric, k_eff, n, plan, threshold)
+    return topk, src, kept, counts, k_eff, n, plan
+
+
+def _merge_ranks(topk: RunningTopK, counts: torch.Tensor, metric: str, plan: dict) -> None:
+    """Merge every rank's running top-k into ``topk`` (in rank order; ties are canonical, so any order gives
+    the same lists) and, for a streamed PMI graph, take the firing counts of the rank that owns band 0."""
+    values, indices = all_gather_tensors(topk.values), all_gather_tensors(topk.indices)
+    for r, (v, i) in enumerate(zip(values, indices)):
+        if r != rank():
+            topk.merge(v, i)
+    if metric == "pmi" and plan["mode"] == "streamed":
+        counts.copy_(broadcast_object(counts.cpu(), src=_band_ranks(topk.num_rows, plan["band_rows"])[0]))
 
 
 def _memory_budget(memory_budget: int | None, dev: torch.device) -> int:
@@ -280,11 +310,12 @@ def _band_pass(topk: RunningTopK, z: torch.Tensor | None, src: SampleBatches, tr
     uk, n, dev = transform.kept.numel(), src.num_samples, transform.kept.device
     rows = plan["band_rows"]
     buf = torch.empty(rows * uk, dtype=torch.float32, device=dev)
-    bands = range(0, uk, rows)
+    owners = _band_ranks(uk, rows)
+    bands = [r0 for r0, owner in zip(range(0, uk, rows), owners) if owner == rank()]  # all of them in one process
     if progress:
         from tqdm.auto import tqdm
 
-        bands = tqdm(bands, total=math.ceil(uk / rows), desc="graph bands", unit="band")
+        bands = tqdm(bands, desc="graph bands", unit="band")
     for i, r0 in enumerate(bands):
         r1 = min(r0 + rows, uk)
         band = buf[: (r1 - r0) * (uk - r0)].view(r1 - r0, uk - r0)
@@ -297,6 +328,12 @@ def _band_pass(topk: RunningTopK, z: torch.Tensor | None, src: SampleBatches, tr
         else:
             band.abs_()
         topk.update(band, r0)
+
+
+def _band_ranks(num_units: int, band_rows: int) -> list[int]:
+    """The rank that computes each row band (all 0 in one process): balanced by the band's area."""
+    return band_owners([(min(r0 + band_rows, num_units) - r0) * (num_units - r0)
+                        for r0 in range(0, num_units, band_rows)])
 
 
 def _streamed_band(band: torch.Tensor, src: SampleBatches, transform: _UnitTransform, r0: int, r1: int,

@@ -4,11 +4,14 @@
 the scikit-learn-style one (``filters_``, ``mi_``, ``transform``). Both train all J blocks as one
 batched program (:mod:`rsmi_nn.training` on the one loop of :mod:`estimators.training`) and report
 each block's MI on held-out rows, in nats, with its standard error and the bound's ceiling
-(``log M`` for InfoNCE on M test rows).
+(``log K`` for InfoNCE, each of the test rows scored against K = min(M, ~1 024) of them).
 
 Conventions, so filters are comparable across runs: the map acts on standardised inputs
 ``(x - mean) / std``; each filter column has unit norm over its block's units and its sign
 makes the weights' sum positive (the largest-|w| entry when the sum is ~0).
+
+Inside a ``torch.distributed`` process group each rank trains and tests its share of the blocks and every
+rank returns the result of one process (:mod:`rsmi_nn.distributed`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from dataclasses import dataclass, field
 import torch
 
 from estimators.device import resolve_device
+from estimators.heldout import chunk_rows
 from estimators.training import TrainSettings
 from estimators.validation import check_positive_int, check_samples
+from graphs.distributed import agreed
 from graphs.moments import ShiftedSums
+from rsmi_nn.distributed import block_share, gather_blocks, gather_values, only_blocks
 from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign
 from rsmi_nn.options import StepOptions
-from rsmi_nn.training import evaluate, gather, train_blocks
+from rsmi_nn.training import TEST_COLUMNS, evaluate, gather, train_blocks
 
 __all__ = ["CoarseGrainResult", "CoarseGrainer", "check_step", "coarse_grain"]
 
@@ -45,11 +51,14 @@ class CoarseGrainResult:
         Held-out I(H_j; E_j) in nats: the bound on the whole test split scored at once (never seen in
         training or model selection).
     mi_stderr : Tensor of shape (n_blocks,)
-        Its batch-means standard error over 10 disjoint groups of test rows.
+        Its batch-means standard error over 10 disjoint groups of test rows. Each test row is scored against
+        the rows of its group of at most ``rsmi_nn.training.TEST_COLUMNS`` (1 024): the cost is bounded
+        (``n_blocks * n_test * 1024`` scores), every test row counts.
     mi_validation : Tensor of shape (n_blocks,)
         The best validation estimate each block's checkpoint was selected on.
     mi_ceiling : float
-        The largest value the bound can report (``log n_test`` for InfoNCE, ``inf`` otherwise).
+        The largest value the bound can report (InfoNCE: ``log`` of the test rows a row is scored against,
+        ``min(n_test, ~1024)``; ``inf`` for the other bounds).
     mean, std : Tensor of shape (n_units,)
         The standardisation applied before the filters.
     visible, visible_mask : the regions' visible indices and mask ``[n_blocks, max_visible]``.
@@ -200,8 +209,15 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     settings = TrainSettings(batch_size=opts.batch_size, max_steps=opts.steps, lr=opts.lr, eval_every=opts.eval_every,
                              patience=opts.patience, min_delta=opts.min_delta, description="RSMI blocks",
                              warmup_steps=opts.anneal_steps if opts.binarize == "anneal" else 0, progress=progress)
-    state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen)
-    mi, mi_stderr = evaluate(filt, crit, bound, z_test, regions_dev)
+    blocks = block_share(regions.num_blocks, coupled=opts.shared)  # this rank's share; None: all (one process)
+    with agreed("the RSMI step's training"):
+        state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
+    state = gather_blocks([filt, crit], state, blocks, regions.num_blocks)
+    test_rows = chunk_rows(crit, regions.num_blocks, min(n_test, TEST_COLUMNS))  # the same chunks on any share
+    with only_blocks([filt, crit], regions_dev, blocks) as share_regions, agreed("the held-out test"):
+        mi, mi_stderr = evaluate(filt, crit, bound, z_test, share_regions, columns=TEST_COLUMNS, rows=test_rows)
+    mi, mi_stderr = gather_values(blocks, mi, mi_stderr)
+    ceiling = float(bound.ceiling(_scored_columns(n_test)))
 
     sample_v = gather(z_train[: min(n_train, 2048)], regions_dev[0], regions_dev[1])
     filt.flip(_sign_convention(filt.linear_weights(sample_v)))
@@ -210,13 +226,22 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     info = {"steps_run": state.steps_run, "collapsed_blocks": state.collapsed, "history": state.history,
             "n_train": n_train, "n_validation": n_val, "n_test": n_test, "tau_final": float(filt.tau)}
     log.info("coarse_grain: %d blocks, %d steps, held-out MI mean %.4f nats (ceiling %.3f)",
-             regions.num_blocks, state.steps_run, float(mi.mean()), bound.ceiling(n_test))
+             regions.num_blocks, state.steps_run, float(mi.mean()), ceiling)
     return CoarseGrainResult(
         filters=w.contiguous(), mi=mi.cpu(), mi_stderr=mi_stderr.cpu(), mi_validation=state.best_val.cpu(),
-        mi_ceiling=float(bound.ceiling(n_test)), mean=mean.float(), std=std.float(),
+        mi_ceiling=ceiling, mean=mean.float(), std=std.float(),
         visible=regions.visible.cpu(), visible_mask=regions.visible_mask.cpu(), hidden=opts.hidden,
         bound=bound.name, binarize=opts.binarize, filter=opts.filter, model=filt if opts.filter == "mlp" else None,
         info=info)
+
+
+def _scored_columns(n_test: int) -> int:
+    """Columns each test row is scored against (the smallest group of :data:`rsmi_nn.training.TEST_COLUMNS`
+    rows): InfoNCE's ceiling is its log."""
+    from estimators.heldout import group_edges
+
+    edges = group_edges(n_test, TEST_COLUMNS)
+    return min(b - a for a, b in zip(edges, edges[1:]))
 
 
 def check_step(n_samples: int, n_units: int, regions, options: StepOptions) -> tuple[int, int, int]:

@@ -44,6 +44,19 @@ class _Filter(nn.Module):
         self.register_buffer("tau_decay", torch.tensor(float(decay)))
         self.register_buffer("tau_end", torch.tensor(float(tau_end)))
 
+    def _track_blocks(self, n_blocks: int, device) -> None:
+        """Remember which blocks the rows are (cut with them when blocks leave the batch or go to other ranks)."""
+        self.total_blocks = n_blocks
+        self.register_buffer("block_ids", torch.arange(n_blocks, device=device), persistent=False)
+
+    def _uniform(self, pre: torch.Tensor) -> torch.Tensor:
+        """Uniform noise ``[J, B, h]`` on the CPU, drawn for every block even when only some are computed, so
+        a block's noise does not depend on which blocks share its batch (stopped ones, other ranks' ones)."""
+        rows = self.block_ids
+        if pre.shape[0] == rows.numel() < self.total_blocks:
+            return torch.rand((self.total_blocks, *pre.shape[1:]), generator=self.generator)[rows.cpu()]
+        return torch.rand(pre.shape, generator=self.generator, device="cpu")
+
     def preactivation(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -63,7 +76,7 @@ class _Filter(nn.Module):
         if self.noise > 0:
             # relaxed Bernoulli (RSMI-NE): logistic noise makes H a stochastic spin with
             # P(H = +1) = sigmoid(2 pre / noise), i.e. E[H | pre] = tanh(pre / noise)
-            u = torch.rand(pre.shape, generator=self.generator, device="cpu").to(pre.device).clamp(1e-6, 1 - 1e-6)
+            u = self._uniform(pre).to(pre.device).clamp(1e-6, 1 - 1e-6)
             noisy = pre + 0.5 * self.noise * (torch.log(u) - torch.log1p(-u))
         if self.binarize == "straight-through":
             # forward: the sampled spin; backward: the gradient of its mean tanh(pre / noise)
@@ -88,6 +101,7 @@ class LinearFilter(_Filter):
                  tau_end: float = 0.05, anneal_steps: int = 1000, noise: float = 0.0,
                  generator: torch.Generator | None = None, device=None):
         super().__init__(binarize, tau_start, tau_end, anneal_steps, noise, generator)
+        self._track_blocks(n_blocks, device)
         rows = 1 if shared else n_blocks
         w = torch.randn(rows, max_visible, hidden, generator=generator).to(device)
         self.weight = nn.Parameter(w)
@@ -124,6 +138,7 @@ class MLPFilter(_Filter):
                  tau_end: float = 0.05, anneal_steps: int = 1000, noise: float = 0.0,
                  generator: torch.Generator | None = None, device=None):
         super().__init__(binarize, tau_start, tau_end, anneal_steps, noise, generator)
+        self._track_blocks(n_blocks, device)
         self.mlp = BatchedMLP(n_blocks, max_visible, width, hidden, layers=layers, generator=generator,
                               device=device)
         self.register_buffer("mask", visible_mask.to(device=device, dtype=torch.float32).unsqueeze(1))

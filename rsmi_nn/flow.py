@@ -4,6 +4,10 @@ Each finished level is written by :mod:`rsmi_nn.rundir` (``levels/NNN/``, then `
 again on the same ``out`` with the same options and data, the flow loads its finished levels and
 continues from there; every level is seeded from ``(seed, level)``, so a resumed flow writes the same
 bytes as an uninterrupted one.
+
+Inside a ``torch.distributed`` process group (``torchrun``) every rank runs the flow: the RSMI step and
+the rebuilt graphs are sharded (:mod:`rsmi_nn.distributed`, :mod:`graphs.distributed`), rank 0 alone
+reads and writes ``out`` (what it reads is broadcast), and every rank returns the same result.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from estimators.validation import check_positive_int, check_samples
+from graphs.distributed import agreed, broadcast_object, is_writer
 from rsmi_nn import rundir
 from rsmi_nn.coarse_graining import CoarseGrainResult, check_step, coarse_grain
 from rsmi_nn.observables import correlation_length, graph_sizes, locality_preservation
@@ -97,7 +102,7 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
     first = _first_level(x, graph, setting)
     result = FlowResult(records=[], out=Path(out) if out is not None else None)
     if out is not None:
-        rundir.prepare(out, _identity(setting, x), overwrite=overwrite)
+        _on_writer("preparing the run directory", rundir.prepare, out, _identity(setting, x), overwrite=overwrite)
     cur_x, cur_graph = x, graph
     for level in range(setting.options.levels):
         planned = first if level == 0 else _plan(level, cur_graph, setting)
@@ -106,11 +111,11 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
             log.info("flow stops: %s", planned)
             break
         blocks, regions = planned
-        saved = rundir.read_level(rundir.level_dir(out, level)) if out is not None else None
+        saved = _saved_level(out, level)
         t0 = time.time()
         if saved is None:
             if out is not None:  # later levels were computed from this one: they go too
-                rundir.discard_levels(out, level)
+                _on_writer("discarding later levels", rundir.discard_levels, out, level)
             res = coarse_grain(cur_x, regions, setting.options.step_options(), seed=level_seed(seed, level),
                                device=device, progress=progress, allow_constant=level > 0)
             coarse = res.transform(cur_x)
@@ -122,9 +127,9 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
         if saved is None:
             record = _record(level, cur_x, cur_graph, regions, blocks, res, next_x, next_graph, node_blocks, setting)
             if out is not None:
-                rundir.write_level(rundir.level_dir(out, level), graph=cur_graph, regions=regions, result=res,
-                                   coarse=coarse, record=record,
-                                   timing={"seconds_coarse_grain": seconds_step, "seconds_level": time.time() - t0})
+                _on_writer(f"writing level {level}", rundir.write_level, rundir.level_dir(out, level),
+                           graph=cur_graph, regions=regions, result=res, coarse=coarse, record=record,
+                           timing={"seconds_coarse_grain": seconds_step, "seconds_level": time.time() - t0})
             log.info("level %d: %d nodes, %d blocks, ξ = %.3f hops, locality %.3f, MI mean %.4f nats", level,
                      record["num_nodes"], record["num_blocks"], record["correlation_length"], record["locality"],
                      record["mi_mean"])
@@ -133,16 +138,32 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
         result.blocks.append(blocks)
         result.results.append(res)
         if out is not None:
-            rundir.write_flow(out, result.records)
+            _on_writer("writing flow.json", rundir.write_flow, out, result.records)
         if callback is not None:
             callback(level, record)
         cur_x, cur_graph = next_x, next_graph
     if out is not None:  # the folder holds exactly the levels of this flow (fewer may have been asked)
-        rundir.discard_levels(out, len(result.records))
+        _on_writer("discarding later levels", rundir.discard_levels, out, len(result.records))
         if result.records:
-            rundir.write_flow(out, result.records)
+            _on_writer("writing flow.json", rundir.write_flow, out, result.records)
     result.samples = cur_x
     return result
+
+
+def _on_writer(what: str, write, *args, **kwargs) -> None:
+    """``write(*args, **kwargs)`` on the rank that writes files (rank 0; the only process); a failure fails every rank."""
+    with agreed(what):
+        if is_writer():
+            write(*args, **kwargs)
+
+
+def _saved_level(out, level: int):
+    """``(record, coarse samples)`` of a finished level in ``out`` read by rank 0 and sent to every rank, or None."""
+    if out is None:
+        return None
+    with agreed(f"reading level {level}"):
+        saved = rundir.read_level(rundir.level_dir(out, level)) if is_writer() else None
+    return broadcast_object(saved)
 
 
 def check_flow(x, graph, options: FlowOptions | None = None, *, graph_options: GraphOptions | None = None,

@@ -22,48 +22,87 @@ from __future__ import annotations
 import torch
 
 from estimators.fused import critic_objective
-from estimators.training import TrainSettings, TrainState, train_problems
+from estimators.training import ProblemSubset, TrainSettings, TrainState, train_problems
 
-__all__ = ["evaluate", "gather", "train_blocks"]
+__all__ = ["TEST_COLUMNS", "VALIDATION_COLUMNS", "evaluate", "gather", "train_blocks"]
 
 
-def gather(z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Rows ``z : [B, U]`` and a padded index ``[J, m]`` (-1 = pad) -> ``[J, B, m]``, zeros where padded."""
-    out = z[:, index.clamp_min(0)]  # [B, J, m]
-    return (out * mask.unsqueeze(0)).permute(1, 0, 2)
+def gather(z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows ``z : [B, U]`` and a padded index ``[J, m]`` (-1 = pad) -> ``[J, B, m]``, zeros where padded.
+
+    One ``index_select`` of whole rows of ``zᵀ`` (with a zero row appended when there are pads, which point
+    at it); the result is the transpose of a contiguous ``[J, m, B]``, a layout batched matmuls read as a
+    transposed operand. On the L = 32 Ising step (256 blocks of 128 environment sites, B = 128, this 2-core
+    CPU): the gather 3.6x faster than advanced indexing and a mask product, the environment layer's forward
+    and backward 1.3-1.6x faster than on ``[B, J, m]`` permuted. ``mask`` is accepted for callers that hold
+    one; the pads in ``index`` alone decide where the zeros go.
+    """
+    u = z.shape[1]
+    zt = z.t()
+    if bool((index < 0).any()):
+        zt = torch.cat([zt, zt.new_zeros(1, z.shape[0])])
+        index = torch.where(index >= 0, index, u)
+    return zt.contiguous().index_select(0, index.reshape(-1)).view(*index.shape, z.shape[0]).transpose(1, 2)
+
+
+# Held-out scoring is bounded: each row is scored against ``columns`` rows of its own group, not all M
+# (:func:`estimators.heldout.heldout_bound`). Every validation row still counts. A whole M x M matrix per
+# block made the held-out passes ~75 % of a shared L = 32 Ising step (256 blocks, 2 000 validation and
+# 4 000 test rows: 1 G and 4 G scores), measured on this 2-core CPU.
+VALIDATION_COLUMNS = 256  # selection only: InfoNCE's ceiling log 256 = 5.5 nats, far above one block's I(H;E)
+TEST_COLUMNS = 1024  # the reported MI: ceiling log 1024 = 6.9 nats; finite-K bias ~ (e^I - 1) / K, 0.6e-3 at 0.5 nats
 
 
 @torch.no_grad()
-def evaluate(filt, critic, bound, z: torch.Tensor, regions_dev, *, n_groups: int = 10):
-    """Held-out estimate per block on all rows of ``z`` at once, hard H: ``(mi [J], stderr [J])``.
+def evaluate(filt, critic, bound, z: torch.Tensor, regions_dev, *, n_groups: int = 10,
+             columns: int | None = VALIDATION_COLUMNS, rows: int | None = None):
+    """Held-out estimate per block on all rows of ``z``, hard H: ``(mi [J], stderr [J])``.
 
-    Every block scores its ``M x M`` matrix (InfoNCE's ceiling is ``log M``, the finite-batch bias
-    the smallest the rows allow), built chunk by chunk (:func:`estimators.heldout.heldout_bound`):
-    each chunk gathers its rows' environments on the fly, so memory stays ``O(J M)``.
+    Each row is scored against the ``columns`` rows of its group (all M rows when ``columns`` is None:
+    InfoNCE's ceiling ``log M``), built chunk by chunk (:func:`estimators.heldout.heldout_bound`): each
+    chunk gathers its rows' environments on the fly, so memory stays ``O(J M)``. Cost ``J * M * columns``
+    scores. ``rows`` : rows per score chunk (:func:`estimators.heldout.row_statistics`).
     """
     from estimators.heldout import heldout_bound
 
     vis, vm, env, em = regions_dev
-    h = torch.cat([filt(gather(z[s:s + 4096], vis, vm), hard=True) for s in range(0, z.shape[0], 4096)], dim=1)
-    value, stderr = heldout_bound(critic, lambda start, stop: gather(z[start:stop], env, em), h, bound,
-                                  x_mask=em, n_groups=n_groups)
+    h = torch.cat([filt(gather(z[s:s + 4096], vis), hard=True) for s in range(0, z.shape[0], 4096)], dim=1)
+    value, stderr = heldout_bound(critic, lambda start, stop: gather(z[start:stop], env), h, bound,
+                                  n_groups=n_groups, columns=columns, rows=rows)
     return value.float(), stderr.float()
 
 
 def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, settings: TrainSettings,
-                 generator: torch.Generator) -> TrainState:
+                 generator: torch.Generator, blocks: torch.Tensor | None = None) -> TrainState:
     """Train ``filt`` and ``critic`` in place; on return they hold each block's best checkpoint.
 
     ``z_train``, ``z_val`` : standardised rows ``[n, U]``; ``regions_dev`` : ``(visible, visible_mask,
     environment, environment_mask)`` on the device. The filter's temperature anneals after every step.
+    ``blocks`` : train only these blocks (a rank's share, :mod:`rsmi_nn.distributed`); the others keep their
+    initial parameters.
+    Stopped blocks leave the batch (:func:`estimators.training.train_problems`' ``restrict``): the blocks still
+    training keep the numbers of a run without it (a binarised filter's training noise is drawn for every
+    block and cut to the live ones).
     """
-    vis, vm, env, em = regions_dev
+    full = tuple(regions_dev)
+    live = {"regions": full}  # the regions of the blocks still training (stopped blocks leave the batch)
+    cut_modules = ProblemSubset([filt, critic], full[0].shape[0])
 
     def objective(rows: torch.Tensor) -> torch.Tensor:
+        vis, _, env, _ = live["regions"]
         z = z_train[rows]
-        h = filt(gather(z, vis, vm))
-        return critic_objective(critic, bound, gather(z, env, em), h, em)  # never forms [J, B, B] for InfoNCE
+        h = filt(gather(z, vis))
+        return critic_objective(critic, bound, gather(z, env), h)  # never forms [J, B, B]; pads are zeros
 
+    def restrict(keep: torch.Tensor) -> None:
+        live["regions"] = tuple(t[keep] for t in full)
+        cut_modules(keep)
+
+    from estimators.heldout import chunk_rows
+
+    # score chunks of all J blocks, kept as blocks leave (same chunks, same bits)
+    rows = chunk_rows(critic, full[0].shape[0], min(z_val.shape[0], VALIDATION_COLUMNS))
     params = list(filt.parameters()) + list(critic.parameters())
-    return train_problems(params, objective, lambda: evaluate(filt, critic, bound, z_val, regions_dev),
-                          z_train.shape[0], generator, settings, on_step=filt.anneal_step)
+    return train_problems(params, objective, lambda: evaluate(filt, critic, bound, z_val, live["regions"], rows=rows),
+                          z_train.shape[0], generator, settings, on_step=filt.anneal_step, restrict=restrict,
+                          problems=blocks)

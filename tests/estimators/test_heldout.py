@@ -55,3 +55,25 @@ def test_rejects_unpaired_or_too_few_rows():
         heldout_bound(critic, torch.randn(1, 30, 2), torch.randn(1, 29, 3))
     with pytest.raises(ValueError, match="at least 2"):
         heldout_bound(critic, torch.randn(1, 1, 2), torch.randn(1, 1, 3))
+
+
+@pytest.mark.parametrize("name", ["infonce", "dv"])
+def test_columns_score_each_row_within_its_group(name):
+    # bounded cost: 43 rows, columns=10 -> 5 groups of 8-9 rows, each row scored against its own group only;
+    # the value is the row-weighted mean of the bound on each group's own (full) score matrix
+    gen = torch.Generator().manual_seed(3)
+    critic = SeparableCritic(2, 2, 1, hidden=8, embed=4, generator=gen)
+    x = torch.randn(2, 43, 2, generator=gen)
+    y = x[..., :1] + 0.5 * torch.randn(2, 43, 1, generator=gen)
+    value, stderr = heldout_bound(critic, x, y, name, columns=10)
+    groups = torch.arange(43).tensor_split(5)
+    with torch.no_grad():
+        parts = [get_bound(name).estimate(critic(x[:, g], y[:, g])) * g.numel() for g in groups]
+    torch.testing.assert_close(value, sum(parts) / 43, rtol=1e-5, atol=1e-5)
+    assert stderr.shape == (2,) and bool((stderr > 0).all())
+    if name == "infonce":  # ceiling log 8 (the smallest group), below log 43
+        assert bool((value <= math.log(8) + 1e-6).all())
+    same = heldout_bound(critic, x, y, name, columns=43)  # a group as large as the set: the full matrix
+    torch.testing.assert_close(same[0], heldout_bound(critic, x, y, name)[0])
+    with pytest.raises(ValueError, match="columns=1"):
+        heldout_bound(critic, x, y, name, columns=1)

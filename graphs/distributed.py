@@ -1,0 +1,191 @@
+"""Several processes (``torchrun``), one result: rank helpers over ``torch.distributed``.
+
+Every helper is a no-op without an initialised process group, so a single process needs none of
+this. Under ``torchrun`` the process group is set up by :func:`init_from_env` (``gloo`` for CPU
+tensors, plus ``nccl`` for CUDA tensors when GPUs are present; each rank takes the GPU of its
+``LOCAL_RANK``). The engine then shards its heavy loops and gathers the pieces so that every rank
+returns the same result as one process:
+
+- :func:`graphs.build_graph` shares the row bands of the upper triangle between ranks
+  (:func:`band_owners`) and merges the partial top-k lists;
+- :func:`rsmi_nn.coarse_grain` trains each rank's share of blocks (:func:`share`).
+
+Failures: the local work of a stage runs inside :func:`agreed`; a rank whose work raises keeps its own
+exception and every other rank raises :class:`RankFailed` naming it, so the whole job exits non-zero
+instead of waiting for a collective that never comes. A rank that dies outright is detected by its peers'
+broken connections or by the process group's timeout (``RSMI_DIST_TIMEOUT`` seconds, default 1 800),
+and ``torchrun`` names it. Only rank 0 writes files (:func:`is_writer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+
+__all__ = ["RankFailed", "agreed", "all_gather_objects", "all_gather_tensors", "band_owners", "barrier", "broadcast_object",
+           "init_from_env", "is_active", "is_writer", "rank", "share", "world_size"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 1800
+
+
+class RankFailed(RuntimeError):
+    """Raised on every rank whose own work succeeded when another rank's work failed (the message names it)."""
+
+
+def is_active() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of ranks (1 without a process group)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes files: rank 0, or the only process."""
+    return rank() == 0
+
+
+def init_from_env(timeout_s: float | None = None) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment; returns whether one was joined.
+
+    Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1, or when a group is already initialised.
+    Backend: ``gloo`` for CPU tensors, and ``nccl`` for CUDA tensors when CUDA is available (each rank then
+    uses ``cuda:LOCAL_RANK``). ``timeout_s`` (default ``RSMI_DIST_TIMEOUT`` or 1 800 s) bounds every wait.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {var} is not; launch with torchrun "
+                             "(e.g. torchrun --standalone --nproc_per_node 2 -m rsmi_nn.app.cli run ...)")
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("RSMI_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    backend = "gloo"
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} GPU(s); "
+                             "pass --nproc_per_node <= the number of GPUs")
+        torch.cuda.set_device(local)
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    log.info("rank %d of %d joined the process group (%s)", rank(), world_size(), backend)
+    return True
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if is_active():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj=None, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (picklable; tensors travel as CPU tensors)."""
+    if not is_active():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
+    if not is_active():
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's tensor ``t`` (same shape and dtype on every rank), in rank order, on ``t``'s device."""
+    if not is_active():
+        return [t]
+    import torch.distributed as dist
+
+    t = t.contiguous()
+    out = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(out, t)
+    return out
+
+
+@contextmanager
+def agreed(what: str) -> Iterator[None]:
+    """Run the block on every rank and agree on its outcome: if it raised anywhere, it raises everywhere.
+
+    The failing rank re-raises its own exception (after logging it with its rank); every other rank raises
+    :class:`RankFailed` naming the first failing rank, what it was doing and its message. The block must not
+    call collectives that a failing rank could skip (do the local work inside, gather after).
+    """
+    if not is_active():
+        yield
+        return
+    error = None
+    try:
+        yield
+    except Exception as err:  # agreed on below, then re-raised
+        error = err
+    note = None if error is None else f"{type(error).__name__}: {' '.join(str(error).split())}"
+    notes = all_gather_objects(note)
+    failed = [r for r, n in enumerate(notes) if n is not None]
+    if error is not None:
+        log.error("rank %d failed during %s: %s", rank(), what, note)
+        raise error
+    if failed:
+        raise RankFailed(f"rank {failed[0]} failed during {what}: {notes[failed[0]]}"
+                         + (f" (ranks {failed} failed)" if len(failed) > 1 else ""))
+
+
+def share(n: int, parts: int | None = None, index: int | None = None) -> range:
+    """The contiguous share ``index`` of ``range(n)`` cut into ``parts`` near-equal pieces (default: this rank's).
+
+    The first ``n % parts`` shares hold one item more; a share may be empty when ``n < parts``.
+    """
+    parts = world_size() if parts is None else parts
+    index = rank() if index is None else index
+    base, extra = divmod(n, parts)
+    start = index * base + min(index, extra)
+    return range(start, start + base + (1 if index < extra else 0))
+
+
+def band_owners(costs: Sequence[float], parts: int | None = None) -> list[int]:
+    """The rank computing each band: longest band first to the least loaded rank (ties: the lower rank).
+
+    ``costs`` : work per band (e.g. rows × columns). Deterministic, so every rank computes the same owners.
+    """
+    parts = world_size() if parts is None else parts
+    load = [0.0] * parts
+    owners = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(parts), key=lambda r: (load[r], r))
+        owners[i] = r
+        load[r] += costs[i]
+    return owners
