@@ -57,6 +57,13 @@ class _Filter(nn.Module):
             return torch.rand((self.total_blocks, *pre.shape[1:]), generator=self.generator)[rows.cpu()]
         return torch.rand(pre.shape, generator=self.generator, device="cpu")
 
+    def _gaussian(self, pre: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise ``[J, B, h]`` on the CPU, drawn for every block (see :meth:`_uniform`)."""
+        rows = self.block_ids
+        if pre.shape[0] == rows.numel() < self.total_blocks:
+            return torch.randn((self.total_blocks, *pre.shape[1:]), generator=self.generator)[rows.cpu()]
+        return torch.randn(pre.shape, generator=self.generator, device="cpu")
+
     def preactivation(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -69,7 +76,13 @@ class _Filter(nn.Module):
         """``v : [J, B, max_visible]`` -> ``H : [J, B, hidden]``; ``hard`` = evaluation mode."""
         pre = self.preactivation(v)
         if self.binarize is None:
-            return pre
+            if hard or self.noise == 0:
+                return pre
+            # Gaussian noise of a real-valued H in training: MI is blind to H's scale, so without it the filter
+            # may take a direction the environment predicts well but that carries little of the block's
+            # activity; the noise makes low-variance directions costly (issue 14: filters then align with the
+            # block's principal component and the model's outputs survive the coarse-graining far better)
+            return pre + self.noise * self._gaussian(pre).to(pre.device)
         if hard:
             return hard_sign(pre)
         noisy = pre

@@ -193,3 +193,34 @@ def test_standardise_in_row_chunks_equals_the_float64_formula():
     torch.testing.assert_close(std, ref_std, rtol=1e-12, atol=0)
     torch.testing.assert_close(z, ((x64 - x64.mean(0)) / ref_std).float(), rtol=0, atol=1e-6)
     assert z.dtype == torch.float32 and bool((z[:, 2] == 0).all())
+
+
+def _variance_versus_predictability(n: int = 6000):
+    """Block units 0-3 = 2 f α + 0.3 g β (+ a little noise), α ⟂ β; environment units 4, 5 copy f loosely (R² 0.5)
+    and g tightly (R² 0.99). The noiseless objective prefers β (g: small variance, nearly determined by E); a
+    noisy H prefers α (f: the block's principal component, more predictable variance in absolute terms)."""
+    gen = torch.Generator().manual_seed(3)
+    f, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    alpha, beta = torch.tensor([1.0, 1, 1, 1]) / 2, torch.tensor([1.0, -1, 1, -1]) / 2
+    block = 2 * f[:, None] * alpha + 0.3 * g[:, None] * beta + 0.05 * torch.randn(n, 4, generator=gen)
+    env = torch.stack([f + torch.randn(n, generator=gen), g + 0.1 * torch.randn(n, generator=gen)], 1)
+    edges = torch.tensor([[i, j] for i in range(4) for j in (4, 5)]).T
+    from graphs import ActivationGraph
+
+    graph = ActivationGraph([str(i) for i in range(6)], edges)
+    regions = make_regions(graph, torch.tensor([0, 0, 0, 0, 1, 1]), buffer=0, env=1)
+    return torch.cat([block, env], 1), regions, alpha
+
+
+def test_noise_of_a_real_valued_h_favours_the_principal_component():
+    x, regions, alpha = _variance_versus_predictability()
+    common = {"steps": 400, "eval_every": 50, "seed": 0, "lr": 0.01}
+    plain = coarse_grain(x, regions, **common)
+    noisy = coarse_grain(x, regions, noise=2.0, **common)
+    cos = lambda res: abs(float(res.filters[0, :4, 0] @ alpha))  # noqa: E731  (unit-norm columns)
+    assert cos(plain) < 0.5 and cos(noisy) > 0.95, (cos(plain), cos(noisy))
+    again = coarse_grain(x, regions, noise=2.0, **common)
+    assert noisy.filters.numpy().tobytes() == again.filters.numpy().tobytes()  # seeded noise, same bytes
+    # the noise is training-only: transform is the plain linear map
+    z = (x - noisy.mean) / noisy.std
+    torch.testing.assert_close(noisy.transform(x)[:, 0], z[:, :4] @ noisy.filters[0, :4, 0], rtol=0, atol=1e-4)
