@@ -56,7 +56,7 @@ def test_held_out_inputs_are_those_the_flow_did_not_record(held):
     from rsmi_nn.app.sources import load_source
 
     src = load_source("digits-mlp")
-    h0 = src.model.hidden[0](src.inputs[300:380])
+    h0 = src.model.hidden[0]((src.inputs[300:380] - src.model.mean) / src.model.std)  # the model standardises pixels
     cols = [i for i, n in enumerate(run.unit_names) if n.startswith("hidden.0:")]
     units = [int(run.unit_names[i].split(":")[1]) for i in cols]
     assert torch.allclose(x[:, cols], h0[:, units].detach(), atol=1e-6)
