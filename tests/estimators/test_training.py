@@ -1,7 +1,5 @@
 """The one training loop: stopped problems leave the batch, and the others' numbers do not change."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -69,4 +67,3 @@ def test_objective_of_wrong_length_is_an_error():
     with pytest.raises(ValueError, match="expected \\(3,\\)"):
         training.train_problems([w], lambda rows: w.sum(1)[:2], lambda: (w.sum(1), w.sum(1)), 10,
                                 torch.Generator().manual_seed(0), training.TrainSettings(batch_size=4, max_steps=2))
-    assert not math.isnan(float(w.sum()))
