@@ -196,7 +196,7 @@ class Run:
             raise TypeError(f"level must be an int, got {level!r}")
         n = len(self.levels)
         if not 0 <= level < n:
-            last = " (the last is level {}: use len(run.levels) - 1)".format(n - 1) if level < 0 else ""
+            last = f" (the last is level {n - 1}: use len(run.levels) - 1)" if level < 0 else ""
             raise ValueError(f"level={level} does not exist; this run has levels 0..{n - 1}{last}")
         return int(level)
 
