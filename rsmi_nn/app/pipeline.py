@@ -29,13 +29,15 @@ from rsmi_nn.app.config import Config, read_run_config
 from rsmi_nn.app.files import write_json, write_text
 from rsmi_nn.app.provenance import (
     check_stage,
+    code_changed,
+    code_version,
     file_digest,
     files_digest,
     read_fingerprints,
     record_stage_fingerprint,
     store_digest,
 )
-from rsmi_nn.rundir import FLOW_JSON, read_flow
+from rsmi_nn.rundir import FLOW_CONFIG, FLOW_JSON, discard_levels, read_flow
 
 __all__ = ["flow_stage", "graph_stage", "load_level0", "prepare_input", "record_stage", "run_pipeline"]
 
@@ -309,6 +311,12 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
 
     redo_export = _export_changed(out, config)
     kind, data, given_graph = prepare_input(config, out)
+    older = code_changed(out)
+    if older is not None:  # results of another version of the code are recomputed, the flow's levels too
+        log.warning("%s was made by rsmi-nn %s (now %s): recomputing every stage", out, older, code_version())
+        discard_levels(out)
+        (out / FLOW_CONFIG).unlink(missing_ok=True)
+        redo_export = True
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", config.to_toml())
     write_json(out / "versions.json", {**versions(), "rsmi_nn.__version__": __version__})

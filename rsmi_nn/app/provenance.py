@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rsmi_nn.app.files import write_json
 
-__all__ = ["FINGERPRINTS", "check_stage", "code_version", "file_digest", "files_digest", "read_fingerprints",
+__all__ = ["FINGERPRINTS", "check_stage", "code_changed", "code_version", "file_digest", "files_digest", "read_fingerprints",
            "record_stage_fingerprint", "store_digest"]
 
 FINGERPRINTS = "fingerprints.json"
@@ -89,19 +89,28 @@ def check_stage(out: Path, stage: str, entry: dict, *, remove: str) -> bool:
     """Whether the finished ``stage`` in ``out`` may be reused with inputs ``entry``.
 
     True when its fingerprint matches; False when it has none (a run made before fingerprints, or a
-    stage that never finished: recompute it). A fingerprint that differs is an error naming the first
-    input that changed and what to delete (``remove``) to recompute from there.
+    stage that never finished) or was made by another version of the code: recompute it. An input or
+    setting that differs is an error naming the first that changed and what to delete (``remove``) to
+    recompute from there.
     """
     saved = read_fingerprints(out).get(stage)
     if saved is None:
         return False
-    current = {"code": code_version(), **entry}
-    for key in current:
-        if saved.get(key) != current[key]:
-            what = _describe(key, saved.get(key), current[key])
+    for key, value in entry.items():
+        if saved.get(key) != value:
+            what = _describe(key, saved.get(key), value)
             raise ValueError(f"{str(out)!r}: its {stage} stage was made with another {what}; "
                              f"pass a new --out directory, or delete {remove} to recompute from there")
-    return True
+    return saved.get("code") == code_version()
+
+
+def code_changed(out: Path) -> str | None:
+    """The code version that made the finished stages in ``out`` when it is not this one (else None): the
+    same command then recomputes every stage (:func:`check_stage` returns False) and the flow's levels."""
+    versions = {e.get("code") for e in read_fingerprints(out).values() if isinstance(e, dict)}
+    versions.discard(None)
+    old = next(iter(versions - {code_version()}), None)
+    return old
 
 
 def _describe(key: str, old, new) -> str:

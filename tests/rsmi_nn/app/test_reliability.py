@@ -264,3 +264,17 @@ def test_a_model_that_cannot_be_evaluated_still_finishes_its_run(tmp_path, capsy
     assert rc == 0
     assert (out / "flow.json").is_file() and (out / "report.html").is_file() and not (out / "evaluation.json").exists()
     assert "evaluation skipped: a classifier must return logits" in capsys.readouterr().err
+
+
+def test_another_version_of_the_code_recomputes_every_stage(samples, base_run, tmp_path):
+    """A run made by another rsmi-nn version is not reused: the same command recomputes it (same bytes here)."""
+    out = tmp_path / "copy"
+    shutil.copytree(base_run, out)
+    prints = json.loads((out / "fingerprints.json").read_text())
+    for entry in prints.values():
+        entry["code"] = "0.0.1+older"
+    (out / "fingerprints.json").write_text(json.dumps(prints))
+    assert _flow(samples / "x.npy", out) == 0
+    stages = json.loads((out / "timings.json").read_text())["stages"]
+    assert not stages["graph"]["skipped"] and not stages["flow"]["skipped"]
+    assert _digests(out) == _digests(base_run)
