@@ -318,8 +318,6 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
         (out / FLOW_CONFIG).unlink(missing_ok=True)
         redo_export = True
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.toml", config.to_toml())
-    write_json(out / "versions.json", {**versions(), "rsmi_nn.__version__": __version__})
 
     timings: dict[str, dict] = {}
     t_start = time.perf_counter()
@@ -350,6 +348,9 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
     after = read_flow(out)
     flow_changed = before != after
     done("flow", t0, not flow_changed and before is not None)
+    # what the finished flow was made with (written only now: a refused or failed run leaves the old one)
+    write_text(out / "config.toml", config.to_toml())
+    write_json(out / "versions.json", {**versions(), "rsmi_nn.__version__": __version__})
 
     if not report:
         return out

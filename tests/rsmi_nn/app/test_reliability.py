@@ -90,11 +90,13 @@ def test_a_changed_input_file_is_refused(samples, base_run, tmp_path, capsys):
     x = samples / "x.npy"
     backup = tmp_path / "x.bak"
     shutil.copy(x, backup)
+    config = (out / "config.toml").read_bytes()
     try:
         shutil.copy(samples / "y.npy", x)  # the same path, other content
-        assert _flow(x, out) == 1
+        assert _flow(x, out, "--steps", "30") == 1
         msg = _err(capsys)
         assert "graph stage was made with another input" in msg and "delete" in msg
+        assert (out / "config.toml").read_bytes() == config  # the refused command rewrote nothing
     finally:
         shutil.copy(backup, x)
     assert _flow(x, out) == 0  # the original file again: everything reused
