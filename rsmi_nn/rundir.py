@@ -36,6 +36,7 @@ __all__ = [
     "FLOW_JSON",
     "LEVEL_JSON",
     "MODEL_PREFIX",
+    "check_safetensors",
     "discard_levels",
     "finished_levels",
     "fingerprint",
@@ -216,7 +217,7 @@ def read_level(path: Path) -> tuple[dict, torch.Tensor] | None:
             if name.endswith(".json"):
                 read_json(path / name, "level file")
             elif name != "coarse.safetensors":
-                _check_safetensors(path / name)
+                check_safetensors(path / name)
         coarse = load_tensors(path / "coarse.safetensors")["samples"]
     except (OSError, ValueError, KeyError) as err:
         log.warning("%s is damaged (%s); the level is recomputed", path, err)
@@ -224,7 +225,7 @@ def read_level(path: Path) -> tuple[dict, torch.Tensor] | None:
     return record, coarse
 
 
-def _check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> None:
     """Raise a clear error unless ``path`` is a readable safetensors file (header and sizes checked)."""
     from safetensors import SafetensorError, safe_open
 

@@ -33,11 +33,12 @@ from rsmi_nn.app.provenance import (
     code_version,
     file_digest,
     files_digest,
+    model_digest,
     read_fingerprints,
     record_stage_fingerprint,
     store_digest,
 )
-from rsmi_nn.rundir import FLOW_CONFIG, FLOW_JSON, discard_levels, read_flow
+from rsmi_nn.rundir import FLOW_CONFIG, FLOW_JSON, check_safetensors, discard_levels, read_flow
 
 __all__ = ["flow_stage", "graph_stage", "load_level0", "prepare_input", "record_stage", "run_pipeline"]
 
@@ -165,30 +166,15 @@ def _record_inputs(config: Config) -> dict:
     return {"source": source, "model": model_digest(config.source.name)}
 
 
-def model_digest(name: str) -> str | None:
-    """Digest of the files a model source is loaded from (``python:FILE.py:...``, ``hf:DIR``); None for built-ins."""
-    if name.startswith("hf:"):
-        folder = Path(name[3:])
-        return files_digest(sorted(p for p in folder.rglob("*") if p.is_file())) if folder.is_dir() else None
-    if name.startswith("python:"):
-        module = name[len("python:"):].rsplit(":", 1)[0]
-        return file_digest(module) if module.endswith(".py") and Path(module).is_file() else module
-    return None
-
-
 def _readable_store(store_dir: Path):
     """The store in ``store_dir`` when its manifest and every shard are readable, else None (re-record)."""
-    from safetensors import SafetensorError, safe_open
-
     from graphs import ActivationStore
 
     try:
         store = ActivationStore.open(store_dir)
         for shard in store.manifest["shards"]:
-            with safe_open(str(store_dir / shard["file"]), "pt") as f:
-                for key in f.keys():
-                    f.get_slice(key)
-    except (OSError, ValueError, SafetensorError) as err:
+            check_safetensors(store_dir / shard["file"])
+    except (OSError, ValueError) as err:
         log.warning("the activation store %s is damaged (%s); recording it again", store_dir, err)
         return None
     return store

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from rsmi_nn.app.files import write_json
 
-__all__ = ["FINGERPRINTS", "check_stage", "code_changed", "code_version", "file_digest", "files_digest", "read_fingerprints",
-           "record_stage_fingerprint", "store_digest"]
+__all__ = ["FINGERPRINTS", "check_stage", "code_changed", "code_version", "file_digest", "files_digest", "model_digest",
+           "read_fingerprints", "record_stage_fingerprint", "store_digest"]
 
 FINGERPRINTS = "fingerprints.json"
 _CHUNK = 1 << 22
@@ -52,6 +52,17 @@ def store_digest(store_dir: str | Path) -> str:
     files = [root / "manifest.json"] + [root / s["file"] for s in manifest.get("shards", [])]
     files += sorted(p for p in root.iterdir() if p.is_file() and p.name.startswith("inputs"))
     return files_digest(files)
+
+
+def model_digest(name: str) -> str | None:
+    """Digest of the files a model source is loaded from (``python:FILE.py:...``, ``hf:DIR``); None for built-ins."""
+    if name.startswith("hf:"):
+        folder = Path(name[3:])
+        return files_digest(sorted(p for p in folder.rglob("*") if p.is_file())) if folder.is_dir() else None
+    if name.startswith("python:"):
+        module = name[len("python:"):].rsplit(":", 1)[0]
+        return file_digest(module) if module.endswith(".py") and Path(module).is_file() else module
+    return None
 
 
 @lru_cache(maxsize=1)
