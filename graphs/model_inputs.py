@@ -282,6 +282,8 @@ def _flatten_tokens(acts, names, ids_shape, mask, reduction, dtype):
     out = {}
     for name in names:
         t = _captured(acts, name)
+        if t.ndim >= 2 and t.shape[0] == bsz * seq and tuple(t.shape[:2]) != (bsz, seq):
+            t = t.reshape(bsz, seq, *t.shape[1:])  # tokens flattened into rows, [B*T, ...] (OPT's MLP)
         if t.ndim < 3 or tuple(t.shape[:2]) != (bsz, seq):
             raise ValueError(
                 f"module {name!r} output has shape {tuple(t.shape)}, expected (batch={bsz}, tokens={seq}, ...) "

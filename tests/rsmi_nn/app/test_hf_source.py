@@ -1,4 +1,4 @@
-"""The ``hf:<folder>`` source: randomly initialised BERT, GPT-2 and LLaMA models saved to a folder
+"""The ``hf:<folder>`` source: randomly initialised BERT, GPT-2, LLaMA and OPT models saved to a folder
 with an offline tokenizer, default sites by architecture, one sample per real token, the CLI."""
 
 import shutil
@@ -13,7 +13,7 @@ from rsmi_nn.app.sources import load_source
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-L_BERT, I_BERT, L_GPT2, L_LLAMA, I_LLAMA = 2, 24, 3, 2, 40
+L_BERT, I_BERT, L_GPT2, L_LLAMA, I_LLAMA, L_OPT, I_OPT = 2, 24, 3, 2, 40, 2, 28
 
 
 def _bpe(texts, specials, vocab=400):
@@ -30,7 +30,7 @@ def _bpe(texts, specials, vocab=400):
 
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
-    """Folders of three randomly initialised families, each saved with its tokenizer (no download)."""
+    """Folders of four randomly initialised families, each saved with its tokenizer (no download)."""
     from tokenizers import processors
 
     from rsmi_nn.app.corpus import pydoc_corpus
@@ -62,6 +62,12 @@ def hf_models(tmp_path_factory):
                                      max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
                        ).save_pretrained(root / "llama")
     llama_tok.save_pretrained(root / "llama")
+    # OPT-like causal LM: its decoder layers flatten tokens into rows, so the MLP sees [batch * tokens, ffn]
+    T.OPTForCausalLM(T.OPTConfig(vocab_size=len(gpt_tok), hidden_size=16, num_hidden_layers=L_OPT,
+                                 num_attention_heads=2, ffn_dim=I_OPT, word_embed_proj_dim=16,
+                                 max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+                     ).save_pretrained(root / "opt")
+    gpt_tok.save_pretrained(root / "opt")
     return root
 
 
@@ -75,10 +81,13 @@ SITES = {
     "llama": {"mlp": ([f"layers.{i}.mlp.act_fn" for i in range(L_LLAMA)], L_LLAMA * I_LLAMA),
               "resid": ([f"layers.{i}" for i in range(L_LLAMA)], L_LLAMA * 16),
               "attn-out": ([f"layers.{i}.self_attn" for i in range(L_LLAMA)], L_LLAMA * 16)},
+    "opt": {"mlp": ([f"decoder.layers.{i}.activation_fn" for i in range(L_OPT)], L_OPT * I_OPT),
+            "resid": ([f"decoder.layers.{i}" for i in range(L_OPT)], L_OPT * 16),
+            "attn-out": ([f"decoder.layers.{i}.self_attn" for i in range(L_OPT)], L_OPT * 16)},
 }
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "opt"])
 def test_default_sites_by_architecture(hf_models, family, tmp_path):
     for site, (modules, units) in SITES[family].items():
         src = load_source(f"hf:{hf_models / family}", site=None if site == "mlp" else site, max_texts=3)
@@ -87,7 +96,7 @@ def test_default_sites_by_architecture(hf_models, family, tmp_path):
         assert store.num_units == units, (family, site)
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "opt"])
 def test_one_sample_per_real_token_padding_masked(hf_models, family, tmp_path):
     """Batched with padding, the recorded rows equal each text run alone, token by token."""
     texts = ["Lists are mutable.", "A tuple is an immutable sequence of arbitrary Python objects here.", "Yes."]
@@ -102,7 +111,7 @@ def test_one_sample_per_real_token_padding_masked(hf_models, family, tmp_path):
         enc = tok([text], return_tensors="pt")
         with torch.no_grad(), capture(model, src.modules) as acts:
             model(**enc)
-        rows.append(torch.cat([acts[m][0].reshape(enc["input_ids"].shape[1], -1) for m in src.modules], dim=1))
+        rows.append(torch.cat([acts[m].reshape(enc["input_ids"].shape[1], -1) for m in src.modules], dim=1))
     expected = torch.cat(rows)
     assert store.num_samples == expected.shape[0] == sum(len(tok(t)["input_ids"]) for t in texts)
     torch.testing.assert_close(store.to_tensor(), expected, rtol=1e-4, atol=1e-5)
