@@ -3,8 +3,8 @@
 ``python -m experiments.canonicity [--quick] [--out DIR] [--source digits-mlp|minilm]``
 
 One model source (default the digits MLP; ``--source minilm`` the default MiniLM flow, ~85 s per
-run on an idle 2-core machine). Its activations over all inputs are recorded once; the flow of the
-source's shipped config is run
+run on an idle 2-core machine). Its activations over the inputs of the source's shipped config (its
+``max_samples``: 1 437 digits, 200 MiniLM texts) are recorded once; the flow of that config is run
 
 - with ``seeds`` different seeds on all inputs, and
 - on two disjoint halves of the inputs (a seeded split), seed 0.
@@ -35,11 +35,14 @@ METHODS = ("rsmi", "block-pca", "pca", "sae")
 _CONFIGS = {"digits-mlp": "digits-mlp", "minilm": "default"}
 
 
-def record_all(source_name: str, root: Path, *, max_texts: int | None = None) -> dict[str, Path]:
-    """Record all inputs, and the two halves of a seeded split, into stores; returns their folders."""
+def record_all(source_name: str, root: Path, *, max_inputs: int | None = None) -> dict[str, Path]:
+    """Record the first ``max_inputs`` inputs (default all), and the two halves of a seeded split of them,
+    into stores; returns their folders."""
     from rsmi_nn.app.sources import load_source
 
-    src = load_source(source_name, **({"max_texts": max_texts} if max_texts else {}))
+    src = load_source(source_name)
+    if max_inputs is not None and max_inputs < len(src.inputs):
+        src = dataclasses.replace(src, inputs=_take(src.inputs, torch.arange(max_inputs)))
     n = len(src.inputs)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(12345))
     halves = [torch.sort(part).values for part in order.chunk(2)]
@@ -129,8 +132,8 @@ def run(out: str | Path = "runs/canonicity", *, quick: bool = False, source: str
     seed_list = list(range(3 if quick else seeds))
     steps = 100 if quick else None
     sae_steps = 400 if quick else 2000
-    stores = record_all(source, root, max_texts=60 if quick and source == "minilm" else None)
     config = _CONFIGS[source]
+    stores = record_all(source, root, max_inputs=60 if quick and source == "minilm" else _config_inputs(config))
     seed_runs = [flow_run(stores["all"], root / "runs" / f"seed{s}", config, s, steps) for s in seed_list]
     half_runs = [flow_run(stores[h], root / "runs" / h, config, 0, steps) for h in ("half0", "half1")]
     methods = {"rsmi": rsmi_scores(seed_runs, half_runs)}
@@ -143,6 +146,13 @@ def run(out: str | Path = "runs/canonicity", *, quick: bool = False, source: str
     _figure(result, root / "canonicity.png")
     print(table(result))
     return result
+
+
+def _config_inputs(config_name: str) -> int | None:
+    """The inputs the shipped config records (its ``max_samples``): the study's "all inputs"."""
+    from rsmi_nn.app.config import load_config
+
+    return load_config(config_name).source.max_samples
 
 
 def table(result: dict) -> str:

@@ -31,6 +31,24 @@ def test_flow_finds_the_planted_levels_where_the_nuisance_dominates(tmp_path):
         assert sc["reads_latent"] == 1.0
 
 
+
+def test_flow_finds_level_one_groups_larger_than_block_size():
+    """Branching 5 with block_size 4 (issue 15's held-out sweep): the level-1 graph (25 coarse variables) holds
+    planted groups of 5; a partition capped at block_size cut them (level-1 ARI 0.58-0.79), the natural merges
+    past block_size keep them whole."""
+    s = sample_tmr(4000, branching=5, group_size=4, seed=0)
+    x_fit, rows = s.x[:3000], slice(3000, None)
+    flow = run_flow(x_fit, build_graph(x_fit), levels=2, block_size=4, steps=300, progress=False)
+    assert flow.stopped is None
+    for level in (0, 1):
+        blocks = flow.blocks[0] if level == 0 else flow.blocks[1][flow.blocks[0]]
+        coarse = flow.results[0].transform(s.x[rows])
+        if level == 1:
+            coarse = flow.results[1].transform(coarse)
+        sc = level_scores(coarse, blocks, 1, s, level, rows)
+        assert sc["ari"] == 1.0, (level, sc)
+        assert sc["corr_mean"] >= 0.9, (level, sc)
+
 def test_min_env_leaves_large_sparse_graphs_alone():
     """Where every block's shell beyond the buffer is big enough, the regions are make_regions' own."""
     from graphs import make_regions, partition

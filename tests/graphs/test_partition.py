@@ -111,3 +111,39 @@ def test_planted_groups_are_found_whatever_their_size(size):
     truth = torch.from_numpy(np.argsort(perm) // size)
     pairs = torch.unique(torch.stack([blocks, truth]), dim=1)
     assert pairs.shape[1] == groups and blocks.unique().numel() == groups
+
+
+def _factor_groups(sizes, seed, n=4000):
+    """Samples of planted groups of unequal ``sizes``: a shared top factor (corr 0.37 across groups) and a group
+    factor (0.74 inside), units shuffled; returns (x [n, U], planted group of every unit)."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    top, f = rng.standard_normal((n, 1)), rng.standard_normal((n, len(sizes)))
+    x = 0.6 * top + 0.6 * f[:, truth] + 0.5 * rng.standard_normal((n, truth.size))
+    perm = rng.permutation(truth.size)
+    return torch.tensor(x[:, perm], dtype=torch.float32), torch.from_numpy(truth[perm])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("block_size", [4, 5])
+def test_natural_groups_up_to_twice_block_size_are_kept_whole(seed, block_size):
+    """Issue 15: planted groups of 3-7 units (block_size 4 or 5) are found exactly. Before, a group larger than
+    block_size was cut and its leftovers paired across groups (ARI 0.64-0.83 on these graphs): merges past
+    block_size now continue a group at the affinity that formed it, where a gap closes it off."""
+    from graphs import build_graph
+
+    x, truth = _factor_groups([3, 4, 5, 6, 7, 5, 3, 6, 4, 7], seed)
+    blocks = partition(build_graph(x, k=8), block_size, seed=0)
+    pairs = torch.unique(torch.stack([blocks, truth]), dim=1)
+    assert pairs.shape[1] == 10 and blocks.unique().numel() == 10
+
+
+def test_natural_merges_stop_below_twice_block_size():
+    """A planted group of 12 with block_size 4 is cut into blocks of fewer than 8 nodes that stay inside it."""
+    from graphs import build_graph
+
+    x, truth = _factor_groups([12, 12, 3, 4], seed=0)
+    blocks = partition(build_graph(x, k=8), 4, seed=0)
+    assert int(torch.bincount(blocks).max()) < 8
+    pairs = torch.unique(torch.stack([blocks, truth]), dim=1)
+    assert pairs.shape[1] == blocks.unique().numel()  # no block spans two groups
