@@ -165,15 +165,27 @@ class ActivationStore:
         if carry is not None:
             yield carry.to(device)
 
-    def to_tensor(self, units=None, *, dtype: torch.dtype = torch.float32, device="cpu") -> torch.Tensor:
-        """All samples as one tensor of shape ``(n_samples, n_units)`` (or ``len(units)`` columns)."""
+    def to_tensor(self, units=None, *, rows=None, dtype: torch.dtype = torch.float32, device="cpu") -> torch.Tensor:
+        """The samples as one tensor of shape ``(n_samples, n_units)`` (or ``len(units)`` columns); ``rows``
+        (sample indices, any order, repeats allowed) keeps only those rows, in that order, reading one shard
+        at a time (memory: the result plus one shard)."""
         idx = self._unit_index(units)
         width = self.num_units if idx is None else idx.numel()
-        out = torch.empty(self.num_samples, width, dtype=dtype, device=device)
-        row = 0
+        if rows is not None:
+            rows = torch.as_tensor(rows, dtype=torch.long).flatten()
+            if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.num_samples):
+                raise ValueError(f"rows must lie in [0, {self.num_samples}), got range "
+                                 f"[{int(rows.min())}, {int(rows.max())}]")
+        out = torch.empty(self.num_samples if rows is None else rows.numel(), width, dtype=dtype, device=device)
+        start = 0
         for batch in self.iter_batches(None, units=idx, dtype=dtype, device=device):
-            out[row : row + batch.shape[0]] = batch
-            row += batch.shape[0]
+            stop = start + batch.shape[0]
+            if rows is None:
+                out[start:stop] = batch
+            else:
+                here = ((rows >= start) & (rows < stop)).nonzero().flatten()
+                out[here.to(out.device)] = batch[(rows[here] - start).to(batch.device)]
+            start = stop
         return out
 
     def sample_info(self, indices) -> dict[str, torch.Tensor]:

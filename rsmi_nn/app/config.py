@@ -139,6 +139,9 @@ class EvaluateOptions(Options):
     worst_case_steps: int = option(10, "projected gradient steps per start of the worst-case search", kind=int,
                                    minimum=0)
     effect_inputs: int = option(32, "held-out inputs of the per-variable mean-ablation effect", kind=int, minimum=1)
+    fit_samples: int = option(20000, "at most this many of the flow's samples (a seeded subset) fit the decoders and "
+                              "the baselines: the evaluation's memory stays flat in the number of tokens", kind=int,
+                              minimum=16)
     sae_steps: int = option(2000, "training steps of the sae baseline", kind=int, minimum=1)
     ridge: float = option(1e-3, "ridge of the least-squares decoder, relative to each standardised code's sum of "
                           "squares", kind=float, minimum=0.0)

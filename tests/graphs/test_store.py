@@ -81,3 +81,15 @@ def test_open_errors(store, tmp_path):
     (s.path / manifest["shards"][2]["file"]).unlink()
     with pytest.raises(FileNotFoundError, match="shard 'shard-00002.safetensors'"):
         ActivationStore.open(s.path)
+
+
+def test_to_tensor_rows_picks_rows_across_shards_in_the_given_order(store):
+    """``rows`` reads the chosen samples shard by shard (any order, repeats) and refuses indices out of range."""
+    s, expected, _ = store
+    assert len(s.manifest["shards"]) == 7
+    rows = torch.tensor([40, 0, 17, 17, 5, 6, 35])
+    torch.testing.assert_close(s.to_tensor(rows=rows), expected[rows], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.to_tensor(units=[3, 1], rows=rows), expected[rows][:, [3, 1]], rtol=1e-6, atol=1e-6)
+    assert s.to_tensor(rows=torch.tensor([], dtype=torch.long)).shape == (0, 10)
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 41\)"):
+        s.to_tensor(rows=[41])

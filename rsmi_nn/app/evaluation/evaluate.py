@@ -70,7 +70,9 @@ def _method_entry(outs: _Outputs, x_test, x_hat, *, per_module: bool) -> dict:
     return entry
 
 
-def _baseline_codes(method: str, run, level: int, x_train, x_test, num_latents: int, options, seed: int):
+def _baseline_codes(method: str, run, level: int, train, x_test, num_latents: int, options, seed: int):
+    """Codes ``[N, J]`` of the flow's samples (``train``: their :class:`~rsmi_nn.baselines.Standardised`) and of
+    the held-out rows ``x_test``."""
     from rsmi_nn.baselines import fit_baseline
 
     blocks = run.unit_blocks(level) if method.startswith("block-") else None
@@ -79,11 +81,11 @@ def _baseline_codes(method: str, run, level: int, x_train, x_test, num_latents: 
     kwargs = {"seed": seed}
     if method == "sae":
         kwargs["sae_steps"] = options.sae_steps
-    enc = fit_baseline(method, x_train, blocks, num_latents=n, **kwargs)
-    return enc.encode(x_train), enc.encode(x_test)
+    enc = fit_baseline(method, train, blocks, num_latents=n, **kwargs)
+    return enc.latents(train.z), enc.encode(x_test)
 
 
-def _level(run, level: int, outs: _Outputs, x_train, x_test, codes_train, codes_test, options, seed, timings):
+def _level(run, level: int, outs: _Outputs, x_train, train, x_test, codes_train, codes_test, options, seed, timings):
     lv = run.levels[level]
     J = lv.num_coarse
     methods: dict[str, dict] = {}
@@ -94,7 +96,7 @@ def _level(run, level: int, outs: _Outputs, x_train, x_test, codes_train, codes_
     timings["rsmi"] = timings.get("rsmi", 0) + time.perf_counter() - t0
     for method in options.baselines:
         t0 = time.perf_counter()
-        b_train, b_test = _baseline_codes(method, run, level, x_train, x_test, J, options, seed)
+        b_train, b_test = _baseline_codes(method, run, level, train, x_test, J, options, seed)
         b_hat = LinearDecoder.fit(b_train, x_train, ridge=options.ridge).decode(b_test)
         methods[method] = _method_entry(outs, x_test, b_hat, per_module=options.per_module)
         methods[method]["num_latents"] = int(b_train.shape[1])
@@ -114,6 +116,18 @@ def _level(run, level: int, outs: _Outputs, x_train, x_test, codes_train, codes_
     timings["variable_effect"] = timings.get("variable_effect", 0) + time.perf_counter() - t0
     return {"level": level, "num_latents": J, "methods": methods, "worst_case": wc,
             "variable_effect": [float(v) for v in effects]}
+
+
+def _fit_rows(num_samples: int, fit_samples: int, seed: int) -> torch.Tensor | None:
+    """Sorted indices of a seeded subset of ``fit_samples`` of the flow's samples (``None``: all of them)."""
+    if num_samples <= fit_samples:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_samples, generator=gen)[:fit_samples].sort().values
+
+
+def _take_rows(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return x if rows is None else x[rows]
 
 
 def evaluate_run(run_dir: str | Path, options=None, *, device: str = "cpu", seed: int | None = None,
@@ -141,6 +155,7 @@ def evaluate_run(run_dir: str | Path, options=None, *, device: str = "cpu", seed
     from estimators.device import resolve_device
     from rsmi_nn.app.config import Config, EvaluateOptions, read_run_config
     from rsmi_nn.app.files import write_json
+    from rsmi_nn.baselines import standardise
     from rsmi_nn.run import load_run
 
     t_start = time.perf_counter()
@@ -154,12 +169,14 @@ def evaluate_run(run_dir: str | Path, options=None, *, device: str = "cpu", seed
         torch.manual_seed(seed)
         spliced, kind, store, held = held_out_model(run, root, config, options.held_out, device=device)
         x_test = spliced.record()
-        x_train = store.to_tensor(units=run.unit_names)
+        fit_rows = _fit_rows(store.num_samples, options.fit_samples, seed)
+        x_train = store.to_tensor(units=run.unit_names, rows=fit_rows)
         outs = _Outputs(spliced, kind, x_train.mean(0, keepdim=True))
         codes_test = run.encode(x_test)
         timings: dict[str, float] = {}
-        levels = [_level(run, i, outs, x_train, x_test, lv.coarse_samples(), codes_test[i], options, seed, timings)
-                  for i, lv in enumerate(run.levels)]
+        train = standardise(x_train) if options.baselines else None  # shared by every baseline fit
+        levels = [_level(run, i, outs, x_train, train, x_test, _take_rows(lv.coarse_samples(), fit_rows),
+                         codes_test[i], options, seed, timings) for i, lv in enumerate(run.levels)]
     result = {
         "metric": kind.metric, "model_kind": kind.name, "held_out": held,
         "decoder": {"kind": "ridge least squares on standardised codes, fitted on the flow's samples",

@@ -181,3 +181,21 @@ def test_evaluate_refuses_a_run_without_a_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = run_rsmi("evaluate", tmp_path / "run", "--quiet")
     assert proc.returncode == 1 and "rsmi: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_decoder_fitted_on_a_seeded_subset_of_the_flow_samples(held, digits_run, evaluation):
+    """fit_samples below the flow's samples: the decoder reads only those rows (memory flat in the tokens),
+    and the figure equals the same splice computed here from the same rows."""
+    run, spliced, kind, store, info, x = held
+    small = evaluate_run(digits_run, EvaluateOptions(**{**FAST, "baselines": [], "fit_samples": 120}), device="cpu",
+                         write=False)
+    assert small["decoder"]["fit_samples"] == 120 < store.num_samples
+    rows = torch.randperm(store.num_samples, generator=torch.Generator().manual_seed(0))[:120].sort().values
+    x_fit = store.to_tensor(units=run.unit_names, rows=rows)
+    x_hat = LinearDecoder.fit(run.levels[0].coarse_samples()[rows], x_fit, ridge=1e-3).decode(run.encode(x)[0])
+    p = torch.log_softmax(torch.cat(spliced.outputs()), 1)
+    q = torch.log_softmax(torch.cat(spliced.outputs(x_hat)), 1)
+    kl = float((p.exp() * (p - q)).sum(1).mean())
+    got = small["levels"][0]["methods"]["rsmi"]["kl"]
+    assert got == pytest.approx(kl, rel=1e-4, abs=1e-8)
+    assert got != pytest.approx(evaluation["levels"][0]["methods"]["rsmi"]["kl"], rel=1e-3)  # not all rows
