@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from estimators.validation import check_positive_int
+from rsmi_nn.app.model_training import minibatches, reproducible_cpu, train_step
 
 __all__ = ["FAMILY", "GENERATOR", "TRAINING", "UnitTransformer", "hidden_activations", "load_model", "model_recipe", "probe_r2",
            "reference_accuracy", "score_model", "task_labels", "tmr_data", "train_model", "unit_levels"]
@@ -146,30 +147,16 @@ def train_model(recipe: dict) -> tuple[nn.Module, dict]:
     n_tr, n_val = recipe["n_train"], recipe["n_val"]
     num_classes = 2 ** sample.latents[-2].shape[1]
     gen = torch.Generator().manual_seed(recipe["seed"])
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe["seed"])
-            model = _build(recipe, x.shape[1], num_classes)
-            opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-            model.train()
-            for _ in range(recipe["epochs"]):
-                order = torch.randperm(n_tr, generator=gen)
-                for i in range(0, n_tr, recipe["batch_size"]):
-                    idx = order[i:i + recipe["batch_size"]]
-                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            model.eval()
-            with torch.no_grad():
-                acc = [float((_logits(model, x[rows]).argmax(1) == y[rows]).float().mean())
-                       for rows in (slice(0, n_tr), slice(n_tr, n_tr + n_val))]
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(threads)
+    with reproducible_cpu(recipe["seed"], deterministic=True):
+        model = _build(recipe, x.shape[1], num_classes)
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+        model.train()
+        for idx in minibatches(n_tr, recipe["batch_size"], recipe["epochs"], gen):
+            train_step(opt, nn.functional.cross_entropy(model(x[idx]), y[idx]))
+        model.eval()
+        with torch.no_grad():
+            acc = [float((_logits(model, x[rows]).argmax(1) == y[rows]).float().mean())
+                   for rows in (slice(0, n_tr), slice(n_tr, n_tr + n_val))]
     stats = {"train_accuracy": acc[0], "val_accuracy": acc[1], "num_classes": num_classes, "num_units": x.shape[1],
              "reference_accuracy": reference_accuracy(sample, slice(n_tr, n_tr + n_val))}
     return model, stats

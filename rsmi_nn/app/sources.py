@@ -51,6 +51,7 @@ from torch import nn
 
 from estimators.validation import check_positive_int
 from graphs.atomic import atomic_save_tensors
+from rsmi_nn.app.model_training import minibatches, reproducible_cpu, train_step
 
 if TYPE_CHECKING:
     from graphs.store import ActivationStore
@@ -224,26 +225,15 @@ def train_digits_mlp(recipe: dict) -> tuple[DigitsMLP, dict]:
     mean, std = x[train].mean(0), x[train].std(0)
     std = torch.where(std > 0, std, torch.ones_like(std))
     z = (x - mean) / std
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe["seed"])
-            model = DigitsMLP(tuple(recipe["sizes"]))
-            opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-            for _ in range(recipe["epochs"]):
-                order = train[torch.randperm(len(train), generator=gen)]
-                for i in range(0, len(order), recipe["batch_size"]):
-                    idx = order[i : i + recipe["batch_size"]]
-                    loss = nn.functional.cross_entropy(model(z[idx]), y[idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            model.eval()
-            with torch.no_grad():
-                acc = (model(z[test]).argmax(1) == y[test]).float().mean().item()
-    finally:
-        torch.set_num_threads(threads)
+    with reproducible_cpu(recipe["seed"]):
+        model = DigitsMLP(tuple(recipe["sizes"]))
+        opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+        for rows in minibatches(len(train), recipe["batch_size"], recipe["epochs"], gen):
+            idx = train[rows]
+            train_step(opt, nn.functional.cross_entropy(model(z[idx]), y[idx]))
+        model.eval()
+        with torch.no_grad():
+            acc = (model(z[test]).argmax(1) == y[test]).float().mean().item()
     return model, {"test_accuracy": acc, "mean": mean, "std": std}
 
 

@@ -24,6 +24,7 @@ import math
 import torch
 
 from graphs.atomic import atomic_save_tensors, atomic_write_json
+from rsmi_nn.app.model_training import minibatches, reproducible_cpu, train_step
 
 __all__ = ["RECIPE", "tiny_lm_source", "train_tiny_lm"]
 
@@ -89,33 +90,21 @@ def train_tiny_lm(recipe: dict, texts: list[str]):
     vocab = _vocabulary(train, recipe)
     tokenizer = _tokenizer(vocab)
     kw = {"padding": True, "truncation": True, "max_length": recipe["n_positions"], "return_tensors": "pt"}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe["seed"])
-            gen = torch.Generator().manual_seed(recipe["seed"])
-            model = _model(recipe, len(vocab))
-            opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
-            steps = recipe["epochs"] * math.ceil(len(train) / recipe["batch_size"])
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
-            model.train()
-            for epoch in range(recipe["epochs"]):
-                order = torch.randperm(len(train), generator=gen).tolist()
-                for i in range(0, len(order), recipe["batch_size"]):
-                    enc = dict(tokenizer([train[j] for j in order[i:i + recipe["batch_size"]]], **kw))
-                    loss = _lm_loss(model, enc)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                logger.info("tiny-lm epoch %d: training loss %.3f", epoch, float(loss.detach()))
-            model.eval()
-            with torch.no_grad():
-                losses = [float(_lm_loss(model, dict(tokenizer(unseen[i:i + 64], **kw))))
-                          for i in range(0, len(unseen), 64)]
-    finally:
-        torch.set_num_threads(threads)
+    with reproducible_cpu(recipe["seed"]):
+        gen = torch.Generator().manual_seed(recipe["seed"])
+        model = _model(recipe, len(vocab))
+        opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
+        steps = recipe["epochs"] * math.ceil(len(train) / recipe["batch_size"])
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
+        model.train()
+        for rows in minibatches(len(train), recipe["batch_size"], recipe["epochs"], gen):
+            loss = _lm_loss(model, dict(tokenizer([train[j] for j in rows.tolist()], **kw)))
+            train_step(opt, loss, sched)
+        model.eval()
+        with torch.no_grad():
+            losses = [float(_lm_loss(model, dict(tokenizer(unseen[i:i + 64], **kw))))
+                      for i in range(0, len(unseen), 64)]
+        logger.info("tiny-lm: %d epochs, last training loss %.3f", recipe["epochs"], float(loss.detach()))
     return model, tokenizer, vocab, {"heldout_ce": sum(losses) / len(losses)}
 
 
