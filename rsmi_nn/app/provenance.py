@@ -105,14 +105,14 @@ def check_stage(out: Path, stage: str, entry: dict, *, remove: str) -> bool:
     recompute from there.
     """
     saved = read_fingerprints(out).get(stage)
-    if saved is None:
-        return False
+    if saved is None or saved.get("code") != code_version():
+        return False  # recomputed whatever its inputs: a stage before it may have been recomputed to other bytes
     for key, value in entry.items():
         if saved.get(key) != value:
             what = _describe(key, saved.get(key), value)
             raise ValueError(f"{str(out)!r}: its {stage} stage was made with another {what}; "
                              f"pass a new --out directory, or delete {remove} to recompute from there")
-    return saved.get("code") == code_version()
+    return True
 
 
 def code_changed(out: Path) -> str | None:
