@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks import memory_gib
 from graphs.atomic import atomic_write
 
-SUITES = ["bench_estimators", "bench_graph", "bench_rsmi", "bench_end_to_end", "bench_vs_rsmine"]
+SUITES = ["bench_estimators", "bench_graph", "bench_rsmi", "bench_end_to_end", "bench_vs_rsmine", "bench_distributed"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -28,11 +28,12 @@ from datetime import timedelta
 import torch
 
 __all__ = ["RankFailed", "agreed", "all_gather_objects", "all_gather_tensors", "band_owners", "barrier", "broadcast_object",
-           "init_from_env", "is_active", "is_writer", "rank", "share", "world_size"]
+           "init_from_env", "is_active", "is_writer", "on_writer", "rank", "share", "strict_blas", "world_size"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 1800
+_MKL_CBWR_AUTO, _MKL_CBWR_STRICT, _MKL_CBWR_ALL = 2, 0x10000, ~0
 
 
 class RankFailed(RuntimeError):
@@ -68,7 +69,8 @@ def is_writer() -> bool:
 def init_from_env(timeout_s: float | None = None) -> bool:
     """Join the process group that ``torchrun`` describes in the environment; returns whether one was joined.
 
-    Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1, or when a group is already initialised.
+    Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1, or when a group is already initialised;
+    otherwise first turns on :func:`strict_blas`.
     Backend: ``gloo`` for CPU tensors, and ``nccl`` for CUDA tensors when CUDA is available (each rank then
     uses ``cuda:LOCAL_RANK``). ``timeout_s`` (default ``RSMI_DIST_TIMEOUT`` or 1 800 s) bounds every wait.
     """
@@ -76,6 +78,7 @@ def init_from_env(timeout_s: float | None = None) -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
+    strict_blas()  # ranks of one thread each give the bits of one process of many threads
     for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
             raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {var} is not; launch with torchrun "
@@ -93,6 +96,46 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     log.info("rank %d of %d joined the process group (%s)", rank(), world_size(), backend)
     return True
+
+
+def strict_blas(*, quiet: bool = False) -> bool:
+    """Ask MKL for matrix products whose bits do not depend on the thread count or on memory alignment.
+
+    MKL (torch's CPU BLAS on x86) otherwise splits its sums by thread count and alignment: a flow run with 8
+    threads and the same flow run by ranks of one thread each (``torchrun``'s default) differ in the last bits,
+    which training amplifies (measured: ``mi_stderr_per_block`` in the 7th digit). This turns on MKL's strict
+    conditional numerical reproducibility (``MKL_CBWR=AUTO,STRICT``: the fastest code path of this CPU, sums in a
+    fixed order). It must run before the process's first MKL call: importing this module calls it (quietly),
+    so any process that imports the engine's graph or flow code before computing gets it, and the ``rsmi``
+    command and :func:`init_from_env` call it first. Returns whether strict mode is on; False (changing
+    nothing, with a warning unless ``quiet``) without MKL, when ``MKL_CBWR`` is set in the environment (that
+    choice stands: ``MKL_CBWR=AUTO`` turns this off), or when MKL was already used.
+    """
+    import ctypes
+    from pathlib import Path
+
+    if not torch.backends.mkl.is_available():
+        return False
+    get = set_ = None  # MKL's service functions: linked into libtorch_cpu (pip wheels), or a shared libmkl
+    for name in [*map(str, sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))), None]:
+        try:
+            lib = ctypes.CDLL(name)
+            get, set_ = lib.mkl_serv_cbwr_get, lib.mkl_serv_cbwr_set
+            break
+        except (OSError, AttributeError):
+            continue
+    if set_ is None:
+        return False
+    wanted = _MKL_CBWR_AUTO | _MKL_CBWR_STRICT
+    if get(_MKL_CBWR_ALL) == wanted:
+        return True
+    if "MKL_CBWR" in os.environ:
+        return False
+    ok = set_(wanted) == 0
+    if not ok and not quiet:
+        log.warning("MKL was used before strict reproducibility could be set: results may depend on the thread "
+                    "count; call graphs.distributed.strict_blas() (or init_from_env) before any computation")
+    return ok
 
 
 def barrier() -> None:
@@ -164,6 +207,20 @@ def agreed(what: str) -> Iterator[None]:
                          + (f" (ranks {failed} failed)" if len(failed) > 1 else ""))
 
 
+def on_writer(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the writing rank (rank 0; the only process), its result sent to every rank.
+
+    For what one rank must do alone (read or write the run directory, decide whether a stage is done): a
+    failure there fails every rank (:func:`agreed`, the other ranks raise :class:`RankFailed` naming rank 0).
+    The result must be picklable.
+    """
+    result = None
+    with agreed(what):
+        if is_writer():
+            result = fn(*args, **kwargs)
+    return broadcast_object(result)
+
+
 def share(n: int, parts: int | None = None, index: int | None = None) -> range:
     """The contiguous share ``index`` of ``range(n)`` cut into ``parts`` near-equal pieces (default: this rank's).
 
@@ -189,3 +246,6 @@ def band_owners(costs: Sequence[float], parts: int | None = None) -> list[int]:
         owners[i] = r
         load[r] += costs[i]
     return owners
+
+
+strict_blas(quiet=True)  # before the first matrix product of a process that imports the engine (see above)

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import graphs.distributed  # noqa: F401  (strict MKL reproducibility before any test computes, as in `rsmi`)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

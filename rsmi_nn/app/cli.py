@@ -15,6 +15,10 @@ Sub-commands (``rsmi <command> --help`` for every flag)::
 A user mistake (unknown model, missing file, bad config key, wrong shapes) ends with one line
 ``rsmi: error: ...`` on stderr and exit status 1 (2 for a malformed command line); ``--debug``
 shows the traceback instead.
+
+Several processes: ``torchrun --nproc_per_node N -m rsmi_nn.cli run ...`` (or ``-m rsmi_nn.app.cli``)
+runs ``run``, ``flow`` and ``graph`` on N ranks (the process group comes from torchrun's environment);
+every rank that fails says so with its rank, and rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ log = logging.getLogger("rsmi_nn.app.cli")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+_SEVERAL_PROCESSES = ("run", "flow", "graph")  # the commands that run under torchrun
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,6 +76,12 @@ def _cmd_run(args) -> int:
     out = run_pipeline(cfg, args.out)
     _print_summary(out, time.perf_counter() - t0)
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under torchrun, else 0 (without importing torch)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist.get_rank() if dist is not None and dist.is_available() and dist.is_initialized() else 0
 
 
 def _inherited_note(source: str) -> str:
@@ -154,9 +165,13 @@ def _cmd_graph(args) -> int:
         from graphs import ActivationStore
 
         x = ActivationStore.open(args.store)
-    graph = build_graph(x, **cfg.graph.build_kwargs(), device=cfg.run.device, progress=not cfg.run.quiet)
-    st, js = graph.save(out)
-    print(f"graph: {graph.num_nodes} nodes, {graph.num_edges // 2} edges -> {st}, {js}")
+    graph = build_graph(x, **cfg.graph.build_kwargs(), device=cfg.run.device,
+                        progress=not cfg.run.quiet and _rank() == 0)
+    from graphs.distributed import on_writer
+
+    st, js = on_writer("saving the graph", graph.save, out)
+    if _rank() == 0:
+        print(f"graph: {graph.num_nodes} nodes, {graph.num_edges // 2} edges -> {st}, {js}")
     return 0
 
 
@@ -240,6 +255,8 @@ def _cmd_encode(args) -> int:
 def _print_summary(out: Path, seconds: float) -> None:
     from rsmi_nn.rundir import read_flow  # imports torch: not at start-up, so that `rsmi --help` is fast
 
+    if _rank() != 0:
+        return
     try:
         flow = read_flow(out)
     except FileNotFoundError:
@@ -293,13 +310,15 @@ def _restored_logging():
 
 
 def _configure_logging(quiet: bool, debug: bool) -> None:
-    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    rank = _rank()
+    level = logging.DEBUG if debug else (logging.WARNING if quiet or rank else logging.INFO)
     if quiet:  # third-party progress bars too (transformers' weight loading, hub downloads)
         for var, value in (("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                            ("TRANSFORMERS_VERBOSITY", "error")):
             os.environ.setdefault(var, value)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    who = f" rank {rank}" if _several() else ""
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s{who}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     for name in _LOGGERS:
         lg = logging.getLogger(name)
         lg.handlers[:] = [handler]
@@ -308,13 +327,49 @@ def _configure_logging(quiet: bool, debug: bool) -> None:
     logging.captureWarnings(True)
 
 
+def _several() -> bool:
+    """Whether this process is one of several ranks (without importing torch)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _start(command: str) -> bool:
+    """Before a command computes: reproducible BLAS sums, and under ``torchrun`` the process group.
+
+    Returns whether a process group was joined (to leave it at the end).
+    """
+    from graphs.distributed import init_from_env, strict_blas
+
+    strict_blas()  # the bits of a result do not depend on the thread count (nor on the number of ranks)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in _SEVERAL_PROCESSES:
+        raise UsageError(f"rsmi {command} runs in one process; launch it without torchrun "
+                         f"({', '.join(_SEVERAL_PROCESSES)} run on several)")
+    return init_from_env()
+
+
+def _stop(joined: bool) -> None:
+    if joined:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def _error_line(err: BaseException) -> str:
+    """``rsmi: error: ...``, naming this process's rank under torchrun."""
+    who = f" [rank {_rank()}]" if _several() else ""
+    return f"rsmi: error:{who} {_one_line(err)}\n"
+
+
 def _one_line(err: BaseException) -> str:
+    distributed = sys.modules.get("graphs.distributed")
+    rank_failed = (distributed.RankFailed,) if distributed is not None else ()
     if isinstance(err, KeyError) and err.args:
         msg = f"missing key {err.args[0]!r}"
     else:
         msg = str(err) or type(err).__name__
     msg = " ".join(msg.split())
-    if not isinstance(err, (ValueError, FileNotFoundError, ImportError, KeyError, TypeError, UsageError, OSError)):
+    if not isinstance(err, (ValueError, FileNotFoundError, ImportError, KeyError, TypeError, UsageError, OSError,
+                            *rank_failed)):
         msg = f"{type(err).__name__}: {msg} (run with --debug for the traceback)"
     return msg
 
@@ -324,11 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     parser = build_parser()
+    joined = False
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
+        joined = _start(args.command)
         with _restored_logging():
             return _COMMANDS[args.command](args)
     except SystemExit as exc:  # --help / --version
@@ -336,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         if debug:
             raise
-        sys.stderr.write(f"rsmi: error: {_one_line(err)}\n")
+        sys.stderr.write(_error_line(err))
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("rsmi: interrupted (re-run the same command to resume)\n")
@@ -344,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the CLI's one-line error for any failure
         if debug:
             raise
-        sys.stderr.write(f"rsmi: error: {_one_line(err)}\n")
+        sys.stderr.write(_error_line(err))
         return EXIT_ERROR
+    finally:
+        _stop(joined)
 
 
 if __name__ == "__main__":  # pragma: no cover

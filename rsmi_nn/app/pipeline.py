@@ -13,6 +13,13 @@
 A stage whose complete output is already there is skipped, so re-running the same command
 after an interruption resumes where it stopped (the flow itself resumes from its last finished
 level). A directory holding a run with a *different* configuration is refused rather than mixed.
+
+Under ``torchrun`` (an initialised ``torch.distributed`` group) every rank runs this function: the graph and
+the flow are sharded by the engine; rank 0 alone records, reads and writes ``out`` and takes every decision
+(skip, resume, refuse), which it sends to the other ranks; a failure on any rank up to the end of the flow
+fails every rank, naming it (:func:`graphs.distributed.agreed`). After the flow the other ranks return and
+rank 0 exports, evaluates and reports alone (a failure there fails rank 0, hence the job). ``out`` and a
+store source must be on a filesystem every rank sees.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from graphs.distributed import agreed, broadcast_object, is_writer, on_writer
 from graphs.tensor_files import load_samples
 from rsmi_nn.app.config import Config, read_run_config
 from rsmi_nn.app.files import write_json, write_text
@@ -90,8 +98,8 @@ def prepare_input(config: Config, out: str | Path | None = None):
     if not name.startswith("samples:"):
         if "lattice" in opts or "graph" in opts:
             raise ValueError("source options 'lattice'/'graph' apply to raw samples only (source.name = 'samples:<file>')")
-        if out is not None and (Path(out) / "activations" / "manifest.json").is_file():
-            return "model", None, None  # recorded already: the record stage is skipped
+        if not is_writer() or (out is not None and (Path(out) / "activations" / "manifest.json").is_file()):
+            return "model", None, None  # recorded already (or by rank 0): the record stage is skipped here
         return "model", _load_source(config), None
     file = name[len("samples:"):]
     x = load_samples(file, key=opts.get("key"))
@@ -186,22 +194,36 @@ def graph_stage(config: Config, out: Path, x, *, given=None, progress: bool):
     Skipped when the saved graph is readable and its fingerprint (graph options, the digest of the
     samples or store it was built from, the given graph file) matches.
     """
-    from graphs import ActivationGraph, build_graph
+    from graphs import build_graph
 
-    path = out / "graph"
-    inputs = _graph_inputs(config, out)
-    if check_stage(out, "graph", inputs, remove=f"{str(path)!r}.safetensors/.json"):
-        try:
-            return ActivationGraph.load(path), True
-        except (OSError, ValueError) as err:
-            log.warning("the saved graph %s is damaged (%s); building it again", path, err)
+    inputs = on_writer("fingerprinting the graph's inputs", _graph_inputs, config, out)
+    saved = on_writer("checking the saved graph", _saved_graph, out, inputs)  # rank 0 reads, every rank gets it
+    if saved is not None:
+        return saved, True
     if given is not None:
         graph = given
-    else:
+    else:  # every rank: the bands are shared out (graphs.distributed)
         graph = build_graph(x, **config.graph.build_kwargs(), device=config.run.device, progress=progress)
-    graph.save(path)
-    record_stage_fingerprint(out, "graph", inputs)
+    on_writer("saving the graph", _save_graph, graph, out, inputs)
     return graph, False
+
+
+def _saved_graph(out: Path, inputs: dict):
+    """The finished graph stage's graph when its fingerprint matches and it is readable, else None."""
+    from graphs import ActivationGraph
+
+    path = out / "graph"
+    if check_stage(out, "graph", inputs, remove=f"{str(path)!r}.safetensors/.json"):
+        try:
+            return ActivationGraph.load(path)
+        except (OSError, ValueError) as err:
+            log.warning("the saved graph %s is damaged (%s); building it again", path, err)
+    return None
+
+
+def _save_graph(graph, out: Path, inputs: dict) -> None:
+    graph.save(out / "graph")
+    record_stage_fingerprint(out, "graph", inputs)
 
 
 def _graph_inputs(config: Config, out: Path) -> dict:
@@ -258,20 +280,21 @@ def run_pipeline(config: Config | None, out: str | Path, *, progress: bool | Non
 
     Stages: record (model sources only) → graph → flow → export → report; each is skipped when its
     complete output exists, so the same call resumes an interrupted run. Seconds per stage go to
-    ``out/timings.json``.
+    ``out/timings.json``. Inside a ``torch.distributed`` group every rank calls it (see the module's notes).
 
     Raises
     ------
     ValueError if ``out`` holds a run with another configuration, or for a bad configuration.
+    :class:`graphs.distributed.RankFailed` on the ranks whose own work succeeded when another rank failed.
     """
     config = (config or Config()).copy()
     out = check_out_dir(out)
     progress = (not config.run.quiet) if progress is None else progress
-    fresh = not out.exists() or not any(out.iterdir())
+    fresh = on_writer("looking at the run directory", lambda: not out.exists() or not any(out.iterdir()))
     try:
-        return _run_stages(config, out, progress, report)
+        return _run_stages(config, out, progress and is_writer(), report)
     except Exception:
-        if fresh and out.is_dir() and not read_fingerprints(out):  # nothing finished: leave no folder behind
+        if is_writer() and fresh and out.is_dir() and not read_fingerprints(out):  # nothing finished: leave no folder
             shutil.rmtree(out, ignore_errors=True)
         raise
 
@@ -286,17 +309,9 @@ def check_out_dir(out: str | Path) -> Path:
     return out
 
 
-def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path:
-    """The stages of :func:`run_pipeline`, each skipped when its fingerprinted output is complete."""
-    from rsmi_nn import __version__
-    from rsmi_nn.app.config import versions
-    from rsmi_nn.app.evaluation import evaluate_run, evaluation_is_current
-    from rsmi_nn.app.evaluation.errors import NotEvaluable
-    from rsmi_nn.app.export import export_run, is_exported
-    from rsmi_nn.app.report import write_report
-
+def _prepare_out(config: Config, out: Path) -> bool:
+    """Rank 0's look at ``out`` before the stages: discard what another code version made; returns whether to export again."""
     redo_export = _export_changed(out, config)
-    kind, data, given_graph = prepare_input(config, out)
     older = code_changed(out)
     if older is not None:  # results of another version of the code are recomputed, the flow's levels too
         log.warning("%s was made by rsmi-nn %s (now %s): recomputing every stage", out, older, code_version())
@@ -304,6 +319,30 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
         (out / FLOW_CONFIG).unlink(missing_ok=True)
         redo_export = True
     out.mkdir(parents=True, exist_ok=True)
+    return redo_export
+
+
+def _read_flow_if_any(out: Path) -> list | None:
+    return read_flow(out) if (out / FLOW_JSON).is_file() else None
+
+
+def _write_provenance(config: Config, out: Path) -> None:
+    """What the finished flow was made with (written only now: a refused or failed run leaves the old one)."""
+    from rsmi_nn import __version__
+    from rsmi_nn.app.config import versions
+
+    write_text(out / "config.toml", config.to_toml())
+    write_json(out / "versions.json", {**versions(), "rsmi_nn.__version__": __version__})
+
+
+def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path:
+    """The stages of :func:`run_pipeline`, each skipped when its fingerprinted output is complete.
+
+    Rank 0 decides and writes (:func:`graphs.distributed.on_writer`); graph and flow run on every rank.
+    """
+    with agreed("checking the input"):
+        kind, data, given_graph = prepare_input(config, out)
+    redo_export = on_writer("preparing the run directory", _prepare_out, config, out)
 
     timings: dict[str, dict] = {}
     t_start = time.perf_counter()
@@ -312,12 +351,14 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
         timings[stage] = {"seconds": round(time.perf_counter() - t0, 3), "skipped": skipped}
         log.info("stage %-7s %s in %.1f s", stage, "skipped (already complete)" if skipped else "done",
                  timings[stage]["seconds"])
-        write_json(out / "timings.json", {"stages": timings, "total_seconds": round(time.perf_counter() - t_start, 3)})
+        if is_writer():
+            write_json(out / "timings.json", {"stages": timings,
+                                              "total_seconds": round(time.perf_counter() - t_start, 3)})
 
     t0 = time.perf_counter()
     skipped = True
-    if kind == "model":
-        data, skipped = record_stage(config, out, progress=progress, source=data)
+    if kind == "model":  # recorded by rank 0; the other ranks open the store it wrote
+        data, skipped = _recorded(config, out, progress, data)
     done("record", t0, skipped)
 
     t0 = time.perf_counter()
@@ -325,21 +366,50 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
     done("graph", t0, skipped)
 
     t0 = time.perf_counter()
-    x = load_level0(data, graph)
-    before = read_flow(out) if (out / FLOW_JSON).is_file() else None
+    with agreed("reading the level-0 samples"):
+        x = load_level0(data, graph)
+    before = on_writer("reading flow.json", _read_flow_if_any, out)
     result = flow_stage(config, out, x, graph, progress=progress)
-    if not (out / FLOW_JSON).is_file():
+    after = on_writer("reading flow.json", _read_flow_if_any, out)
+    if after is None:
         reason = getattr(result, "stopped", None) or "no level finished"
         raise ValueError(f"the flow produced no level ({reason}); use a smaller flow.block_size or more units")
-    after = read_flow(out)
     flow_changed = before != after
     done("flow", t0, not flow_changed and before is not None)
-    # what the finished flow was made with (written only now: a refused or failed run leaves the old one)
-    write_text(out / "config.toml", config.to_toml())
-    write_json(out / "versions.json", {**versions(), "rsmi_nn.__version__": __version__})
+    on_writer("writing config.toml and versions.json", _write_provenance, config, out)
 
     if not report:
         return out
+    if not is_writer():  # rank 0 exports, evaluates and reports alone: the others are done (no wait to time out)
+        return out
+    _report_stages(config, out, kind, redo_export, flow_changed, done)
+    log.info("finished: %d level(s) in %.1f s; report: %s", len(after), time.perf_counter() - t_start,
+             out / "report.html")
+    return out
+
+
+def _recorded(config: Config, out: Path, progress: bool, source):
+    """The record stage, on rank 0; the other ranks then open the store it wrote. Returns ``(store, skipped)``."""
+    store = skipped = None
+    with agreed("recording the activations"):
+        if is_writer():
+            store, skipped = record_stage(config, out, progress=progress, source=source)
+    skipped = broadcast_object(skipped)
+    with agreed("opening the activation store"):
+        if store is None:
+            from graphs import ActivationStore
+
+            store = ActivationStore.open(out / "activations")
+    return store, skipped
+
+
+def _report_stages(config: Config, out: Path, kind: str, redo_export: bool, flow_changed: bool, done) -> None:
+    """Export, evaluation and report, each skipped when current (rank 0 only; one process each)."""
+    from rsmi_nn.app.evaluation import evaluate_run, evaluation_is_current
+    from rsmi_nn.app.evaluation.errors import NotEvaluable
+    from rsmi_nn.app.export import export_run, is_exported
+    from rsmi_nn.app.report import write_report
+
     t0 = time.perf_counter()
     fresh_export = redo_export or flow_changed or not is_exported(out)
     if fresh_export:
@@ -364,6 +434,3 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
         write_report(out, max_cards=config.export.max_cards, top_units=config.export.top_units,
                      seed=config.run.seed)
     done("report", t0, not fresh_report)
-    log.info("finished: %d level(s) in %.1f s; report: %s", len(after), time.perf_counter() - t_start,
-             out / "report.html")
-    return out

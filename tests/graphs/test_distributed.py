@@ -29,22 +29,28 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, fn, args, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from graphs.distributed import init_from_env
+    from graphs.distributed import init_from_env, strict_blas
 
+    assert strict_blas()  # before any computation (init_from_env does it too; world = 1 does not join a group)
+    torch.set_num_threads(1)
     init_from_env(timeout_s=120)
     try:
         result = ("ok", fn(*args))
     except Exception as err:  # returned to the test, which asserts on it
         result = ("error", err, traceback.format_exc())
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def spawn_ranks(fn, args, tmp_path, world: int = 2) -> list[tuple]:
-    """Run ``fn(*args)`` on ``world`` gloo ranks; returns each rank's ``("ok", value)`` or ``("error", exc, tb)``."""
+    """Run ``fn(*args)`` on ``world`` gloo ranks; returns each rank's ``("ok", value)`` or ``("error", exc, tb)``.
+
+    Every process turns on :func:`graphs.distributed.strict_blas` first, so ``world=1`` is the reference run of
+    one process (the test process itself has used MKL already and cannot).
+    """
     import torch.multiprocessing as mp
 
     out = tmp_path / "ranks"

@@ -55,9 +55,12 @@ def _run_bytes(out) -> dict:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
+    """The reference: one process (spawned, so that it starts with strict BLAS reproducibility like the ranks)."""
     x = _data()
-    out = tmp_path_factory.mktemp("single") / "run"
-    return x, _flow(x, out)
+    tmp = tmp_path_factory.mktemp("single")
+    (result,) = spawn_ranks(_flow, (x, str(tmp / "run")), tmp, world=1)
+    assert result[0] == "ok", result[-1]
+    return x, result[1]
 
 
 @pytest.fixture(scope="module")
@@ -67,47 +70,20 @@ def two(single, tmp_path_factory):
     return spawn_ranks(_flow, (x, str(tmp / "run")), tmp)
 
 
-def test_two_ranks_agree_with_one_process_but_for_the_test_stderr(single, two):
-    """Graphs, regions, coarse samples, filters and every flow.json field but ``mi_stderr_per_block`` are the
-    bytes of one process. Known gap (see the xfail below): the critic's directions the bound is blind to (the
-    H side's output bias) pick up last-bit differences that Adam amplifies; they leave the MI unchanged here
-    but move its batch-means standard error in the 7th digit."""
-    import json
-
-    from safetensors.torch import load
-
-    _, (files, edges, samples) = single
-    for r, result in enumerate(two):
-        assert result[0] == "ok", result[-1]
-        assert torch.equal(result[1][1], edges) and torch.equal(result[1][2], samples), f"rank {r}"
-    got = two[0][1][0]
-    assert got.keys() == files.keys()
-    for name, data in files.items():
-        if name.endswith("filters.safetensors"):
-            a, b = load(data), load(got[name])
-            assert all(torch.equal(a[k], b[k]) for k in a if k != "mi_stderr"), name
-        elif name.endswith(("flow.json", "level.json")):
-            a, b = json.loads(data), json.loads(got[name])
-            for ra, rb in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
-                assert {k: v for k, v in ra.items() if k != "mi_stderr_per_block"} == \
-                       {k: v for k, v in rb.items() if k != "mi_stderr_per_block"}, name
-        else:
-            assert got[name] == data, f"{name} differs between 1 and 2 ranks"
-
-
-@pytest.mark.xfail(strict=False, reason="mi_stderr_per_block can differ in the last bits between 1 and 2 ranks "
-                   "(critic training not yet bit-identical across processes; issue 19 note)")
 def test_two_ranks_write_the_one_process_run(single, two):
+    """Every file of the run (flow.json, level records, filters, coarse samples, graphs) is the bytes of one
+    process, and every rank returns the same graph and samples. This held only once MKL's sums stopped depending
+    on the thread count and alignment (``graphs.distributed.strict_blas``): before, ``mi_stderr_per_block``
+    differed in the 7th digit (issue 19)."""
     x, (files, edges, samples) = single
     assert "flow.json" in files and "levels/001/filters.safetensors" in files
-    ranks = two
-    for r, result in enumerate(ranks):
+    for r, result in enumerate(two):
         assert result[0] == "ok", result[-1]
         got_files, got_edges, got_samples = result[1]
         assert torch.equal(got_edges, edges) and torch.equal(got_samples, samples), f"rank {r}"
-    assert ranks[0][1][0].keys() == files.keys()
+    assert two[0][1][0].keys() == files.keys()
     for name, data in files.items():
-        assert ranks[0][1][0][name] == data, f"{name} differs between 1 and 2 ranks"
+        assert two[0][1][0][name] == data, f"{name} differs between 1 and 2 ranks"
 
 
 def test_a_rank_failing_mid_level_fails_the_job_and_a_rerun_resumes(single, tmp_path):
@@ -118,5 +94,21 @@ def test_a_rank_failing_mid_level_fails_the_job_and_a_rerun_resumes(single, tmp_
     assert r0[0] == "error" and "rank 1 failed during the RSMI step's training" in str(r0[1])
     assert (out / "levels" / "000" / "level.json").is_file()  # level 0 finished and was kept
     assert not (out / "levels" / "001").exists()
-    again = _flow(x, out)[0]  # one process resumes what two began
-    assert again == files
+    (again,) = spawn_ranks(_flow, (x, str(out)), tmp_path, world=1)  # one process resumes what two began
+    assert again[0] == "ok", again[-1]
+    assert again[1][0] == files
+
+
+def _flow_threads(x, out, threads: int):
+    torch.set_num_threads(threads)
+    return _flow(x, out)
+
+
+def test_the_thread_count_does_not_change_the_bytes(single, tmp_path):
+    """One process of 8 threads writes the run of 1 thread (what lets `rsmi run` on every core match ranks of one
+    thread each): MKL's strict reproducibility (`graphs.distributed.strict_blas`). In MKL's default mode the flow
+    of this module differed between 1 and 8 threads."""
+    x, (files, _, _) = single
+    (result,) = spawn_ranks(_flow_threads, (x, str(tmp_path / "run"), 8), tmp_path, world=1)
+    assert result[0] == "ok", result[-1]
+    assert result[1][0] == files
