@@ -22,7 +22,7 @@ import torch
 from estimators.training import TrainSettings, train_problems
 from estimators.validation import check_samples
 
-__all__ = ["BASELINES", "Encoder", "fit_baseline"]
+__all__ = ["BASELINES", "Encoder", "Standardised", "fit_baseline", "standardise"]
 
 BASELINES = ("block-pca", "block-mean", "pca", "sae")
 
@@ -52,21 +52,49 @@ class Encoder:
         x = check_samples(x, name="x", min_samples=1, allow_constant=True)
         if x.shape[1] != self.mean.numel():
             raise ValueError(f"x has {x.shape[1]} units but the {self.name} baseline was fit on {self.mean.numel()}")
-        out = []
-        for a in range(0, x.shape[0], chunk_size):
-            z = ((x[a:a + chunk_size].double() - self.mean) / self.std).float()
-            out.append(self._latents(z))
-        return torch.cat(out)
+        mean, std = self.mean.float(), self.std.float()
+        return torch.cat([self.latents((x[a:a + chunk_size].float() - mean) / std)
+                          for a in range(0, x.shape[0], chunk_size)])
 
-    def _latents(self, z: torch.Tensor) -> torch.Tensor:
-        if self.k is None:
+    def latents(self, z: torch.Tensor) -> torch.Tensor:
+        """``[n, num_latents]`` of rows ``z [n, U]`` already standardised with this encoder's mean and std."""
+        if self.k is not None:
+            return _topk_relu((z - self.center) @ self.weight + self.bias, self.k)
+        if self._sparse_t is None:
             return z @ self.weight
-        return _topk_relu((z - self.center) @ self.weight + self.bias, self.k)
+        return torch.sparse.mm(self._sparse_t, z.T.contiguous()).T.contiguous()
+
+    @property
+    def _sparse_t(self) -> torch.Tensor | None:
+        """``weight.T`` as a sparse COO tensor when at most 5 % of it is non-zero (the block methods), else None."""
+        if "_sparse" not in self.__dict__:
+            dense = bool((self.weight != 0).float().mean() > 0.05)
+            self.__dict__["_sparse"] = None if dense else self.weight.T.to_sparse().coalesce()
+        return self.__dict__["_sparse"]
+
+
+@dataclass
+class Standardised:
+    """Samples standardised once, to share between fits: float64 ``mean``, ``std`` ``[U]``, float32 ``z [N, U]``."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    z: torch.Tensor
+
+
+def standardise(x) -> Standardised:
+    """``(x - mean) / std`` per unit (std 1 for constant units), in float32 (torch's cascade sums: ~1e-7 relative)."""
+    x = check_samples(x, name="x", min_samples=4, allow_constant=True).float()
+    mean = x.mean(0)
+    z = x - mean
+    std = (z.pow(2).sum(0) / (x.shape[0] - 1)).sqrt()
+    std = torch.where(std > 1e-6 * mean.abs().clamp_min(1e-6), std, torch.ones_like(std))
+    return Standardised(mean.double(), std.double(), z.div_(std))
 
 
 def fit_baseline(method: str, x, blocks: torch.Tensor | None = None, num_latents: int | None = None, *,
                  seed: int = 0, sae_k: int | None = None, sae_steps: int = 2000, progress: bool = False) -> Encoder:
-    """Fit ``method`` (one of :data:`BASELINES`) on samples ``x [N, U]``.
+    """Fit ``method`` (one of :data:`BASELINES`) on samples ``x [N, U]`` (or their :func:`standardise`).
 
     ``blocks`` (LongTensor ``[U]``, block id per unit, -1 = in no block) is needed by the block
     methods; ``num_latents`` by ``pca`` and ``sae`` (for ``block-pca`` it defaults to the number of
@@ -74,28 +102,21 @@ def fit_baseline(method: str, x, blocks: torch.Tensor | None = None, num_latents
     """
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
-    x = check_samples(x, name="x", min_samples=4, allow_constant=True)
-    mean, std, z = _standardise(x)
+    data = x if isinstance(x, Standardised) else standardise(x)
+    mean, std, z = data.mean, data.std, data.z
+    n_units = z.shape[1]
     if method in ("block-pca", "block-mean"):
-        members = _block_members(blocks, x.shape[1])
+        members = _block_members(blocks, n_units)
         if method == "block-mean":
-            weight = _block_mean_weight(members, x.shape[1])
+            weight = _block_mean_weight(members, n_units)
         else:
             weight = _block_pca_weight(z, members, _per_block(num_latents, len(members)))
         return Encoder(method, mean, std, weight)
-    if num_latents is None or not 1 <= int(num_latents) <= x.shape[1]:
-        raise ValueError(f"{method} needs num_latents in [1, {x.shape[1]}], got {num_latents}")
+    if num_latents is None or not 1 <= int(num_latents) <= n_units:
+        raise ValueError(f"{method} needs num_latents in [1, {n_units}], got {num_latents}")
     if method == "pca":
         return Encoder(method, mean, std, _pca_weight(z, int(num_latents), seed))
     return _fit_sae(z, mean, std, int(num_latents), sae_k, sae_steps, seed, progress)
-
-
-def _standardise(x: torch.Tensor):
-    x64 = x.double()
-    mean = x64.mean(0)
-    std = x64.std(0) if x.shape[0] > 1 else torch.ones_like(mean)
-    std = torch.where(std > 1e-12, std, torch.ones_like(std))
-    return mean, std, ((x64 - mean) / std).float()
 
 
 def _block_members(blocks, n_units: int) -> list[torch.Tensor]:
@@ -119,8 +140,8 @@ def _per_block(num_latents: int | None, n_blocks: int) -> int:
 
 
 def _fix_signs(w: torch.Tensor) -> torch.Tensor:
-    """Flip each column so that its largest-|loading| entry is positive."""
-    peak = w.gather(0, w.abs().argmax(0, keepdim=True))
+    """Flip each column (of the last two dimensions) so that its largest-|loading| entry is positive."""
+    peak = w.gather(-2, w.abs().argmax(-2, keepdim=True))
     return w * torch.where(peak < 0, -1.0, 1.0)
 
 
@@ -131,14 +152,28 @@ def _block_mean_weight(members: list[torch.Tensor], n_units: int) -> torch.Tenso
     return w
 
 
-def _block_pca_weight(z: torch.Tensor, members: list[torch.Tensor], h: int) -> torch.Tensor:
-    """``[U, J*h]``: column ``j*h + c`` is component ``c`` of block ``j`` (zero-padded past its size)."""
-    w = torch.zeros(z.shape[1], len(members) * h)
+def _block_pca_weight(z: torch.Tensor, members: list[torch.Tensor], h: int, *, chunk: int = 1024) -> torch.Tensor:
+    """``[U, J*h]``: column ``j*h + c`` is component ``c`` of block ``j`` (zero past the block's size).
+
+    All blocks at once: the blocks padded to the largest, their ``[J, b, b]`` Gram matrices (float32 over
+    row chunks, summed in float64), one batched ``eigh``; padded coordinates get eigenvalue -1 so that no component uses them.
+    """
+    n_blocks, width = len(members), max(m.numel() for m in members)
+    index = torch.zeros(n_blocks, width, dtype=torch.long)
+    real = torch.zeros(n_blocks, width, dtype=torch.bool)
     for j, m in enumerate(members):
-        zb = z[:, m].double()
-        evals, evecs = torch.linalg.eigh(zb.T @ zb)  # ascending
-        top = _fix_signs(evecs.flip(1)[:, :h].float())
-        w[m, j * h:j * h + top.shape[1]] = top
+        index[j, :m.numel()], real[j, :m.numel()] = m, True
+    gram = torch.zeros(n_blocks, width, width, dtype=torch.float64)
+    for a in range(0, z.shape[0], chunk):
+        zb = z[a:a + chunk][:, index] * real                     # [n, J, b], zero on padding
+        gram += torch.einsum("nja,njb->jab", zb, zb).double()
+    gram -= torch.diag_embed((~real).double())
+    evals, evecs = torch.linalg.eigh(gram)                       # ascending
+    top = evecs.flip(2)[:, :, :h] * (evals.flip(1)[:, None, :h] > -0.5)  # [J, b, h]; none on padding
+    top = torch.nn.functional.pad(_fix_signs(top.float()) * real[:, :, None], (0, h - top.shape[2]))
+    w = torch.zeros(z.shape[1], n_blocks * h)
+    cols = torch.arange(n_blocks * h).view(n_blocks, 1, h).expand(n_blocks, width, h)
+    w[index[real][:, None].expand(-1, h), cols[real]] = top[real]
     return w
 
 

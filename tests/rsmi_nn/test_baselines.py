@@ -40,6 +40,26 @@ def test_block_pca_matches_sklearn_per_block(data):
     torch.testing.assert_close(two[:, ::2], z)  # the first component of each block comes first
 
 
+
+def test_block_pca_of_uneven_blocks_is_each_blocks_own_eigenvectors(data):
+    """All blocks in one batched eigh: blocks of 2 to 9 units, units in no block, more components than units."""
+    x, _, _ = data
+    blocks = torch.tensor([0, 0, -1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, -1, 3, 3, 3, 3])
+    w = fit_baseline("block-pca", x, blocks, num_latents=12).weight  # 3 components per block
+    zs = _standardised(x.double())
+    for j in range(4):
+        units = (blocks == j).nonzero().flatten()
+        evals, evecs = np.linalg.eigh(zs[:, units].T @ zs[:, units])
+        ref = evecs[:, ::-1][:, :3]
+        for c in range(3):
+            col = w[:, 3 * j + c].numpy()
+            assert not col[(blocks != j).numpy()].any()  # reads its own block only
+            if c >= units.numel():
+                assert not col.any()  # a block of 2 units has no third component
+            else:
+                assert abs(float(col[units.numpy()] @ ref[:, c])) > 1 - 1e-5
+                assert col[np.abs(col).argmax()] > 0  # sign convention
+
 def test_block_mean_is_the_mean_of_standardised_units(data):
     x, blocks, _ = data
     z = fit_baseline("block-mean", x, blocks).encode(x)

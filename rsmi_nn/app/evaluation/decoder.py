@@ -36,10 +36,10 @@ class LinearDecoder:
         mean, std = c.mean(0), c.std(0)
         std = torch.where(std > 0, std, torch.ones_like(std))
         z = (c - mean) / std
-        x_mean = x.double().mean(0)
+        x_mean = x.float().mean(0)  # torch's cascade sum: float64-grade accuracy
         gram = z.T @ z
         gram.diagonal().add_(ridge * z.shape[0])
-        rhs = (z.float().T @ (x.float() - x_mean.float())).double()
+        rhs = (z.float().T @ (x.float() - x_mean)).double()
         weight = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram))
         return cls(weight.float(), x_mean.float(), mean.float(), std.float(), ridge)
 
@@ -57,6 +57,6 @@ class LinearDecoder:
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` over rows and units (raw units)."""
-    resid = (x.double() - x_hat.double()).pow(2).sum()
-    total = (x.double() - x.double().mean(0)).pow(2).sum()
+    resid = (x.float() - x_hat.float()).pow(2).sum(dtype=torch.float64)
+    total = (x.float() - x.float().mean(0)).pow(2).sum(dtype=torch.float64)
     return float(1 - resid / total)

@@ -171,11 +171,12 @@ class SplicedModel:
                 batches.append(b)
                 continue
             if b.mask is None:
-                inputs, n = b.inputs[:k], k
-            else:
-                inputs, n = {key: v[:k] for key, v in b.inputs.items()}, int(b.mask[:k].sum())
-            batches.append(Batch(inputs, None if b.mask is None else b.mask[:k], b.start, b.start + n, k,
-                                 None if b.labels is None else b.labels[:k]))
+                inputs, mask, n = b.inputs[:k], None, k
+            else:  # trailing columns that are padding for all k inputs are cut (the batch was padded for more)
+                width = int(b.mask[:k].any(0).nonzero().max()) + 1
+                inputs = {key: v[:k, :width] if v.ndim > 1 else v[:k] for key, v in b.inputs.items()}
+                mask, n = b.mask[:k, :width], int(b.mask[:k].sum())
+            batches.append(Batch(inputs, mask, b.start, b.start + n, k, None if b.labels is None else b.labels[:k]))
         return SplicedModel(self.model, self.forward, batches, self.layout, self.device)
 
 

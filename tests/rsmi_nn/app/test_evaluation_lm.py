@@ -44,6 +44,22 @@ def test_tiny_lm_splicing_and_metrics(lm_run):
     assert ref["ce"] == pytest.approx(sum(ce) / n, rel=1e-4)
 
 
+
+def test_head_cuts_the_padding_of_its_inputs_and_keeps_their_outputs(lm_run):
+    import torch
+
+    run = load_run(lm_run)
+    config = Config.from_dict(read_run_config(lm_run))
+    spliced, _, _, _ = held_out_model(run, lm_run, config, 12)
+    first, x = spliced.batches[0], spliced.record()
+    assert first.size > 2 and int(first.mask[0].sum()) < first.mask.shape[1]  # shortest first: padded for the rest
+    head = spliced.head(2)
+    (b,) = head.batches
+    assert b.mask.shape[1] == int(first.mask[:2].sum(1).max()) and b.stop - b.start == int(first.mask[:2].sum())
+    torch.testing.assert_close(head.record(), x[:head.num_rows], rtol=1e-5, atol=1e-5)  # the rows of the full batch
+    short = head.outputs()[0]  # log-probabilities at the real positions of inputs 0 and 1, which come first
+    torch.testing.assert_close(short, spliced.outputs()[0][:short.shape[0]], rtol=1e-4, atol=1e-4)
+
 def test_tiny_lm_evaluation_json(lm_run):
     result = evaluate_run(lm_run, EvaluateOptions(held_out=12, baselines=["block-pca"], worst_case_inputs=4,
                                                   worst_case_starts=1, worst_case_steps=4, effect_inputs=3))
