@@ -78,9 +78,15 @@ def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=Non
     """``bound.objective(critic(x, y))`` ``[P]``, through :func:`infonce_separable` when that is the same thing.
 
     That is: a separable critic (``embed_x`` / ``embed_y``) and InfoNCE's own objective (a subclass
-    overriding ``objective`` keeps its override).
+    overriding ``objective`` keeps its override); a :class:`estimators.SeparableCritic` goes through
+    :func:`estimators.fused_critic.separable_infonce` (value and gradient in one pass, chunked over problems).
     """
+    from estimators.critics import SeparableCritic
+    from estimators.fused_critic import separable_infonce
+
     own = isinstance(bound, InfoNCEBound) and type(bound).objective is InfoNCEBound.objective
+    if own and isinstance(critic, SeparableCritic):
+        return separable_infonce(critic, x, y, x_mask, y_mask)
     if own and hasattr(critic, "embed_x"):
         return infonce_separable(critic.embed_x(x, x_mask), critic.embed_y(y, y_mask))
     return bound.objective(critic(x, y, x_mask, y_mask))

@@ -1,0 +1,74 @@
+"""The hand-written InfoNCE of a separable critic equals autograd through the critic and ``infonce``."""
+
+import pytest
+import torch
+
+import estimators.fused_critic as fused_critic
+from estimators.bounds import infonce
+from estimators.critics import SeparableCritic
+from estimators.fused_critic import separable_infonce
+
+CASES = [  # p, b, x_dim, y_dim, layers, x_layers, activation, skip, masked
+    (5, 16, 1, 1, 2, None, "gelu", True, True),
+    (7, 12, 3, 1, 2, 1, "gelu", True, False),  # RSMI's shape: affine environment side, one hidden unit
+    (4, 9, 4, 2, 3, None, "relu", True, True),
+    (3, 8, 2, 2, 3, None, "tanh", False, False),
+    (6, 10, 1, 3, 1, None, "silu", True, True),
+]
+
+
+@pytest.mark.parametrize(("p", "b", "x_dim", "y_dim", "layers", "x_layers", "activation", "skip", "masked"), CASES)
+def test_value_and_gradients_match_autograd(p, b, x_dim, y_dim, layers, x_layers, activation, skip, masked,
+                                            monkeypatch):
+    monkeypatch.setattr(fused_critic, "_CHUNK_BYTES", 8 * b * b * 2)  # two problems a chunk: edges are exercised
+    g = torch.Generator().manual_seed(p * 100 + b)
+    critic = SeparableCritic(p, x_dim, y_dim, hidden=8, embed=5, layers=layers, x_layers=x_layers,
+                             activation=activation, skip=skip, generator=g).double()
+    x = torch.randn(p, b, x_dim, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(p, b, y_dim, generator=g, dtype=torch.float64, requires_grad=True)
+    x_mask = torch.rand(p, x_dim, generator=g) > 0.3 if masked else None
+    y_mask = torch.rand(p, y_dim, generator=g) > 0.3 if masked else None
+    if masked:
+        x_mask[:, 0], y_mask[:, 0] = True, True
+    weights = torch.randn(p, generator=g, dtype=torch.float64)
+    leaves = [*critic.parameters(), x, y]
+
+    def value_and_grads(fn):
+        for t in leaves:
+            t.grad = None
+        value = fn(critic, x, y, x_mask, y_mask)
+        (value * weights).sum().backward()
+        return value.detach(), [t.grad.clone() for t in leaves]
+
+    mine, mine_grads = value_and_grads(separable_infonce)
+    ref, ref_grads = value_and_grads(lambda c, *args: infonce(c(*args)))
+    torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
+    for a, r in zip(mine_grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
+
+
+def test_without_gradients_only_the_value():
+    g = torch.Generator().manual_seed(0)
+    critic = SeparableCritic(3, 2, 1, hidden=8, embed=4, generator=g)
+    x, y = torch.randn(3, 6, 2, generator=g), torch.randn(3, 6, 1, generator=g)
+    with torch.no_grad():
+        value = separable_infonce(critic, x, y)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, infonce(critic(x, y)).detach())
+
+
+def test_gradient_is_taken_once():
+    g = torch.Generator().manual_seed(0)
+    critic = SeparableCritic(2, 1, 1, hidden=4, embed=3, generator=g)
+    value = separable_infonce(critic, torch.randn(2, 5, 1, generator=g), torch.randn(2, 5, 1, generator=g)).sum()
+    value.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already taken once"):
+        value.backward()
+
+
+def test_bad_rows():
+    critic = SeparableCritic(2, 1, 1, hidden=4, embed=3)
+    with pytest.raises(ValueError, match="same B >= 2"):
+        separable_infonce(critic, torch.zeros(2, 4, 1), torch.zeros(2, 3, 1))
+    with pytest.raises(ValueError, match="same B >= 2"):
+        separable_infonce(critic, torch.zeros(2, 1, 1), torch.zeros(2, 1, 1))
