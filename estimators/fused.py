@@ -17,6 +17,8 @@ import math
 import torch
 
 from estimators.bounds import InfoNCEBound
+from estimators.critics import SeparableCritic
+from estimators.fused_critic import separable_infonce
 
 __all__ = ["critic_objective", "infonce_separable"]
 
@@ -81,9 +83,6 @@ def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=Non
     overriding ``objective`` keeps its override); a :class:`estimators.SeparableCritic` goes through
     :func:`estimators.fused_critic.separable_infonce` (value and gradient in one pass, chunked over problems).
     """
-    from estimators.critics import SeparableCritic
-    from estimators.fused_critic import separable_infonce
-
     own = isinstance(bound, InfoNCEBound) and type(bound).objective is InfoNCEBound.objective
     if own and isinstance(critic, SeparableCritic):
         return separable_infonce(critic, x, y, x_mask, y_mask)

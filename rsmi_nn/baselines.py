@@ -16,6 +16,7 @@ Signs are fixed (each component's largest-|loading| unit positive), so a fit is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -64,13 +65,11 @@ class Encoder:
             return z @ self.weight
         return torch.sparse.mm(self._sparse_t, z.T.contiguous()).T.contiguous()
 
-    @property
+    @cached_property
     def _sparse_t(self) -> torch.Tensor | None:
         """``weight.T`` as a sparse COO tensor when at most 5 % of it is non-zero (the block methods), else None."""
-        if "_sparse" not in self.__dict__:
-            dense = bool((self.weight != 0).float().mean() > 0.05)
-            self.__dict__["_sparse"] = None if dense else self.weight.T.to_sparse().coalesce()
-        return self.__dict__["_sparse"]
+        dense = bool((self.weight != 0).float().mean() > 0.05)
+        return None if dense else self.weight.T.to_sparse().coalesce()
 
 
 @dataclass
