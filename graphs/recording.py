@@ -3,7 +3,12 @@
 :func:`record_activations` runs the model batch by batch inside :func:`graphs.hooks.capture`,
 flattens each matched module's output to units ``"<module>:<i>"`` and streams the rows to a
 :class:`~graphs.store_writer.StoreWriter` (shards + manifest). Memory holds one window of
-inputs' activations, not the whole recording.
+inputs' activations, not the whole recording. Per-unit statistics (:class:`graphs.moments.StreamingMoments`)
+are taken window by window and merged in a fixed tree over the windows (:class:`graphs.moments.MomentTree`).
+
+Inside a process group (``torchrun``) the recording is data parallel: each rank runs a contiguous share of the
+whole windows — the batches of one process, so the same samples to the bit — into its own shards of the one
+store; rank 0 merges the statistics and writes the inputs and the manifest once.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from tqdm.auto import tqdm
 
 from estimators.device import resolve_device
 from estimators.validation import check_choice, check_positive_int
+from graphs.distributed import agreed, all_gather_objects, is_active, is_writer, on_writer, rank, share
 from graphs.hooks import ModuleFilter, capture, match_modules
 from graphs.model_inputs import TensorInputs, TextInputs, model_inputs
+from graphs.moments import MomentTree, StreamingMoments
 from graphs.store import ActivationStore
 from graphs.store_writer import StoreWriter
 
@@ -103,41 +110,72 @@ def record_activations(
     batches = model_inputs(inputs, tokenizer, batch_size=batch_size, sort_window=sort_window, reduction=reduction,
                            max_length=max_length, keep_special_tokens=keep_special_tokens,
                            attention_mask=attention_mask)
-    writer = StoreWriter(out, shard_size=shard_size, overwrite=overwrite)
-    module_info = _run_model(model, batches, names, writer, batch_size=batch_size, device=dev, dtype=dtype,
-                             progress=progress)
-    if batches.truncated:
-        logger.warning("%d of %d texts were truncated to max_length=%d tokens", batches.truncated,
+    windows = range(0, batches.num_inputs, batches.window)
+    mine = [windows[i] for i in share(len(windows))]  # this rank's whole windows (all of them in one process)
+    writer = _writer(out, shard_size, overwrite)
+    with agreed("recording the activations"):
+        module_info, tree = _run_model(model, batches, mine, names, writer, batch_size=batch_size, device=dev,
+                                       dtype=dtype, progress=progress)
+        shards = writer.finish()
+    parts = all_gather_objects((module_info, tree.nodes, shards, batches.truncated, batches.special_tokens))
+    manifest = on_writer("writing the store's manifest", _close, parts, batches, writer, dtype=dtype,
+                         input_shape=input_shape, model=model, metadata=metadata)
+    if manifest["truncated_inputs"]:
+        logger.warning("%d of %d texts were truncated to max_length=%d tokens", manifest["truncated_inputs"],
                        batches.num_inputs, max_length)
-    manifest = _manifest(batches, module_info, writer, dtype=dtype, input_shape=input_shape, model=model,
-                         metadata=metadata)
-    writer.close(manifest)
-    logger.info("recorded %d samples x %d units into %s", writer.num_written, manifest["num_units"], out)
+    logger.info("recorded %d samples x %d units into %s", manifest["num_samples"], manifest["num_units"], out)
     return ActivationStore.open(Path(out))
 
 
-def _run_model(model: nn.Module, batches: TensorInputs | TextInputs, names: list[str], writer: StoreWriter, *,
-               batch_size: int, device, dtype: torch.dtype, progress: bool) -> list[dict]:
-    """Run ``model`` in eval mode under ``inference_mode`` with hooks on ``names``; returns the modules' info.
+def _writer(out, shard_size: int | None, overwrite: bool) -> StoreWriter:
+    """The store writer of this process; under ``torchrun`` rank 0 prepares the folder and each rank writes a part."""
+    if not is_active():
+        return StoreWriter(out, shard_size=shard_size, overwrite=overwrite)
+    on_writer("preparing the store folder", StoreWriter.prepare, out, overwrite)
+    return StoreWriter(out, shard_size=shard_size, part=rank())
+
+
+def _close(parts: list[tuple], batches, writer: StoreWriter, **fields) -> dict:
+    """Rank 0 (or the only process): the per-unit statistics, the inputs and the manifest over every part."""
+    infos = [p[0] for p in parts if p[0] is not None]
+    if not infos:
+        raise ValueError("no input was recorded; pass at least one input")
+    for info in infos[1:]:
+        if [m["shape"] for m in info] != [m["shape"] for m in infos[0]]:
+            raise ValueError("ranks recorded different per-sample module shapes; record modules with a fixed output size")
+    batches.truncated = sum(p[3] for p in parts)
+    for p in parts:
+        batches.special_tokens.update({k: v for k, v in p[4].items() if k not in batches.special_tokens})
+    manifest = _manifest(batches, infos[0], writer, **fields)
+    manifest["unit_stats"] = writer.write_unit_stats(MomentTree.total([n for p in parts for n in p[1]]))
+    return writer.write_manifest(manifest, [s for p in parts for s in p[2]])
+
+
+def _run_model(model: nn.Module, batches: TensorInputs | TextInputs, windows: list[int], names: list[str],
+               writer: StoreWriter, *, batch_size: int, device, dtype: torch.dtype, progress: bool):
+    """Run ``model`` over the windows starting at ``windows``, in eval mode under ``inference_mode`` with hooks on
+    ``names``; returns (the modules' info or None without a window, the windows' :class:`MomentTree`).
 
     The model's training flag is restored and the hooks removed afterwards, also on an error.
     """
     was_training = model.training
     model.to(device).eval()
-    bar = tqdm(total=batches.num_inputs, desc="recording", disable=not progress, unit="input")
+    total = sum(min(batches.num_inputs, lo + batches.window) - lo for lo in windows)
+    bar = tqdm(total=total, desc="recording", disable=not progress or not is_writer(), unit="input")
     try:
         with torch.inference_mode(), capture(model, names) as acts:
-            return _record_windows(model, batches, names, acts, writer, batch_size, device, dtype, bar)
+            return _record_windows(model, batches, windows, names, acts, writer, batch_size, device, dtype, bar)
     finally:
         bar.close()
         model.train(was_training)
 
 
-def _record_windows(model, batches: TensorInputs | TextInputs, names: list[str], acts: dict, writer: StoreWriter,
-                    batch_size: int, device, dtype: torch.dtype, bar) -> list[dict]:
-    """Run every window of inputs batch by batch and write its samples in input order; returns the modules."""
+def _record_windows(model, batches: TensorInputs | TextInputs, windows: list[int], names: list[str], acts: dict,
+                    writer: StoreWriter, batch_size: int, device, dtype: torch.dtype, bar):
+    """Run the given windows batch by batch and write their samples in input order; returns (modules, moments)."""
     module_info: list[dict] | None = None
-    for w_lo in range(0, batches.num_inputs, batches.window):
+    tree = MomentTree()
+    for w_lo in windows:
         order = batches.order(w_lo, min(batches.num_inputs, w_lo + batches.window))
         parts = []
         for b in range(0, len(order), batch_size):
@@ -148,8 +186,9 @@ def _record_windows(model, batches: TensorInputs | TextInputs, names: list[str],
             parts.append((torch.cat([t for t, _, _ in flat.values()], dim=1), keys))
             bar.update(len(idx))
         rows, keys = _in_input_order(parts)
+        tree.add(w_lo // batches.window, StreamingMoments(rows.shape[1], gram=False).update(rows))
         writer.add(rows, **keys)
-    return module_info
+    return module_info, tree
 
 
 def _check_modules(flat: dict, module_info: list[dict] | None, batch: int) -> list[dict]:

@@ -188,6 +188,19 @@ class ActivationStore:
             start = stop
         return out
 
+    def unit_stats(self):
+        """Per-unit count, mean, variance, min and max over all samples (a :class:`graphs.moments.StreamingMoments`,
+        float64, computed while recording; merged in a fixed order, so the same bits on any number of ranks)."""
+        from graphs.moments import StreamingMoments
+
+        name = self.manifest.get("unit_stats")
+        if name is None:
+            raise ValueError(f"store {str(self.path)!r} was recorded without per-unit statistics; record it again")
+        f = self.path / name
+        if not f.is_file():
+            raise FileNotFoundError(f"statistics file {str(f)!r} is missing; record the store again")
+        return StreamingMoments.from_state(load_file(str(f)))
+
     def sample_info(self, indices) -> dict[str, torch.Tensor]:
         """Per-sample keys (``input_index``, and for text ``token_position``, ``token_id``, ...) for ``indices``."""
         idx = torch.as_tensor(indices, dtype=torch.long).flatten()

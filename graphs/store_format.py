@@ -7,7 +7,11 @@ A store is a folder written by :func:`graphs.record_activations`::
       shard-00001.safetensors   ...
       inputs.json               the input texts, once (text models), or
       inputs.safetensors        "inputs" [n_inputs, ...] (tensor inputs)
+      unit_stats.safetensors    per-unit count, mean, m2, min, max (float64; graphs.moments.StreamingMoments)
       manifest.json             written last: a store without it is incomplete
+
+A recording on several ranks writes shards ``shard-pRRR-NNNNN.safetensors`` per rank; the manifest lists
+every shard in sample order.
 
 Per-sample keys in every shard (int64, one entry per row): ``input_index`` (which
 input the sample came from) and, for text, ``token_position``, ``token_id``,
@@ -23,12 +27,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "INPUT_FILES", "MANIFEST_NAME", "is_store_file", "read_manifest"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "INPUT_FILES", "MANIFEST_NAME", "STATS_FILE", "is_store_file",
+           "read_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "rsmi-nn.activations"
 FORMAT_VERSION = 1
 INPUT_FILES = ("inputs.json", "inputs.safetensors")
+STATS_FILE = "unit_stats.safetensors"
 _REQUIRED = ("format", "version", "names", "modules", "num_samples", "num_units", "shards", "kind")
 
 
@@ -36,7 +42,7 @@ def is_store_file(name: str) -> bool:
     """Whether a file name is one a store writes: a shard, an inputs file, or a temporary file of one."""
     if name.startswith(".") and name.endswith(".tmp"):  # graphs.atomic's temporary file: .<name>.<random>.tmp
         name = name[1:].rsplit(".", 2)[0]
-    own = name == MANIFEST_NAME or name in INPUT_FILES
+    own = name in (MANIFEST_NAME, STATS_FILE) or name in INPUT_FILES
     return own or (name.startswith("shard-") and name.endswith(".safetensors")) or ".tmp-" in name
 
 

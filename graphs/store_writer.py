@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from graphs.atomic import atomic_save_tensors, atomic_write_json
-from graphs.store_format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, is_store_file
+from graphs.store_format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STATS_FILE, is_store_file
 
 __all__ = ["StoreWriter"]
 
@@ -26,21 +26,30 @@ class StoreWriter:
     Only the rows not yet written (less than one shard plus one batch) are kept in memory.
     Call :meth:`add` per batch, the ``write_inputs_*`` method once, then :meth:`close`,
     which flushes the last shard and writes the manifest last.
+
+    Several writers (ranks) fill one store: each a ``part`` of the samples (shards ``shard-pPPP-NNNNN``), into a
+    folder made once by :meth:`prepare`; each calls :meth:`finish`, and one writes the manifest over every part's
+    shards in sample order (:meth:`write_manifest`).
     """
 
-    def __init__(self, path, *, shard_size: int | None = None, overwrite: bool = False):
+    def __init__(self, path, *, shard_size: int | None = None, overwrite: bool = False, part: int | None = None):
         self.path = Path(path)
         self.shard_size = shard_size
-        self._prepare(overwrite)
+        self.part = part
+        if part is None:
+            self.prepare(self.path, overwrite)
+        elif not self.path.is_dir():
+            raise FileNotFoundError(f"store folder {str(self.path)!r} is missing; prepare it before writing part {part}")
         self._pending: list[dict[str, torch.Tensor]] = []
         self._pending_rows = 0
         self._shards: list[dict] = []
         self._written = 0
         self._num_units: int | None = None
 
-    def _prepare(self, overwrite: bool) -> None:
+    @staticmethod
+    def prepare(path, overwrite: bool) -> None:
         """Create the folder; with ``overwrite``, remove an earlier store's files (and only those)."""
-        p = self.path
+        p = Path(path)
         if p.exists() and not p.is_dir():
             raise ValueError(f"out={str(p)!r} is a file, not a folder; pass a folder path for the store")
         if p.is_dir() and any(p.iterdir()):
@@ -87,7 +96,8 @@ class StoreWriter:
                 self._pending[0] = {k: v[need:] for k, v in chunk.items()}
                 need = 0
         shard = {k: take[0][k] if len(take) == 1 else torch.cat([t[k] for t in take]) for k in take[0]}
-        name = f"shard-{len(self._shards):05d}.safetensors"
+        part = "" if self.part is None else f"p{self.part:03d}-"
+        name = f"shard-{part}{len(self._shards):05d}.safetensors"
         atomic_save_tensors(self.path / name, shard)
         self._shards.append({"file": name, "offset": self._written, "num_samples": rows})
         self._written += rows
@@ -103,19 +113,35 @@ class StoreWriter:
         atomic_save_tensors(self.path / "inputs.safetensors", {"inputs": inputs})
         return "inputs.safetensors"
 
+    def write_unit_stats(self, moments) -> str:
+        """Write the per-unit statistics (a :class:`graphs.moments.StreamingMoments`) once; returns the file name."""
+        atomic_save_tensors(self.path / STATS_FILE, moments.state())
+        return STATS_FILE
+
     @property
     def num_written(self) -> int:
         """Rows written to shards so far."""
         return self._written
 
-    def close(self, manifest: dict) -> dict:
-        """Flush the remaining rows and write the manifest (last); returns the manifest."""
+    def finish(self) -> list[dict]:
+        """Flush the remaining rows; returns this writer's shards (``file``, ``num_samples``) in order."""
         if self._pending_rows:
             self._flush(self._pending_rows)
+        return [{"file": s["file"], "num_samples": s["num_samples"]} for s in self._shards]
+
+    def write_manifest(self, manifest: dict, shards: list[dict]) -> dict:
+        """Write the manifest (last) over ``shards`` in sample order (from one or several parts); returns it."""
+        offsets = [0]
+        for s in shards:
+            offsets.append(offsets[-1] + s["num_samples"])
         full = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **manifest}
-        full["num_samples"] = self._written
-        full["shards"] = self._shards
+        full["num_samples"] = offsets[-1]
+        full["shards"] = [{"file": s["file"], "offset": o, "num_samples": s["num_samples"]}
+                          for s, o in zip(shards, offsets)]
         full["shard_size"] = self.shard_size
         atomic_write_json(self.path / MANIFEST_NAME, full)
         return full
 
+    def close(self, manifest: dict) -> dict:
+        """Flush the remaining rows and write the manifest (last); returns the manifest."""
+        return self.write_manifest(manifest, self.finish())

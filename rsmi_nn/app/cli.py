@@ -17,7 +17,7 @@ A user mistake (unknown model, missing file, bad config key, wrong shapes) ends 
 shows the traceback instead.
 
 Several processes: ``torchrun --nproc_per_node N -m rsmi_nn.cli run ...`` (or ``-m rsmi_nn.app.cli``)
-runs ``run``, ``flow`` and ``graph`` on N ranks (the process group comes from torchrun's environment);
+runs ``run``, ``record``, ``flow`` and ``graph`` on N ranks (the process group comes from torchrun's environment);
 every rank that fails says so with its rank, and rank 0 alone prints and writes.
 """
 
@@ -38,7 +38,7 @@ log = logging.getLogger("rsmi_nn.app.cli")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-_SEVERAL_PROCESSES = ("run", "flow", "graph")  # the commands that run under torchrun
+_SEVERAL_PROCESSES = ("run", "record", "flow", "graph")  # the commands that run under torchrun
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ A stage whose complete output is already there is skipped, so re-running the sam
 after an interruption resumes where it stopped (the flow itself resumes from its last finished
 level). A directory holding a run with a *different* configuration is refused rather than mixed.
 
-Under ``torchrun`` (an initialised ``torch.distributed`` group) every rank runs this function: the graph and
-the flow are sharded by the engine; rank 0 alone records, reads and writes ``out`` and takes every decision
-(skip, resume, refuse), which it sends to the other ranks; a failure on any rank up to the end of the flow
+Under ``torchrun`` (an initialised ``torch.distributed`` group) every rank runs this function: the recording
+(by inputs), the graph and the flow are sharded by the engine; rank 0 alone reads and writes ``out`` (each rank
+writes only its own shards of the store) and takes every decision (skip, resume, refuse), which it sends to the
+other ranks; a failure on any rank up to the end of the flow
 fails every rank, naming it (:func:`graphs.distributed.agreed`). After the flow the other ranks return and
 rank 0 exports, evaluates and reports alone (a failure there fails rank 0, hence the job). ``out`` and a
 store source must be on a filesystem every rank sees.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from graphs.distributed import agreed, broadcast_object, is_writer, on_writer
+from graphs.distributed import agreed, is_writer, on_writer
 from graphs.tensor_files import load_samples
 from rsmi_nn.app.config import Config, read_run_config
 from rsmi_nn.app.files import write_json, write_text
@@ -99,7 +100,7 @@ def prepare_input(config: Config, out: str | Path | None = None):
         if "lattice" in opts or "graph" in opts:
             raise ValueError("source options 'lattice'/'graph' apply to raw samples only (source.name = 'samples:<file>')")
         if not is_writer() or (out is not None and (Path(out) / "activations" / "manifest.json").is_file()):
-            return "model", None, None  # recorded already (or by rank 0): the record stage is skipped here
+            return "model", None, None  # recorded already, or not rank 0: record_stage loads it where needed
         return "model", _load_source(config), None
     file = name[len("samples:"):]
     x = load_samples(file, key=opts.get("key"))
@@ -148,23 +149,37 @@ def record_stage(config: Config, out: Path, *, progress: bool, store_dir: Path |
 
     Skipped when ``out/activations`` is a complete, readable store whose fingerprint matches
     (``rsmi record`` passes its own directory and checks for an existing store itself).
-    Returns ``(store, skipped)``.
+    Returns ``(store, skipped)``. Under ``torchrun`` every rank calls it: rank 0 decides and writes the
+    fingerprint, every rank records its share of the inputs (data parallel, :func:`graphs.record_activations`).
     """
     store_dir = Path(store_dir) if store_dir is not None else out / "activations"
     own = store_dir == out / "activations"
-    if own and check_stage(out, "record", _record_inputs(config), remove=repr(str(store_dir))):
-        store = _readable_store(store_dir)
-        if store is not None:
-            return store, True
+    if own and on_writer("checking the activation store", _store_is_current, config, out, store_dir):
+        with agreed("opening the activation store"):
+            from graphs import ActivationStore
+
+            return ActivationStore.open(store_dir), True
+    with agreed("loading the model"):  # rank 0 first: a built-in model may be trained and cached on the way
+        if is_writer() and source is None:
+            source = _load_source(config)
+    with agreed("loading the model"):
+        if source is None:
+            source = _load_source(config)
     src = config.source
-    source = _load_source(config) if source is None else source
     store = source.record(store_dir, max_samples=src.max_samples, modules=src.modules or None,
                           batch_size=src.batch_size, reduction=src.reduction, device=config.run.device,
                           metadata={"source": src.name, "description": source.description, "kind": source.kind},
                           progress=progress, overwrite=True)
     if own:
-        record_stage_fingerprint(out, "record", _record_inputs(config))
+        on_writer("fingerprinting the activation store", record_stage_fingerprint, out, "record",
+                  _record_inputs(config))
     return store, False
+
+
+def _store_is_current(config: Config, out: Path, store_dir: Path) -> bool:
+    """Whether the recorded store may be reused: its fingerprint matches and every shard is readable."""
+    return check_stage(out, "record", _record_inputs(config), remove=repr(str(store_dir))) and \
+        _readable_store(store_dir) is not None
 
 
 def _record_inputs(config: Config) -> dict:
@@ -357,8 +372,8 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
 
     t0 = time.perf_counter()
     skipped = True
-    if kind == "model":  # recorded by rank 0; the other ranks open the store it wrote
-        data, skipped = _recorded(config, out, progress, data)
+    if kind == "model":  # every rank records its share of the inputs (one rank: all of them)
+        data, skipped = record_stage(config, out, progress=progress, source=data)
     done("record", t0, skipped)
 
     t0 = time.perf_counter()
@@ -386,21 +401,6 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
     log.info("finished: %d level(s) in %.1f s; report: %s", len(after), time.perf_counter() - t_start,
              out / "report.html")
     return out
-
-
-def _recorded(config: Config, out: Path, progress: bool, source):
-    """The record stage, on rank 0; the other ranks then open the store it wrote. Returns ``(store, skipped)``."""
-    store = skipped = None
-    with agreed("recording the activations"):
-        if is_writer():
-            store, skipped = record_stage(config, out, progress=progress, source=source)
-    skipped = broadcast_object(skipped)
-    with agreed("opening the activation store"):
-        if store is None:
-            from graphs import ActivationStore
-
-            store = ActivationStore.open(out / "activations")
-    return store, skipped
 
 
 def _report_stages(config: Config, out: Path, kind: str, redo_export: bool, flow_changed: bool, done) -> None:

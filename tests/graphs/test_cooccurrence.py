@@ -63,6 +63,36 @@ def test_merge_of_shards_equals_one_shot():
     assert torch.allclose(a.pmi(), pmi, atol=1e-10)
 
 
+@pytest.mark.parametrize("windows", [1, 2, 5, 8, 13])
+def test_moment_tree_gives_the_same_bits_for_any_split(windows):
+    """What the ranks of a recording do: windows split into contiguous parts, each part's nodes merged at the end."""
+    from graphs.moments import MomentTree
+
+    x = torch.from_numpy(correlated(u=7, seed=4, offset=50.0)).double()[: 13 * windows]
+    parts = list(torch.chunk(x, windows))
+
+    def total(cuts):
+        nodes = []
+        for lo, hi in zip([0, *cuts], [*cuts, windows]):
+            tree = MomentTree()
+            for w in range(lo, hi):
+                tree.add(w, StreamingMoments(7, gram=False).update(parts[w]))
+            nodes += tree.nodes
+        return MomentTree.total(nodes[::-1])  # any order of the holders' nodes
+
+    one = total([])
+    assert one.count == len(x)
+    np.testing.assert_allclose(one.mean.numpy(), x.mean(0).numpy(), rtol=1e-13)
+    np.testing.assert_allclose(one.var().numpy(), x.var(0, correction=0).numpy(), rtol=1e-11)
+    assert torch.equal(one.min, x.min(0).values) and torch.equal(one.max, x.max(0).values)
+    for cuts in ([1], [windows // 2], [windows - 1], list(range(1, windows))):
+        cuts = sorted({c for c in cuts if 0 < c < windows})
+        split = total(cuts)
+        assert all(torch.equal(a, b) for a, b in zip(one.state().values(), split.state().values())), cuts
+    back = StreamingMoments.from_state(one.state())
+    assert torch.equal(back.var(), one.var()) and back.count == one.count
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_shifted_sums_equal_one_shot(dtype):
     x = correlated(u=25, seed=9, offset=3e3).astype(dtype)

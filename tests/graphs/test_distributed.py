@@ -145,3 +145,53 @@ def test_running_top_k_is_the_same_in_any_band_order(k):
     for p in parts[1:]:
         parts[0].merge(p.values, p.indices)
     assert [t.tolist() for t in one.edges()] == [t.tolist() for t in parts[0].edges()]
+
+
+def _recordings(out_dir: str) -> list[tuple]:
+    """Record a tensor model (5 windows of 5 inputs) and a text model (3 sorted windows of 4 texts) on this rank.
+
+    Returns per store: the samples' bytes, the per-sample keys, the per-unit statistics and the manifest
+    without its shard list (the one field that depends on the number of ranks).
+    """
+    from pathlib import Path
+
+    import transformers
+
+    from graphs.recording import record_activations
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 4))
+    words = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away", "and", "slept"]
+    vocab = Path(out_dir) / f"vocab-{os.getpid()}.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(vocab))
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=32)).eval()
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 12))) for _ in range(11)]
+    stores = [record_activations(net, torch.randn(23, 6), ["0", "2"], Path(out_dir) / "tensor", batch_size=5,
+                                 progress=False, overwrite=True),
+              record_activations(bert, texts, "encoder.layer.*.intermediate", Path(out_dir) / "text", tokenizer=tok,
+                                 batch_size=2, sort_window=4, max_length=8, progress=False, overwrite=True)]
+    return [(s.to_tensor().numpy().tobytes(), s.sample_info(range(len(s))), s.unit_stats().state(),
+             {k: v for k, v in s.manifest.items() if k != "shards"}, len(s.manifest["shards"])) for s in stores]
+
+
+def test_two_ranks_record_the_one_process_store(tmp_path):
+    """Data-parallel recording: each rank records whole windows into its own shards of one store; the samples,
+    their keys, the merged per-unit statistics and the manifest (all but the shard list) are the same bits."""
+    for d in ("a", "b", "one", "two"):
+        (tmp_path / d).mkdir()
+    (one_process,) = spawn_ranks(_recordings, (str(tmp_path / "one"),), tmp_path / "a", world=1)
+    r0, r1 = spawn_ranks(_recordings, (str(tmp_path / "two"),), tmp_path / "b")
+    assert one_process[0] == "ok", one_process[-1]
+    single = one_process[1]
+    assert r0[0] == r1[0] == "ok", (r0[-1], r1[-1])
+    for one, two, same in zip(single, r0[1], r1[1]):
+        assert one[0] == two[0] == same[0]
+        assert all(torch.equal(one[1][k], two[1][k]) for k in one[1])
+        assert all(torch.equal(one[2][k], two[2][k]) for k in one[2])
+        assert one[3] == two[3]
+        assert one[4] == 1 and two[4] == 2  # one shard per rank
+    assert single[1][3]["truncated_inputs"] > 0 and single[1][3]["special_tokens"]

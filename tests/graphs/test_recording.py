@@ -32,6 +32,11 @@ def test_record_tensor_inputs_shards_and_batches(net, tmp_path):
     torch.testing.assert_close(torch.cat(streamed), expected, rtol=1e-6, atol=1e-6)
     assert a.sample_info([0, 52])["input_index"].tolist() == [0, 52]
     assert net.training  # the training flag is restored
+    stats, rows = a.unit_stats(), a.to_tensor(dtype=torch.float64)  # taken window by window while recording
+    assert stats.count == 53
+    torch.testing.assert_close(stats.mean, rows.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stats.var(), rows.var(0, correction=0), rtol=1e-10, atol=1e-12)
+    assert torch.equal(stats.min, rows.min(0).values) and torch.equal(stats.max, rows.max(0).values)
 
 
 def test_record_refuses_nonempty_out_unless_overwrite(net, tmp_path):

@@ -1,6 +1,7 @@
-"""`rsmi run` on several processes (issue 19): record → graph → 2-level flow → export → report of the digits
-MLP under ``torchrun`` writes the run of one process; a rank failing mid-level fails the command on every rank,
-each naming the failing rank, and the same command then resumes."""
+"""`rsmi run` on several processes (issue 19): record (data parallel) → graph → 2-level flow → export → report
+of the digits MLP under ``torchrun`` writes the run of one process (the store's samples, not its shard files);
+a rank failing mid-level fails the command on every rank, each naming the failing rank, and the same command
+then resumes."""
 
 from __future__ import annotations
 
@@ -49,8 +50,21 @@ def _rsmi(out: str, fail_rank: int | None = None) -> tuple[int, str, dict | None
 
 
 def _run_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in NOT_COMPARED}
+    """Every file's bytes, but the store's shards and manifest: its samples instead (each rank writes its own
+    shards, so the shard files and the manifest's shard list depend on the number of ranks)."""
+    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+             if p.is_file() and p.name not in NOT_COMPARED
+             and not (p.parent.name == "activations" and (p.name.startswith("shard-") or p.name == "manifest.json"))}
+    if (root / "activations" / "manifest.json").is_file():
+        from graphs import ActivationStore
+
+        store = ActivationStore.open(root / "activations")
+        keys = store.sample_info(range(store.num_samples))
+        files["activations (samples)"] = store.to_tensor().numpy().tobytes()
+        files["activations (keys)"] = b"".join(keys[k].numpy().tobytes() for k in sorted(keys))
+        files["activations (manifest)"] = json.dumps({k: v for k, v in store.manifest.items() if k != "shards"},
+                                                     sort_keys=True).encode()
+    return files
 
 
 @pytest.fixture(scope="module")
