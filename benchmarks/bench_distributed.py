@@ -9,6 +9,11 @@ block-sharded RSMI step), export and report (rank 0 alone). Three runs, each in 
 - ``one_process``: the same with every core's threads (``OMP_NUM_THREADS`` = CPU count);
 - ``two_ranks``:   ``torchrun --standalone --nproc_per_node 2 -m rsmi_nn.cli run`` (one thread per rank).
 
+The recording (data parallel under torchrun) is timed apart: ``rsmi record --source minilm`` over the bundled
+corpus (MiniLM's six MLP layers, 9 216 units per token; batches of 16 texts, so 7 windows of 64 to share) in the
+same three ways; its wall time includes loading
+the model in each process; ``same_store_samples`` checks the three stores hold the same samples, bit for bit.
+
 Ratios: ``one_process`` / ``two_ranks`` (what a user gains by launching two ranks instead of threads) and
 ``one_thread`` / ``two_ranks`` (the scaling of the sharded work), for the whole run and for the graph and
 flow stages (from each run's ``timings.json``); ``same_flow_json`` checks that all three wrote the same bytes.
@@ -28,8 +33,8 @@ from pathlib import Path
 
 from benchmarks import suite_main
 
-FULL = {"L": 48, "n": 4096, "steps": 300}
-QUICK = {"L": 24, "n": 1024, "steps": 60}
+FULL = {"L": 48, "n": 4096, "steps": 300, "texts": 400, "text_batch": 16}
+QUICK = {"L": 24, "n": 1024, "steps": 60, "texts": 64, "text_batch": 8}
 FIELD_MASS = 0.3
 STAGES = ("graph", "flow")
 
@@ -73,16 +78,44 @@ def _write_job(p: dict, workdir: Path) -> Path:
 
 def _run(command: list[str], threads: int, out: Path) -> dict:
     """Run one job to completion; its wall seconds and the stage seconds of its ``timings.json``."""
+    wall = _wall(command, threads, out)
+    stages = json.loads((out / "timings.json").read_text())["stages"]
+    return {"wall_s": wall, **{f"{s}_s": stages[s]["seconds"] for s in STAGES}}
+
+
+def _record(p: dict, cores: int, workdir: Path) -> dict:
+    """``rsmi record`` of MiniLM over ``p["texts"]`` texts: one thread, one process, two ranks; wall s and ratios."""
+    from graphs import ActivationStore
+
+    args = ["-m", "rsmi_nn.cli", "record", "--source", "minilm", "--max-samples", str(p["texts"]), "--batch-size",
+            str(p["text_batch"]), "--quiet"]  # ranks share whole windows of 4 batches: 7 (2 quick) windows
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    walls = {}
+    for name, command, threads in (("one_thread", [sys.executable, *args], 1),
+                                   ("one_process", [sys.executable, *args], cores), ("two_ranks", two, 1)):
+        walls[name] = _wall(command, threads, workdir / f"record_{name}")
+    samples = {ActivationStore.open(workdir / f"record_{name}").to_tensor().numpy().tobytes() for name in walls}
+    store = ActivationStore.open(workdir / "record_two_ranks")
+    out = {"texts": p["texts"], "batch_size": p["text_batch"], "samples": store.num_samples, "units": store.num_units,
+           "wall_s": walls,
+           "same_store_samples": len(samples) == 1, "shards_two_ranks": len(store.manifest["shards"])}
+    for base in ("one_process", "one_thread"):
+        out[f"{base}_over_two_ranks"] = round(walls[base] / max(walls["two_ranks"], 1e-9), 2)
+    print(f"  record ({p['texts']} texts, {store.num_samples} tokens): " + "   ".join(
+        f"{k} {v:.1f} s" for k, v in walls.items()) + f"; same samples: {out['same_store_samples']}", flush=True)
+    return out
+
+
+def _wall(command: list[str], threads: int, out: Path) -> float:
+    """Wall seconds of one command run to completion with ``threads`` threads per process."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     root = Path(__file__).resolve().parent.parent
     t0 = time.perf_counter()
     proc = subprocess.run([*command, "--out", str(out)], cwd=root, env=env, capture_output=True, text=True,
                           check=False)
-    wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:6])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    stages = json.loads((out / "timings.json").read_text())["stages"]
-    return {"wall_s": round(wall, 2), **{f"{s}_s": stages[s]["seconds"] for s in STAGES}}
+        raise RuntimeError(f"{' '.join(command[:8])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return round(time.perf_counter() - t0, 2)
 
 
 def run(quick: bool = False) -> dict:
@@ -99,8 +132,10 @@ def run(quick: bool = False) -> dict:
                 "one_process": _run(one, cores, workdir / "one_process"),
                 "two_ranks": _run(two, 1, workdir / "two_ranks")}
         flows = {(workdir / name / "flow.json").read_bytes() for name in runs}
-    result = {"job": {**p, "units": p["L"] ** 2, "levels": 2, "block_size": 4}, "cpu_count": cores, "runs": runs,
-              "same_flow_json": len(flows) == 1}
+        record = _record(p, cores, workdir)
+    job = {k: v for k, v in p.items() if k not in ("texts", "text_batch")}
+    result = {"job": {**job, "units": p["L"] ** 2, "levels": 2, "block_size": 4}, "cpu_count": cores, "runs": runs,
+              "same_flow_json": len(flows) == 1, "record": record}
     for base in ("one_process", "one_thread"):
         for key in ("wall_s", *(f"{s}_s" for s in STAGES)):
             result[f"{base}_over_two_ranks_{key[:-2]}"] = round(runs[base][key] / max(runs["two_ranks"][key], 1e-9), 2)
