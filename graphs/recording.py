@@ -95,7 +95,8 @@ def record_activations(
     Returns
     -------
     ActivationStore opened on ``out``. The manifest is written last, so an interrupted
-    recording leaves a folder that :meth:`ActivationStore.open` refuses.
+    recording leaves a folder that :meth:`ActivationStore.open` refuses. Inside an initialised process group
+    every rank must call it with the same arguments (each records its share of the windows; see the module).
     """
     batch_size = check_positive_int(batch_size, name="batch_size")
     max_length = check_positive_int(max_length, name="max_length")
