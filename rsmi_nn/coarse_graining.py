@@ -10,6 +10,10 @@ Conventions, so filters are comparable across runs: the map acts on standardised
 ``(x - mean) / std``; each filter column has unit norm over its block's units and its sign
 makes the weights' sum positive (the largest-|w| entry when the sum is ~0).
 
+``shared=True`` (one filter for all blocks) trains one critic for all blocks as well, on a few blocks' rows
+per step, each environment read through per-site keys (:mod:`rsmi_nn.shared_step`); each block's held-out MI is
+then scored on a bounded number of test rows (:func:`rsmi_nn.shared_step.test_rows`, ceiling ``log 256``).
+
 Inside a ``torch.distributed`` process group each rank trains and tests its share of the blocks and every
 rank returns the result of one process (:mod:`rsmi_nn.distributed`).
 """
@@ -31,6 +35,7 @@ from graphs.moments import ShiftedSums
 from rsmi_nn.distributed import block_share, gather_blocks, gather_values, only_blocks
 from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign
 from rsmi_nn.options import StepOptions
+from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, KeyedCritic, test_rows, train_shared
 from rsmi_nn.training import TEST_COLUMNS, evaluate, gather, train_blocks
 
 __all__ = ["CoarseGrainResult", "CoarseGrainer", "check_step", "coarse_grain"]
@@ -203,19 +208,31 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     del z
     regions_dev = (regions.visible.to(dev), regions.visible_mask.to(dev).float(),
                    regions.environment.to(dev), regions.environment_mask.to(dev).float())
-    filt, crit = _models(opts, regions_dev, gen, dev)
     settings = TrainSettings(batch_size=opts.batch_size, max_steps=opts.steps, lr=opts.lr, eval_every=opts.eval_every,
                              patience=opts.patience, min_delta=opts.min_delta, description="RSMI blocks",
                              warmup_steps=opts.anneal_steps if opts.binarize == "anneal" else 0, progress=progress)
-    blocks = block_share(regions.num_blocks, coupled=opts.shared)  # this rank's share; None: all (one process)
-    with agreed("the RSMI step's training"):
-        state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
-    state = gather_blocks([filt, crit], state, blocks, regions.num_blocks)
-    test_rows = chunk_rows(crit, regions.num_blocks, min(n_test, TEST_COLUMNS))  # the same chunks on any share
-    with only_blocks([filt, crit], regions_dev, blocks) as share_regions, agreed("the held-out test"):
-        mi, mi_stderr = evaluate(filt, crit, bound, z_test, share_regions, columns=TEST_COLUMNS, rows=test_rows)
-    mi, mi_stderr = gather_values(blocks, mi, mi_stderr)
-    ceiling = float(bound.ceiling(_scored_columns(n_test)))
+    if _keyed(opts, bound):  # one filter and one critic for all blocks (rsmi_nn.shared_step)
+        filt = _models(opts, regions_dev, gen, dev, critic=False)
+        with agreed("the RSMI step's training"):
+            crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather, evaluate)
+        state.best_val = state.best_val.expand(regions.num_blocks)  # one value: the validation blocks' mean
+    else:
+        filt, crit = _models(opts, regions_dev, gen, dev)
+        blocks = block_share(regions.num_blocks, coupled=opts.shared)  # this rank's share; None: all (one process)
+        with agreed("the RSMI step's training"):
+            state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
+        state = gather_blocks([filt, crit], state, blocks, regions.num_blocks)
+    if isinstance(crit, KeyedCritic):  # bounded: rsmi_nn.shared_step.test_rows
+        n_scored, columns = test_rows(n_test, regions.num_blocks), SHARED_TEST_COLUMNS
+        with agreed("the held-out test"):
+            mi, mi_stderr = evaluate(filt, crit, bound, z_test[:n_scored], regions_dev, columns=columns)
+    else:
+        n_scored, columns = n_test, TEST_COLUMNS
+        rows = chunk_rows(crit, regions.num_blocks, min(n_test, TEST_COLUMNS))  # the same chunks on any share
+        with only_blocks([filt, crit], regions_dev, blocks) as share_regions, agreed("the held-out test"):
+            mi, mi_stderr = evaluate(filt, crit, bound, z_test, share_regions, columns=TEST_COLUMNS, rows=rows)
+        mi, mi_stderr = gather_values(blocks, mi, mi_stderr)
+    ceiling = float(bound.ceiling(_scored_columns(n_scored, columns)))
 
     sample_v = gather(z_train[: min(n_train, 2048)], regions_dev[0], regions_dev[1])
     filt.flip(_sign_convention(filt.linear_weights(sample_v)))
@@ -233,12 +250,12 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         info=info)
 
 
-def _scored_columns(n_test: int) -> int:
-    """Columns each test row is scored against (the smallest group of :data:`rsmi_nn.training.TEST_COLUMNS`
-    rows): InfoNCE's ceiling is its log."""
+def _scored_columns(n_test: int, columns: int = TEST_COLUMNS) -> int:
+    """Columns each test row is scored against (the smallest group of ``columns`` rows, by default
+    :data:`rsmi_nn.training.TEST_COLUMNS`): InfoNCE's ceiling is its log."""
     from estimators.heldout import group_edges
 
-    edges = group_edges(n_test, TEST_COLUMNS)
+    edges = group_edges(n_test, columns)
     return min(b - a for a, b in zip(edges, edges[1:]))
 
 
@@ -261,8 +278,18 @@ def _split_sizes(n: int, opts: StepOptions) -> tuple[int, int, int]:
     return n_train, n_val, n_test
 
 
-def _models(opts: StepOptions, regions_dev, gen: torch.Generator, dev):
-    """The blocks' filter and critic, initialised from ``gen`` (filter first: the order fixes the bytes)."""
+def _keyed(opts: StepOptions, bound) -> bool:
+    """Whether the step trains one keyed critic for all blocks (:mod:`rsmi_nn.shared_step`): a shared filter,
+    a separable critic and InfoNCE's own objective."""
+    from estimators.bounds import InfoNCEBound
+
+    own = isinstance(bound, InfoNCEBound) and type(bound).objective is InfoNCEBound.objective
+    return opts.shared and opts.critic == "separable" and own
+
+
+def _models(opts: StepOptions, regions_dev, gen: torch.Generator, dev, critic: bool = True):
+    """The blocks' filter and critic, initialised from ``gen`` (filter first: the order fixes the bytes);
+    the filter alone when not ``critic``."""
     from estimators.critics import CRITICS
 
     vis, vm, env, _ = regions_dev
@@ -272,6 +299,8 @@ def _models(opts: StepOptions, regions_dev, gen: torch.Generator, dev):
         filt = LinearFilter(n_blocks, max_v, opts.hidden, vm.bool(), shared=opts.shared, **common).to(dev)
     else:
         filt = MLPFilter(n_blocks, max_v, opts.hidden, vm.bool(), **common).to(dev)
+    if not critic:
+        return filt
     sides = {"x_layers": opts.critic_env_layers} if opts.critic == "separable" else {}
     crit = CRITICS[opts.critic](n_blocks, max_env, opts.hidden, hidden=opts.critic_hidden, embed=opts.critic_embed,
                                 layers=opts.critic_layers, generator=gen, **sides).to(dev)

@@ -224,3 +224,31 @@ def test_noise_of_a_real_valued_h_favours_the_principal_component():
     # the noise is training-only: transform is the plain linear map
     z = (x - noisy.mean) / noisy.std
     torch.testing.assert_close(noisy.transform(x)[:, 0], z[:, :4] @ noisy.filters[0, :4, 0], rtol=0, atol=1e-4)
+
+
+def test_shared_critic_reads_environments_in_any_order(ising_tc):
+    """The shared step's keyed critic summarises a block's environment through per-site keys, so the order its
+    sites are listed in (which differs between blocks at a periodic lattice's seam) changes nothing."""
+    from rsmi_nn.shared_step import environment_keys
+    from rsmi_nn.training import gather
+
+    x, regions = ising_tc
+    z = (x - x.mean(0)) / x.std(0)
+    dev = (regions.visible, regions.visible_mask.float(), regions.environment, regions.environment_mask.float())
+    keys = environment_keys(z, dev, gather)
+    perm = torch.randperm(regions.environment.shape[1], generator=torch.Generator().manual_seed(0))
+    shuffled = (dev[0], dev[1], dev[2][:, perm], dev[3][:, perm])
+    keys_shuffled = environment_keys(z, shuffled, gather)
+    u = torch.bmm(gather(z[:64], dev[2]), keys)
+    u_shuffled = torch.bmm(gather(z[:64], shuffled[2]), keys_shuffled)
+    assert keys.shape == (regions.num_blocks, regions.environment.shape[1], 5 * regions.visible.shape[1])
+    assert torch.allclose(u, u_shuffled, atol=1e-4)
+    assert not torch.allclose(keys, keys_shuffled)  # the keys did move with the sites
+
+
+def test_shared_step_bounds_its_test():
+    """A shared step scores each block on at most TEST_SCORES / (J * 256) test rows (>= 256), against 256 columns."""
+    from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, TEST_SCORES, test_rows
+
+    assert test_rows(4000, 256) == TEST_SCORES // (256 * SHARED_TEST_COLUMNS) == 1024
+    assert test_rows(4000, 16) == 4000 and test_rows(4000, 100_000) == 256

@@ -1,0 +1,150 @@
+"""The shared RSMI step: one filter and one critic for every block of a homogeneous system.
+
+A shared filter sees every block's data at each step, so it needs a few blocks' worth per step, not all of
+them. The critic is shared too, which needs the environments of different blocks to mean the same thing to
+it; their sites come in no common order (a periodic lattice's blocks at the seam list theirs otherwise;
+``max_env`` subsamples each block's own). So a block's environment ``E_j`` is first summarised by fixed
+*keys*: each site's weight is a smooth function of its correlation with each of the block's visible units
+(the correlation itself and radial bumps over it, rescaled to the block's own range), giving ``u = E_j Φ_j``
+with ``Φ_j : [max_env, 5 · max_visible]``; one :class:`estimators.SeparableCritic` (P = 1) scores ``(u, H)``.
+Keys are measured on training rows only; on a translation-invariant system they are the same function of a
+site's position relative to the block for every block (the visible units' order is the filter's anyway).
+
+Training (the one loop, :func:`estimators.training.train_problems`, P = 1): each step takes ``batch_size``
+rows and :data:`BLOCKS_PER_STEP` blocks drawn at random, one InfoNCE per block over the rows, averaged;
+validation on :data:`VALIDATION_BLOCKS` blocks spread over the system, every validation row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from estimators.critics import SeparableCritic
+from estimators.fused import infonce_separable
+from estimators.training import TrainSettings, TrainState, train_problems
+
+__all__ = ["BLOCKS_PER_STEP", "SHARED_TEST_COLUMNS", "KeyedCritic", "VALIDATION_BLOCKS", "environment_keys", "test_rows",
+           "train_shared"]
+
+BLOCKS_PER_STEP = 16
+VALIDATION_BLOCKS = 16
+# The held-out test of a shared step is bounded: each block's MI from its first ``test_rows`` test rows, each row
+# scored against the 256 rows of its group (InfoNCE ceiling log 256 = 5.5 nats, finite-K bias ~ (e^I - 1) / 256,
+# 2.4e-3 nats at 0.48): at most TEST_SCORES scores in all (J = 256 blocks: 1 024 rows each), at least 256 rows.
+SHARED_TEST_COLUMNS = 256
+TEST_SCORES = 1 << 26
+KEY_ROWS = 2048  # training rows the keys' correlations are measured on (s.e. ~0.02 each)
+_CENTRES = (0.0, 1 / 3, 2 / 3, 1.0)
+_WIDTH = 0.25
+
+
+def test_rows(n_test: int, n_blocks: int) -> int:
+    """Test rows each block of a shared step is scored on (see :data:`TEST_SCORES`)."""
+    return min(n_test, max(256, TEST_SCORES // (n_blocks * SHARED_TEST_COLUMNS)))
+
+
+@torch.no_grad()
+def environment_keys(z: torch.Tensor, regions_dev, gather, *, chunk: int = 32) -> torch.Tensor:
+    """Keys ``Φ [J, max_env, 5 · max_visible]`` from standardised rows ``z [n, U]`` (see the module docstring).
+
+    Column ``5 k`` weighs site ``s`` by ``ρ_k(s)``, its correlation with visible unit ``k``; column ``5 k + 1 + c``
+    by ``exp(-((t_k(s) - c/3) / 0.25)²)``, ``t_k`` that correlation rescaled to ``[0, 1]`` over the block's sites
+    (16-block Ising test at T_c, seeds 0-2: spread between the filter's weights 0.010/0.090/0.008 with the bumps
+    alone, 0.001/0.015/0.010 with the correlation too; the per-block critics 0.017/0.007/0.009). Each column has
+    unit norm; padded sites and units get 0.
+    """
+    vis, vm, env, em = regions_dev
+    out = []
+    n = z.shape[0]
+    for a in range(0, vis.shape[0], chunk):
+        v, e = gather(z, vis[a:a + chunk]), gather(z, env[a:a + chunk])  # [c, n, m]
+        rho = torch.bmm(e.transpose(1, 2), v) / n  # [c, max_env, max_v]
+        site = em[a:a + chunk].unsqueeze(-1) > 0
+        lo = torch.where(site, rho, torch.inf).amin(1, keepdim=True)
+        hi = torch.where(site, rho, -torch.inf).amax(1, keepdim=True)
+        t = (rho - lo) / (hi - lo).clamp_min(1e-6)
+        bumps = torch.stack([rho, *(torch.exp(-((t - c) / _WIDTH) ** 2) for c in _CENTRES)], dim=-1)  # [c, m_e, m_v, 5]
+        bumps = bumps * (site & (vm[a:a + chunk].unsqueeze(1) > 0)).unsqueeze(-1)
+        phi = bumps.flatten(2)
+        out.append(phi / phi.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return torch.cat(out)
+
+
+class KeyedCritic(nn.Module):
+    """One separable critic for all blocks, reading each block's environment through its keys.
+
+    ``keys [J, max_env, q]`` (a buffer: cut with the blocks); ``scale [q]`` makes the summaries ``u = E Φ``
+    of unit variance. ``embed_x`` / ``embed_y`` take ``[P, B, .]`` for the P blocks ``blocks`` (all by
+    default), the interface :func:`estimators.heldout.heldout_bound` scores.
+    """
+
+    def __init__(self, keys: torch.Tensor, scale: torch.Tensor, hidden_dim: int, *, hidden: int, embed: int,
+                 layers: int, x_layers: int, generator: torch.Generator):
+        super().__init__()
+        self.register_buffer("keys", keys)
+        self.register_buffer("scale", scale)
+        self.n_blocks = keys.shape[0]
+        self.critic = SeparableCritic(1, keys.shape[2], hidden_dim, hidden=hidden, embed=embed, layers=layers,
+                                      x_layers=x_layers, generator=generator).to(keys.device)
+        self.blocks: torch.Tensor | None = None
+
+    def summary(self, e: torch.Tensor, blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """``E [P, B, max_env] -> u [P, B, q]``."""
+        keys = self.keys if blocks is None else self.keys[blocks]
+        return torch.bmm(e, keys) * self.scale
+
+    def _flat(self, mlp_embed, t: torch.Tensor) -> torch.Tensor:
+        p, b = t.shape[0], t.shape[1]
+        return mlp_embed(t.reshape(1, p * b, t.shape[2])).view(p, b, -1)
+
+    def embed_x(self, e: torch.Tensor, mask=None, blocks: torch.Tensor | None = None) -> torch.Tensor:
+        return self._flat(self.critic.embed_x, self.summary(e, self.blocks if blocks is None else blocks))
+
+    def embed_y(self, h: torch.Tensor, mask=None) -> torch.Tensor:
+        return self._flat(self.critic.embed_y, h)
+
+
+def _summary_scale(z: torch.Tensor, keys: torch.Tensor, regions_dev, gather) -> torch.Tensor:
+    """``1 / std`` of each summary column over a few rows and blocks (so the critic sees O(1) inputs)."""
+    env = regions_dev[2]
+    pick = torch.linspace(0, env.shape[0] - 1, min(env.shape[0], VALIDATION_BLOCKS)).round().long()
+    u = torch.bmm(gather(z[:512], env[pick]), keys[pick]).flatten(0, 1)
+    return u.std(dim=0).clamp_min(1e-6).reciprocal()
+
+
+def train_shared(filt, opts, bound, z_train: torch.Tensor, z_val: torch.Tensor, regions_dev, settings: TrainSettings,
+                 generator: torch.Generator, gather, evaluate) -> tuple[KeyedCritic, TrainState]:
+    """Train the shared ``filt`` with a :class:`KeyedCritic` (made here, seeded by ``generator``); returns it
+    and the loop's state (one problem: the checkpoint with the best mean validation MI over the validation
+    blocks)."""
+    vis, _, env, _ = regions_dev
+    n_blocks = vis.shape[0]
+    keys = environment_keys(z_train[:KEY_ROWS], regions_dev, gather)
+    crit = KeyedCritic(keys, _summary_scale(z_train, keys, regions_dev, gather), filt.weight.shape[-1],
+                       hidden=opts.critic_hidden, embed=opts.critic_embed, layers=opts.critic_layers,
+                       x_layers=opts.critic_env_layers, generator=generator)
+    per_step = min(n_blocks, BLOCKS_PER_STEP)
+
+    def objective(rows: torch.Tensor) -> torch.Tensor:
+        blocks = torch.randperm(n_blocks, generator=generator)[:per_step].to(vis.device)
+        z = z_train[rows]
+        h = filt(gather(z, vis[blocks]))
+        a = crit.embed_x(gather(z, env[blocks]), blocks=blocks)
+        return infonce_separable(a, crit.embed_y(h)).mean().unsqueeze(0)
+
+    pick = torch.linspace(0, n_blocks - 1, min(n_blocks, VALIDATION_BLOCKS)).round().long().to(vis.device)
+    val_regions = tuple(t[pick] for t in regions_dev)
+
+    def validate():
+        crit.blocks = pick
+        try:
+            mi, stderr = evaluate(filt, crit, bound, z_val, val_regions)
+        finally:
+            crit.blocks = None
+        return mi.mean().unsqueeze(0), (stderr.square().mean() / pick.numel()).sqrt().unsqueeze(0)
+
+    params = list(filt.parameters()) + list(crit.parameters())
+    state = train_problems(params, objective, validate, z_train.shape[0], generator, settings,
+                           on_step=filt.anneal_step)
+    return crit, state
