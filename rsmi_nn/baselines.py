@@ -15,6 +15,7 @@ Signs are fixed (each component's largest-|loading| unit positive), so a fit is 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -61,15 +62,19 @@ class Encoder:
         """``[n, num_latents]`` of rows ``z [n, U]`` already standardised with this encoder's mean and std."""
         if self.k is not None:
             return _topk_relu((z - self.center) @ self.weight + self.bias, self.k)
-        if self._sparse_t is None:
+        if self._sparse is None:
             return z @ self.weight
-        return torch.sparse.mm(self._sparse_t, z.T.contiguous()).T.contiguous()
+        return z @ self._sparse
 
     @cached_property
-    def _sparse_t(self) -> torch.Tensor | None:
-        """``weight.T`` as a sparse COO tensor when at most 5 % of it is non-zero (the block methods), else None."""
+    def _sparse(self) -> torch.Tensor | None:
+        """``weight`` as a sparse CSR tensor when at most 5 % of it is non-zero (the block methods), else None."""
         dense = bool((self.weight != 0).float().mean() > 0.05)
-        return None if dense else self.weight.T.to_sparse().coalesce()
+        if dense:
+            return None
+        with warnings.catch_warnings():  # torch calls its (long-standing) CSR support "beta"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return self.weight.to_sparse_csr()
 
 
 @dataclass
@@ -154,25 +159,24 @@ def _block_mean_weight(members: list[torch.Tensor], n_units: int) -> torch.Tenso
 def _block_pca_weight(z: torch.Tensor, members: list[torch.Tensor], h: int, *, chunk: int = 1024) -> torch.Tensor:
     """``[U, J*h]``: column ``j*h + c`` is component ``c`` of block ``j`` (zero past the block's size).
 
-    All blocks at once: the blocks padded to the largest, their ``[J, b, b]`` Gram matrices (float32 over
-    row chunks, summed in float64), one batched ``eigh``; padded coordinates get eigenvalue -1 so that no component uses them.
+    Blocks of equal size at once: their ``[J_s, s, s]`` Gram matrices (float32 over row chunks, summed in
+    float64) and one
+    batched ``eigh`` per size; no padding, so the work is ``Σ_j s_j²`` per row.
     """
-    n_blocks, width = len(members), max(m.numel() for m in members)
-    index = torch.zeros(n_blocks, width, dtype=torch.long)
-    real = torch.zeros(n_blocks, width, dtype=torch.bool)
-    for j, m in enumerate(members):
-        index[j, :m.numel()], real[j, :m.numel()] = m, True
-    gram = torch.zeros(n_blocks, width, width, dtype=torch.float64)
-    for a in range(0, z.shape[0], chunk):
-        zb = z[a:a + chunk][:, index] * real                     # [n, J, b], zero on padding
-        gram += torch.einsum("nja,njb->jab", zb, zb).double()
-    gram -= torch.diag_embed((~real).double())
-    evals, evecs = torch.linalg.eigh(gram)                       # ascending
-    top = evecs.flip(2)[:, :, :h] * (evals.flip(1)[:, None, :h] > -0.5)  # [J, b, h]; none on padding
-    top = torch.nn.functional.pad(_fix_signs(top.float()) * real[:, :, None], (0, h - top.shape[2]))
+    n_blocks = len(members)
+    sizes = torch.tensor([m.numel() for m in members])
     w = torch.zeros(z.shape[1], n_blocks * h)
-    cols = torch.arange(n_blocks * h).view(n_blocks, 1, h).expand(n_blocks, width, h)
-    w[index[real][:, None].expand(-1, h), cols[real]] = top[real]
+    for size in torch.unique(sizes).tolist():
+        ids = (sizes == size).nonzero().flatten()
+        index = torch.stack([members[j] for j in ids.tolist()])              # [J_s, s]
+        gram = torch.zeros(len(ids), size, size, dtype=torch.float64)
+        for a in range(0, z.shape[0], chunk):
+            zb = z[a:a + chunk][:, index]                                   # [n, J_s, s]
+            gram += torch.einsum("nja,njb->jab", zb, zb).double()
+        top = torch.linalg.eigh(gram)[1].flip(2)[:, :, :h]                 # [J_s, s, min(s, h)], largest first
+        top = torch.nn.functional.pad(_fix_signs(top.float()), (0, h - top.shape[2]))
+        cols = ids[:, None, None] * h + torch.arange(h)                     # [J_s, 1, h]
+        w[index[:, :, None].expand(-1, -1, h), cols.expand(-1, size, -1)] = top
     return w
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rsmi_nn.app.evaluation.decoder import LinearDecoder, explained_variance
+from rsmi_nn.app.evaluation.decoder import LinearDecoder, Targets, explained_variance, reconstruct
 from rsmi_nn.app.evaluation.held_out import held_out_model
 from rsmi_nn.app.evaluation.metrics import normalised
 from rsmi_nn.app.evaluation.variable_effect import variable_effects
@@ -42,10 +42,11 @@ DANGER_RATIO = 1.0
 class _Outputs:
     """Clean and mean-ablated outputs, and the method entries measured against them."""
 
-    def __init__(self, spliced, kind, x_train_mean: torch.Tensor):
-        self.spliced, self.kind = spliced, kind
-        self.clean = spliced.outputs()
+    def __init__(self, spliced, kind, clean: list[torch.Tensor], x_test: torch.Tensor, x_train_mean: torch.Tensor):
+        self.spliced, self.kind, self.clean = spliced, kind, clean
         self.clean_values = kind.summary(self.clean, self.clean, spliced.batches)
+        self.x_test = x_test
+        self.x_test_variance = (x_test - x_test.mean(0)).pow(2).sum(dtype=torch.float64)
         ablated = spliced.outputs(x_train_mean.expand(spliced.num_rows, -1))
         self.ablated_values = self.measure_values(ablated)
 
@@ -63,8 +64,9 @@ class _Outputs:
         return {**values, "recovered": norm[self.kind.metric], "normalised": norm}
 
 
-def _method_entry(outs: _Outputs, x_test, x_hat, *, per_module: bool) -> dict:
-    entry = {"explained_variance": explained_variance(x_test, x_hat), **outs.entry(outs.spliced.outputs(x_hat))}
+def _method_entry(outs: _Outputs, x_hat, *, per_module: bool) -> dict:
+    entry = {"explained_variance": explained_variance(outs.x_test, x_hat, outs.x_test_variance),
+             **outs.entry(outs.spliced.outputs(x_hat))}
     if per_module and len(outs.spliced.modules) > 1:
         entry["per_module"] = {m: outs.entry(outs.spliced.outputs(x_hat, modules={m})) for m in outs.spliced.modules}
     return entry
@@ -85,20 +87,22 @@ def _baseline_codes(method: str, run, level: int, train, x_test, num_latents: in
     return enc.latents(train.z), enc.encode(x_test)
 
 
-def _level(run, level: int, outs: _Outputs, x_train, train, x_test, codes_train, codes_test, options, seed, timings):
+def _level(run, level: int, outs: _Outputs, targets: Targets, train, codes_train, codes_test, options, seed,
+           timings):
     lv = run.levels[level]
     J = lv.num_coarse
+    x_test = outs.x_test
     methods: dict[str, dict] = {}
     t0 = time.perf_counter()
-    dec = LinearDecoder.fit(codes_train, x_train, ridge=options.ridge)
+    dec = LinearDecoder.fit(codes_train, targets, ridge=options.ridge)
     x_hat = dec.decode(codes_test)
-    methods["rsmi"] = _method_entry(outs, x_test, x_hat, per_module=options.per_module)
+    methods["rsmi"] = _method_entry(outs, x_hat, per_module=options.per_module)
     timings["rsmi"] = timings.get("rsmi", 0) + time.perf_counter() - t0
     for method in options.baselines:
         t0 = time.perf_counter()
         b_train, b_test = _baseline_codes(method, run, level, train, x_test, J, options, seed)
-        b_hat = LinearDecoder.fit(b_train, x_train, ridge=options.ridge).decode(b_test)
-        methods[method] = _method_entry(outs, x_test, b_hat, per_module=options.per_module)
+        b_hat = reconstruct(b_train, targets, b_test, ridge=options.ridge)
+        methods[method] = _method_entry(outs, b_hat, per_module=options.per_module)
         methods[method]["num_latents"] = int(b_train.shape[1])
         timings[method] = timings.get(method, 0) + time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -168,19 +172,21 @@ def evaluate_run(run_dir: str | Path, options=None, *, device: str = "cpu", seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         spliced, kind, store, held = held_out_model(run, root, config, options.held_out, device=device)
-        x_test = spliced.record()
+        x_test, clean = spliced.record(outputs=True)
         fit_rows = _fit_rows(store.num_samples, options.fit_samples, seed)
         x_train = store.to_tensor(units=run.unit_names, rows=fit_rows)
-        outs = _Outputs(spliced, kind, x_train.mean(0, keepdim=True))
+        targets = Targets.of(x_train)  # centred once, shared by every decoder
+        outs = _Outputs(spliced, kind, clean, x_test, targets.mean[None])
         codes_test = run.encode(x_test)
         timings: dict[str, float] = {}
         train = standardise(x_train) if options.baselines else None  # shared by every baseline fit
-        levels = [_level(run, i, outs, x_train, train, x_test, _take_rows(lv.coarse_samples(), fit_rows),
-                         codes_test[i], options, seed, timings) for i, lv in enumerate(run.levels)]
+        del x_train
+        levels = [_level(run, i, outs, targets, train, _take_rows(lv.coarse_samples(), fit_rows), codes_test[i],
+                         options, seed, timings) for i, lv in enumerate(run.levels)]
     result = {
         "metric": kind.metric, "model_kind": kind.name, "held_out": held,
         "decoder": {"kind": "ridge least squares on standardised codes, fitted on the flow's samples",
-                    "ridge": options.ridge, "fit_samples": int(x_train.shape[0])},
+                    "ridge": options.ridge, "fit_samples": int(targets.centred.shape[0])},
         "clean": outs.clean_values,
         "mean_ablation": {**outs.ablated_values, "recovered": 0.0},
         "levels": levels,

@@ -23,6 +23,8 @@ __all__ = ["NoHeldOutInputs", "NotEvaluable", "held_out_model", "model_kind"]
 log = logging.getLogger(__name__)
 
 _TEXT_SOURCES = ("minilm", "tiny-lm")  # built-in text sources whose input count is the option max_texts
+#: a text batch's token slots (texts x longest) stay within this factor of its real tokens
+MAX_PADDING = 1.25
 
 
 def model_kind(source) -> str:
@@ -70,15 +72,21 @@ def _layout(run, manifest: dict, store) -> list[ModuleLayout]:
     return layout
 
 
-def _text_batches(source, indices: list[int], *, max_length: int, batch_tokens: int) -> list[Batch]:
+def _text_batches(source, indices: list[int], *, max_length: int, batch_tokens: int,
+                  max_padding: float = MAX_PADDING) -> list[Batch]:
+    """Texts sorted by length (rows follow this order), cut into batches of at most ``batch_tokens`` token
+    slots whose slots are at most ``max_padding`` times their real tokens (a text alone always fits)."""
     texts = [source.inputs[i] for i in indices]
     lengths = [len(ids) for ids in source.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))  # little padding; rows follow this order
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     batches, row, start = [], 0, 0
     while start < len(order):
-        stop = start + 1
-        while stop < len(order) and (stop + 1 - start) * lengths[order[stop]] <= batch_tokens:
-            stop += 1
+        stop, real = start + 1, lengths[order[start]]
+        while stop < len(order):
+            slots, real_next = (stop + 1 - start) * lengths[order[stop]], real + lengths[order[stop]]
+            if slots > batch_tokens or slots > max_padding * real_next:
+                break
+            stop, real = stop + 1, real_next
         chunk = [texts[i] for i in order[start:stop]]
         enc = dict(source.tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
         if "token_type_ids" in enc and "token_type_ids" not in _forward_names(source.model):

@@ -4,9 +4,10 @@
 the recorded modules' outputs. Activation *rows* are what the flow calls samples: one per input for a
 tensor model, one per real token (attention mask) for a text model, in batch order. ``outputs(x)``
 runs every batch with the recorded modules' outputs replaced by the rows ``x [n_rows, U0]`` (in the
-run's unit order) through forward hooks that exist only inside the call (:func:`replaced_outputs`);
-``x=None`` runs the clean model. Units the run's graph left out (constant on the flow's samples) are
-set to their mean on the flow's samples whenever a module is replaced.
+run's unit order); ``x=None`` runs the clean model. A replaced module is not run: its ``forward`` is
+swapped, inside the call only, for one that returns the spliced output (:func:`substituted_outputs`;
+padding tokens, which no real token reads, get zeros). Units the run's graph left out (constant on the
+flow's samples) are set to their mean on the flow's samples whenever a module is replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from rsmi_nn.app.evaluation.errors import NotEvaluable
 
-__all__ = ["Batch", "ModuleLayout", "SplicedModel", "replaced_outputs"]
+__all__ = ["Batch", "ModuleLayout", "SplicedModel", "replaced_outputs", "substituted_outputs"]
 
 
 @dataclass
@@ -46,6 +47,22 @@ class ModuleLayout:
     columns: torch.Tensor
     units: torch.Tensor
     fill: torch.Tensor
+    shape: tuple | None = None  # the output's shape after its batch (and token) dimensions, once seen
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self):
+        n = self.columns.numel()
+        self._whole = n == self.width and bool((self.units == torch.arange(n)).all())  # every unit, in order
+        first = int(self.columns[0]) if n else 0
+        self._span = slice(first, first + n) if n and bool((self.columns == torch.arange(first, first + n)).all()) \
+            else None
+
+    def full_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[n, width]``: the module's flattened output for run rows ``rows [n, U0]`` (``fill`` where no column)."""
+        if self._whole:
+            return rows[:, self._span] if self._span is not None else rows[:, self.columns.to(rows.device)]
+        full = self.fill.to(rows).expand(rows.shape[0], self.width)
+        return full.index_copy(1, self.units.to(rows.device), rows[:, self.columns.to(rows.device)])
 
 
 @contextmanager
@@ -76,13 +93,40 @@ def replaced_outputs(model: nn.Module, replace: dict[str, Callable[[torch.Tensor
             h.remove()
 
 
-def _put_rows(t: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``t`` with its row positions (all inputs, or the ``mask`` tokens) set to ``rows [n, width]``."""
-    rows = rows.to(device=t.device, dtype=t.dtype)
-    if mask is None:
-        return rows.reshape(t.shape)
-    flat = t.reshape(mask.shape[0], mask.shape[1], -1)
-    return flat.masked_scatter(mask[..., None].to(t.device).expand_as(flat), rows).reshape(t.shape)
+@contextmanager
+def substituted_outputs(model: nn.Module, outputs: dict[str, Callable[[], torch.Tensor]]) -> Iterator[None]:
+    """Inside the block, module ``name`` is not run: calling it returns ``outputs[name]()``.
+
+    The module's ``forward`` is shadowed by an instance attribute, restored in ``finally`` (an instance
+    ``forward`` that was there, e.g. a dispatch wrapper, comes back).
+    """
+    lookup = dict(model.named_modules())
+    saved: list[tuple[nn.Module, object]] = []
+    try:
+        for name, make in outputs.items():
+            if name not in lookup:
+                raise ValueError(f"module {name!r} is not in {type(model).__name__}; the run recorded another model")
+            module = lookup[name]
+            saved.append((module, module.__dict__.get("forward")))
+            module.forward = lambda *_args, make=make, **_kwargs: make()
+        yield
+    finally:
+        for module, before in reversed(saved):
+            del module.forward
+            if before is not None:
+                module.forward = before
+
+
+def _rows_to_output(full: torch.Tensor, batch: Batch, m: ModuleLayout) -> torch.Tensor:
+    """The module's output for ``batch`` from its rows ``full [n_rows, width]`` (zeros at padding tokens)."""
+    full = full.to(dtype=m.dtype)
+    if batch.mask is None:
+        return full.reshape(batch.size, *m.shape)
+    b, t = batch.mask.shape
+    if full.shape[0] == b * t:  # no padding
+        return full.reshape(b, t, *m.shape)
+    where = batch.mask.reshape(-1).nonzero().flatten().to(full.device)
+    return full.new_zeros(b * t, full.shape[1]).index_copy(0, where, full).reshape(b, t, *m.shape)
 
 
 def _get_rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -112,44 +156,48 @@ class SplicedModel:
     def modules(self) -> list[str]:
         return [m.name for m in self.layout]
 
-    def record(self) -> torch.Tensor:
-        """The clean activations ``[n_rows, U0]`` of the run's units on the held-out inputs (float32, CPU)."""
+    def record(self, *, outputs: bool = False):
+        """The clean activations ``[n_rows, U0]`` of the run's units on the held-out inputs (float32, CPU);
+        with ``outputs=True``, also the clean outputs of every batch (as :meth:`outputs`), from the same pass."""
         out = torch.empty(self.num_rows, self.num_units)
+        clean = []
         for batch in self.batches:
             seen: dict[str, torch.Tensor] = {}
 
             def keep(name, seen=seen, mask=batch.mask):
                 def fn(t):
                     seen[name] = _get_rows(t.detach(), mask).float().cpu()
+                    seen[name, "shape"] = (tuple(t.shape[1 if mask is None else 2:]), t.dtype)
                     return t
                 return fn
 
             with torch.no_grad(), replaced_outputs(self.model, {m.name: keep(m.name) for m in self.layout}):
-                self.forward(self.model, batch)
+                clean.append(self.forward(self.model, batch).detach())
             for m in self.layout:
                 rows = seen[m.name]
                 if rows.shape != (batch.stop - batch.start, m.width):
                     raise ValueError(f"module {m.name!r} gave rows of shape {tuple(rows.shape)}, expected "
                                      f"{(batch.stop - batch.start, m.width)}; the run recorded another model or input")
                 out[batch.start:batch.stop, m.columns] = rows[:, m.units]
-        return out
+                m.shape, m.dtype = seen[m.name, "shape"]
+        return (out, clean) if outputs else out
+
+    def _learn_shapes(self) -> None:
+        """The recorded modules' output shapes and dtypes, from a clean pass on the first input (once)."""
+        if self.batches and any(m.shape is None for m in self.layout):
+            self.head(1).record()
 
     def _replacements(self, rows: torch.Tensor, batch: Batch, modules) -> dict:
-        replace = {}
-        for m in self.layout:
-            if modules is not None and m.name not in modules:
-                continue
-            full = m.fill.to(rows).expand(rows.shape[0], m.width)
-            full = full.index_copy(1, m.units.to(rows.device), rows[:, m.columns.to(rows.device)])
-            replace[m.name] = (lambda t, full=full: _put_rows(t, full, batch.mask))
-        return replace
+        self._learn_shapes()
+        return {m.name: (lambda m=m: _rows_to_output(m.full_rows(rows), batch, m)) for m in self.layout
+                if modules is None or m.name in modules}
 
     def run_batch(self, batch: Batch, rows: torch.Tensor | None = None, modules=None) -> torch.Tensor:
         """The output on one batch with its rows ``[batch.stop - batch.start, U0]`` spliced into ``modules``
         (``None``: every recorded module), or clean (``rows=None``); differentiable in ``rows``."""
         if rows is None:
             return self.forward(self.model, batch)
-        with replaced_outputs(self.model, self._replacements(rows.to(self.device), batch, modules)):
+        with substituted_outputs(self.model, self._replacements(rows.to(self.device), batch, modules)):
             return self.forward(self.model, batch)
 
     def outputs(self, x: torch.Tensor | None = None, modules=None) -> list[torch.Tensor]:

@@ -104,6 +104,18 @@ def test_decoder_is_ridge_least_squares():
     assert torch.allclose(strong.decode(codes.float()), x.float().mean(0).expand(500, -1), atol=1e-2)
 
 
+def test_reconstruct_reassociates_the_same_ridge_decoder():
+    """reconstruct() (x̂ = x̄ + [z_test G⁻¹ zᵀ] (x - x̄), taken when J is large) equals fit + decode."""
+    from rsmi_nn.app.evaluation.decoder import Targets, reconstruct
+
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randn(300, 40, generator=gen) * torch.linspace(0.5, 3, 40)
+    x = codes[:, :25] @ torch.randn(25, 30, generator=gen) + 0.3 * torch.randn(300, 30, generator=gen)
+    test = torch.randn(5, 40, generator=gen)  # few held-out rows, many codes: the reassociated route
+    ref = LinearDecoder.fit(codes, x, ridge=1e-2).decode(test)
+    assert torch.allclose(reconstruct(codes, Targets.of(x), test, ridge=1e-2), ref, atol=1e-4)
+
+
 def test_normalisation_clean_is_one_and_mean_ablation_zero(evaluation):
     assert evaluation["mean_ablation"]["recovered"] == 0.0
     assert evaluation["mean_ablation"]["kl"] > 0.5  # the digits MLP with both hidden layers at their mean
