@@ -200,11 +200,12 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from rsmi_nn.app.config import Config
+    from rsmi_nn.app.config import Config, load_config
     from rsmi_nn.app.evaluation import EVALUATION_JSON, evaluate_run
     from rsmi_nn.app.evaluation.report_section import summary_lines
 
-    cfg = _configured(Config(), args)
+    own = Path(args.run_dir) / "config.toml"  # the run's own [evaluate] and [run] settings, then the flags
+    cfg = _configured(load_config(own) if own.is_file() else Config(), args)
     result = evaluate_run(args.run_dir, cfg.evaluate, device=cfg.run.device)
     print("\n".join(summary_lines(result)))
     print(f"evaluation: {Path(args.run_dir) / EVALUATION_JSON}")

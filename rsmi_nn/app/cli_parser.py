@@ -192,7 +192,8 @@ def _evaluate_parser(sub) -> None:
                    "variables, decode the recorded modules by least squares, splice them into the model and measure "
                    "the output change against the clean model (1) and mean ablation (0), for rsmi and baselines with "
                    "the same number of latents; plus a worst-case bound and per-variable effects. Writes "
-                   "RUN_DIR/evaluation.json (a run of `rsmi run` from a model source).")
+                   "RUN_DIR/evaluation.json (a run of `rsmi run` from a model source). Settings: the run's own "
+                   "config.toml, then these flags.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rsmi run` from a model source")
     names = tuple(n for n in EvaluateOptions.specs() if n != "enabled")
     add_option_flags(p, EvaluateOptions, only=names)
