@@ -193,13 +193,17 @@ class ActivationStore:
         float64, computed while recording; merged in a fixed order, so the same bits on any number of ranks)."""
         from graphs.moments import StreamingMoments
 
-        name = self.manifest.get("unit_stats")
+        return StreamingMoments.from_state(load_file(str(self._listed_file("unit_stats", "per-unit statistics"))))
+
+    def _listed_file(self, key: str, what: str) -> Path:
+        """The file the manifest names under ``key``; a clear error when it is not listed or is missing."""
+        name = self.manifest.get(key)
         if name is None:
-            raise ValueError(f"store {str(self.path)!r} was recorded without per-unit statistics; record it again")
+            raise ValueError(f"store {str(self.path)!r} was recorded without its {what}")
         f = self.path / name
         if not f.is_file():
-            raise FileNotFoundError(f"statistics file {str(f)!r} is missing; record the store again")
-        return StreamingMoments.from_state(load_file(str(f)))
+            raise FileNotFoundError(f"{what} file {str(f)!r} is missing; record the store again")
+        return f
 
     def sample_info(self, indices) -> dict[str, torch.Tensor]:
         """Per-sample keys (``input_index``, and for text ``token_position``, ``token_id``, ...) for ``indices``."""
@@ -227,13 +231,8 @@ class ActivationStore:
     def inputs(self):
         """The recorded inputs: a list of texts, or a tensor ``(n_inputs, ...)``."""
         if self._inputs_cache is None:
-            name = self.manifest.get("inputs_file")
-            if name is None:
-                raise ValueError(f"store {str(self.path)!r} was recorded without its inputs")
-            f = self.path / name
-            if not f.is_file():
-                raise FileNotFoundError(f"inputs file {str(f)!r} is missing; record the store again")
-            if name.endswith(".json"):
+            f = self._listed_file("inputs_file", "inputs")
+            if f.name.endswith(".json"):
                 self._inputs_cache = json.loads(f.read_text(encoding="utf-8"))
             else:
                 self._inputs_cache = load_file(str(f))["inputs"]
