@@ -18,8 +18,8 @@ Under ``torchrun`` (an initialised ``torch.distributed`` group) every rank runs 
 (by inputs), the graph and the flow are sharded by the engine; rank 0 alone reads and writes ``out`` (each rank
 writes only its own shards of the store) and takes every decision (skip, resume, refuse), which it sends to the
 other ranks; a failure on any rank up to the end of the flow
-fails every rank, naming it (:func:`graphs.distributed.agreed`). After the flow the other ranks return and
-rank 0 exports, evaluates and reports alone (a failure there fails rank 0, hence the job). ``out`` and a
+fails every rank, naming it (:func:`graphs.distributed.agreed`). After the flow rank 0 exports, every rank
+evaluates its share of the held-out batches (rank 0 writes), and rank 0 reports alone. ``out`` and a
 store source must be on a filesystem every rank sees.
 """
 
@@ -395,31 +395,28 @@ def _run_stages(config: Config, out: Path, progress: bool, report: bool) -> Path
 
     if not report:
         return out
-    if not is_writer():  # rank 0 exports, evaluates and reports alone: the others are done (no wait to time out)
-        return out
     _report_stages(config, out, kind, redo_export, flow_changed, done)
+    if not is_writer():
+        return out
     log.info("finished: %d level(s) in %.1f s; report: %s", len(after), time.perf_counter() - t_start,
              out / "report.html")
     return out
 
 
 def _report_stages(config: Config, out: Path, kind: str, redo_export: bool, flow_changed: bool, done) -> None:
-    """Export, evaluation and report, each skipped when current (rank 0 only; one process each)."""
+    """Export, evaluation and report, each skipped when current. Under ``torchrun`` rank 0 exports and reports
+    alone; every rank evaluates (sharded by held-out batches, :func:`rsmi_nn.app.evaluation.evaluate_run`)."""
     from rsmi_nn.app.evaluation import evaluate_run, evaluation_is_current
     from rsmi_nn.app.evaluation.errors import NotEvaluable
-    from rsmi_nn.app.export import export_run, is_exported
     from rsmi_nn.app.report import write_report
 
     t0 = time.perf_counter()
-    fresh_export = redo_export or flow_changed or not is_exported(out)
-    if fresh_export:
-        export_run(out, top_examples=config.export.top_examples, top_units=config.export.top_units,
-                   graphml=config.export.graphml)
+    fresh_export = on_writer("exporting", _export, config, out, redo_export or flow_changed)
     done("export", t0, not fresh_export)
 
     t0 = time.perf_counter()
-    fresh_eval = (kind == "model" and config.evaluate.enabled
-                  and (flow_changed or not evaluation_is_current(out, config.evaluate)))
+    fresh_eval = kind == "model" and config.evaluate.enabled and on_writer(
+        "checking the evaluation", lambda: flow_changed or not evaluation_is_current(out, config.evaluate))
     if fresh_eval:  # does the model notice? (rsmi_nn.app.evaluation; --no-evaluate skips it)
         try:
             evaluate_run(out, config.evaluate, device=config.run.device)
@@ -427,6 +424,8 @@ def _report_stages(config: Config, out: Path, kind: str, redo_export: bool, flow
             log.warning("evaluation skipped: %s", err)
             fresh_eval = False
     done("evaluate", t0, not fresh_eval)
+    if not is_writer():
+        return
 
     t0 = time.perf_counter()
     fresh_report = fresh_export or fresh_eval or not (out / "report.html").is_file()
@@ -434,3 +433,14 @@ def _report_stages(config: Config, out: Path, kind: str, redo_export: bool, flow
         write_report(out, max_cards=config.export.max_cards, top_units=config.export.top_units,
                      seed=config.run.seed)
     done("report", t0, not fresh_report)
+
+
+def _export(config: Config, out: Path, redo: bool) -> bool:
+    """Export the run unless it is current; returns whether it exported."""
+    from rsmi_nn.app.export import export_run, is_exported
+
+    fresh = redo or not is_exported(out)
+    if fresh:
+        export_run(out, top_examples=config.export.top_examples, top_units=config.export.top_units,
+                   graphml=config.export.graphml)
+    return fresh

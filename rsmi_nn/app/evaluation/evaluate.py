@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from graphs.distributed import is_writer
 from rsmi_nn.app.evaluation.decoder import LinearDecoder, Targets, explained_variance, reconstruct
 from rsmi_nn.app.evaluation.held_out import held_out_model
 from rsmi_nn.app.evaluation.metrics import normalised
@@ -146,6 +147,10 @@ def evaluate_run(run_dir: str | Path, options=None, *, device: str = "cpu", seed
         single options (``held_out=50``, ``baselines=["block-pca"]``, ...).
     device : where the model runs; seed: of the baselines and the worst-case starts (default: the run's).
 
+    Inside a ``torch.distributed`` process group every rank must call it: the model passes over the held-out
+    batches (clean, mean-ablated, each method's splice) are shared out by batches (:mod:`.model`), the rest is
+    replicated, every rank returns the same dict and rank 0 writes it (only ``seconds`` may differ by rank).
+
     Returns
     -------
     dict ``{"metric": "kl" | "cosine" | "ce", "model_kind", "held_out", "decoder", "clean",
@@ -195,7 +200,7 @@ def evaluate_run(run_dir: str | Path, options=None, *, device: str = "cpu", seed
         "seconds": {**{k: round(v, 3) for k, v in timings.items()},
                     "total": round(time.perf_counter() - t_start, 3)},
     }
-    if write:
+    if write and is_writer():  # under torchrun every rank evaluates its share of the held-out batches
         write_json(root / EVALUATION_JSON, result)
     return result
 

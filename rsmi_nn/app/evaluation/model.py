@@ -8,6 +8,10 @@ run's unit order); ``x=None`` runs the clean model. A replaced module is not run
 swapped, inside the call only, for one that returns the spliced output (:func:`substituted_outputs`;
 padding tokens, which no real token reads, get zeros). Units the run's graph left out (constant on the
 flow's samples) are set to their mean on the flow's samples whenever a module is replaced.
+
+Inside a ``torch.distributed`` process group :meth:`SplicedModel.record` and :meth:`SplicedModel.outputs` are
+sharded by held-out batches: each rank runs a contiguous share of the one-process batches (so the same bits)
+and every rank gets every batch's result; every rank must call them in the same order.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from graphs.distributed import all_gather_objects, share
 from rsmi_nn.app.evaluation.errors import NotEvaluable
 
 __all__ = ["Batch", "ModuleLayout", "SplicedModel", "replaced_outputs", "substituted_outputs"]
@@ -158,29 +163,37 @@ class SplicedModel:
 
     def record(self, *, outputs: bool = False):
         """The clean activations ``[n_rows, U0]`` of the run's units on the held-out inputs (float32, CPU);
-        with ``outputs=True``, also the clean outputs of every batch (as :meth:`outputs`), from the same pass."""
+        with ``outputs=True``, also the clean outputs of every batch (as :meth:`outputs`), from the same pass.
+        Inside a process group each rank runs its share of the batches and every rank gets the whole result."""
         out = torch.empty(self.num_rows, self.num_units)
-        clean = []
-        for batch in self.batches:
-            seen: dict[str, torch.Tensor] = {}
+        parts = _gathered([self._record_batch(self.batches[i]) for i in share(len(self.batches))])
+        for batch, (rows_by_module, shapes, _clean) in zip(self.batches, parts, strict=True):
+            for m, rows in zip(self.layout, rows_by_module):
+                out[batch.start:batch.stop, m.columns] = rows
+                m.shape, m.dtype = shapes[m.name]
+        return (out, [c for _, _, c in parts]) if outputs else out
 
-            def keep(name, seen=seen, mask=batch.mask):
-                def fn(t):
-                    seen[name] = _get_rows(t.detach(), mask).float().cpu()
-                    seen[name, "shape"] = (tuple(t.shape[1 if mask is None else 2:]), t.dtype)
-                    return t
-                return fn
+    def _record_batch(self, batch: Batch):
+        """One batch's clean pass: (each module's rows of the run's units, each module's output shape and dtype,
+        the clean output)."""
+        seen: dict[str, torch.Tensor] = {}
 
-            with torch.no_grad(), replaced_outputs(self.model, {m.name: keep(m.name) for m in self.layout}):
-                clean.append(self.forward(self.model, batch).detach())
-            for m in self.layout:
-                rows = seen[m.name]
-                if rows.shape != (batch.stop - batch.start, m.width):
-                    raise ValueError(f"module {m.name!r} gave rows of shape {tuple(rows.shape)}, expected "
-                                     f"{(batch.stop - batch.start, m.width)}; the run recorded another model or input")
-                out[batch.start:batch.stop, m.columns] = rows[:, m.units]
-                m.shape, m.dtype = seen[m.name, "shape"]
-        return (out, clean) if outputs else out
+        def keep(name, mask=batch.mask):
+            def fn(t):
+                seen[name] = _get_rows(t.detach(), mask).float().cpu()
+                seen[name, "shape"] = (tuple(t.shape[1 if mask is None else 2:]), t.dtype)
+                return t
+            return fn
+
+        with torch.no_grad(), replaced_outputs(self.model, {m.name: keep(m.name) for m in self.layout}):
+            clean = self.forward(self.model, batch).detach()
+        rows = []
+        for m in self.layout:
+            if seen[m.name].shape != (batch.stop - batch.start, m.width):
+                raise ValueError(f"module {m.name!r} gave rows of shape {tuple(seen[m.name].shape)}, expected "
+                                 f"{(batch.stop - batch.start, m.width)}; the run recorded another model or input")
+            rows.append(seen[m.name][:, m.units])
+        return rows, {m.name: seen[m.name, "shape"] for m in self.layout}, clean
 
     def _learn_shapes(self) -> None:
         """The recorded modules' output shapes and dtypes, from a clean pass on the first input (once)."""
@@ -204,8 +217,8 @@ class SplicedModel:
         """The outputs of every batch (no gradient), clean (``x=None``) or with the rows ``x [n_rows, U0]``
         spliced in."""
         with torch.no_grad():
-            return [self.run_batch(b, None if x is None else x[b.start:b.stop], modules).detach()
-                    for b in self.batches]
+            return _gathered([self.run_batch(b, None if x is None else x[b.start:b.stop], modules).detach()
+                              for b in (self.batches[i] for i in share(len(self.batches)))])
 
     def head(self, n_inputs: int) -> SplicedModel:
         """The same model on its first ``n_inputs`` held-out inputs (rows ``[0, head.num_rows)``)."""
@@ -238,3 +251,9 @@ def repeat_batch(batch: Batch, times: int) -> Batch:
     rows = batch.stop - batch.start
     return Batch(inputs, None if batch.mask is None else batch.mask.repeat(times, 1), 0, rows * times,
                  batch.size * times, None if batch.labels is None else batch.labels.repeat(times))
+
+
+def _gathered(mine: list) -> list:
+    """Every rank's per-batch results in batch order (the ranks hold contiguous shares, rank 0 first); one
+    process: ``mine``."""
+    return [item for part in all_gather_objects(mine) for item in part]

@@ -105,3 +105,30 @@ def test_a_rank_failing_mid_level_fails_every_rank_and_the_command_resumes(singl
     stages = json.loads((out / "timings.json").read_text())["stages"]
     assert stages["record"]["skipped"] and stages["graph"]["skipped"] and not stages["flow"]["skipped"]
     assert r0[2] == single  # the resumed run is the uninterrupted run of one process
+
+
+def _evaluate(run_dir: str) -> dict:
+    """``evaluate_run`` on this rank (every rank calls it; rank 0 writes); the result without its wall times."""
+    from rsmi_nn.app.evaluation import evaluate_run
+
+    result = evaluate_run(run_dir, held_out=600, baselines=["block-pca", "pca"], worst_case_inputs=8,
+                          worst_case_starts=2, worst_case_steps=4, effect_inputs=8, device="cpu")
+    result.pop("seconds")
+    return result
+
+
+def test_two_ranks_evaluate_like_one_process(tmp_path):
+    """Issue 19, deliverable 5: the evaluation sharded by held-out batches gives the one-process evaluation.json
+    (all but its wall times), and rank 0 alone writes it."""
+    import shutil
+
+    ((status, result),) = spawn_ranks(_rsmi, (str(tmp_path / "one"),), tmp_path, world=1)
+    assert status == "ok" and result[0] == 0, result
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    ((s1, one),) = spawn_ranks(_evaluate, (str(tmp_path / "one"),), tmp_path, world=1)
+    (s0, r0), (s1b, r1) = spawn_ranks(_evaluate, (str(tmp_path / "two"),), tmp_path)
+    assert s1 == s0 == s1b == "ok", (one, r0, r1)
+    assert json.dumps(r0, sort_keys=True) == json.dumps(one, sort_keys=True) == json.dumps(r1, sort_keys=True)
+    written = [json.loads((tmp_path / d / "evaluation.json").read_text()) for d in ("one", "two")]
+    assert [{k: v for k, v in w.items() if k != "seconds"} for w in written] == [one, one]
+    assert len(one["levels"]) == 2 and one["held_out"]["num_inputs"] == 600  # two batches of 512: one a rank
