@@ -24,6 +24,7 @@ from pathlib import Path
 from graphs.atomic import atomic_write_bytes as write_bytes
 from rsmi_nn.app import plots
 from rsmi_nn.app.config import read_run_config
+from rsmi_nn.app.evaluation.report_section import report_section as evaluation_section
 from rsmi_nn.app.export import export_run, is_exported
 from rsmi_nn.app.files import to_jsonable, write_text
 from rsmi_nn.app.report_data import dashboard_data
@@ -115,7 +116,7 @@ def write_report(run_dir: str | Path, *, max_cards: int = 24, top_units: int = 1
     data["page_size"] = int(max_cards)
     parts = [f"<h1>{title}</h1>", _summary_line(run, root), _how_to_read(run),
              *_flow_section(run, root / "plots"), *_graphs_section(run, root / "plots", seed, max_draw_nodes)]
-    # sections of other modules go here, in reading order (e.g. the evaluation's "Does the model notice?")
+    parts += [evaluation_section(root, root / "plots")]  # "Does the model notice?" ("" without evaluation.json)
     parts += [*_variables_section(run, data), *_provenance_section(run, root)]
     payload = json.dumps(to_jsonable(data), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     doc = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

@@ -8,6 +8,7 @@ layout of the issue's entry points; ``rsmi evaluate`` on the command line.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,13 @@ def test_decoder_fitted_on_a_seeded_subset_of_the_flow_samples(held, digits_run,
     got = small["levels"][0]["methods"]["rsmi"]["kl"]
     assert got == pytest.approx(kl, rel=1e-4, abs=1e-8)
     assert got != pytest.approx(evaluation["levels"][0]["methods"]["rsmi"]["kl"], rel=1e-3)  # not all rows
+
+
+def test_the_report_shows_the_evaluation(digits_run, evaluation):
+    """Issue 14, deliverable 5: report.html carries "Does the model notice?" (its table and figure) once the run
+    is evaluated."""
+    from rsmi_nn.app.report import write_report
+
+    page = write_report(digits_run).read_text(encoding="utf-8")
+    assert page.count("<h2>Does the model notice?</h2>") == 1
+    assert "block-pca" in page and (Path(digits_run) / "plots" / "evaluation.png").is_file()
