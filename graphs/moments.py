@@ -80,7 +80,7 @@ class StreamingMoments:
         """Fold in a batch of shape ``(b, U)``; returns ``self``."""
         per_unit = not self.keep_gram and self.threshold is None  # no float64 copy of the batch needed
         if per_unit and isinstance(batch, torch.Tensor) and batch.dtype.is_floating_point:
-            x = batch.to(self.mean.device)
+            x = batch.detach().to(self.mean.device)
         else:
             x = as_tensor(batch, name="batch", dtype=torch.float64, device=self.mean.device)
         if x.ndim != 2 or x.shape[1] != self.num_units:
