@@ -4,6 +4,14 @@ For block ``j`` with nodes ``V_j``: the buffer ``B_j`` holds the nodes at hop di
 ``1..L_B`` from ``V_j`` and the environment ``E_j`` the nodes at distance
 ``L_B+1..L_B+L_E`` (optionally capped at ``max_env`` nodes by a seeded choice).
 
+On a weighted graph whose hops are not distances (a top-k co-occurrence graph, where one hop
+can reach every unit that shares the block's long-range signal), ``bond_ratio`` makes the first
+buffer hop hold only the neighbours that are *bound to the block*: joined to some member ``i`` by
+an edge of weight ``>= bond_ratio * s_i``, with ``s_i`` the strongest edge from ``i`` to the rest
+of its block. The block and its bound neighbours count as one core; the remaining ``L_B - 1``
+buffer hops and the ``L_E`` environment hops are counted from that core, so weaker neighbours
+join the environment.
+
 All blocks are grown together: a sparse ``[U, J]`` block-indicator matrix ``R`` is
 expanded one hop at a time by ``R <- (A + I) R`` with the adjacency ``A`` — a
 multi-source breadth-first search for every block in one sparse product per hop.
@@ -47,6 +55,8 @@ class Regions:
         environment width gives them an environment.
     buffer_width, env_width : int
         ``L_B`` and ``L_E`` in hops; ``max_env`` the cap (None = no cap); ``seed`` of the capping choice.
+    bond_ratio : float or None
+        The first buffer hop's bond threshold (None: every neighbour; see the module docstring).
     """
 
     visible: torch.Tensor
@@ -63,6 +73,7 @@ class Regions:
     env_width: int = 1
     max_env: int | None = None
     seed: int = 0
+    bond_ratio: float | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -137,6 +148,26 @@ def _cap(shell, max_env: int, seed: int):
     return csc_matrix((np.ones(int(keep.sum()), dtype=np.float32), (m.indices[keep], cols[keep])), shape=m.shape)
 
 
+def _bound_neighbours(graph: ActivationGraph, blocks: np.ndarray, num_blocks: int, ratio: float):
+    """Sparse ``[U, J]`` 0/1: nodes outside block ``j`` joined to a member ``i`` by ``|w| >= ratio * s_i``.
+
+    ``s_i`` is the strongest ``|w|`` from ``i`` to another member of its block (a member with none binds
+    every neighbour).
+    """
+    from scipy.sparse import csr_matrix
+
+    src, dst = graph.edge_index.numpy()
+    w = np.abs(graph.edge_weight.numpy().astype(np.float64))
+    inside = blocks[src] == blocks[dst]
+    strongest = np.zeros(graph.num_nodes)
+    np.maximum.at(strongest, src[inside], w[inside])
+    bound = ~inside & (w >= ratio * strongest[src])
+    m = csr_matrix((np.ones(int(bound.sum()), dtype=np.float32), (dst[bound], blocks[src[bound]])),
+                   shape=(graph.num_nodes, num_blocks))
+    m.data[:] = 1.0
+    return m
+
+
 def _isolated_blocks(step, visible) -> torch.Tensor:
     """Ids of blocks (columns of ``visible [n, J]``) with no neighbour outside them under ``step``."""
     near = step @ visible
@@ -153,6 +184,7 @@ def make_regions(
     env: int = 1,
     max_env: int | None = None,
     seed: int = 0,
+    bond_ratio: float | None = None,
 ) -> Regions:
     """Visible blocks, buffers and environments of every block of a partition, as padded tensors.
 
@@ -169,6 +201,11 @@ def make_regions(
         Cap on the environment size; larger shells are subsampled uniformly with ``seed``.
     seed : int
         Seed of the subsampling (same seed, same regions).
+    bond_ratio : float in (0, 1], optional
+        The first buffer hop keeps only neighbours bound to the block (an edge to a member ``i`` of
+        weight ``>= bond_ratio * s_i``, ``s_i`` the member's strongest edge inside the block; a member
+        with no edge inside binds every neighbour); hops beyond count from the block and those
+        neighbours. None: the first hop holds every neighbour.
 
     Returns
     -------
@@ -185,13 +222,20 @@ def make_regions(
     if max_env is not None:
         max_env = check_positive_int(max_env, name="max_env", minimum=1)
     seed = check_positive_int(seed, name="seed", minimum=0)
+    if bond_ratio is not None and not 0.0 < float(bond_ratio) <= 1.0:
+        raise ValueError(f"bond_ratio must be in (0, 1] or None, got {bond_ratio}")
     n, num_blocks = graph.num_nodes, int(b.max()) + 1 if b.numel() else 0
     step = (graph.to_scipy(weighted=False) + identity(n, dtype=np.float32, format="csr")).tocsr()
     step.data[:] = 1.0
     reach = csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), b.numpy())), shape=(n, num_blocks))
     visible = reach
     isolated = _isolated_blocks(step, visible)
-    for _ in range(buffer):
+    hops = buffer
+    if buffer and bond_ratio is not None:
+        reach = reach + _bound_neighbours(graph, b.numpy(), num_blocks, float(bond_ratio))
+        reach.data[:] = 1.0
+        hops = buffer - 1
+    for _ in range(hops):
         reach = step @ reach
         reach.data[:] = 1.0
     buffer_set = reach - visible
@@ -216,4 +260,5 @@ def make_regions(
     return Regions(visible=vis_idx, visible_mask=vis_mask, buffer=buf_idx, buffer_mask=buf_mask,
                    environment=env_idx, environment_mask=env_mask, blocks=b.clone(),
                    block_ids=torch.arange(num_blocks), empty_environment=empty, isolated=isolated,
-                   buffer_width=buffer, env_width=env, max_env=max_env, seed=seed)
+                   buffer_width=buffer, env_width=env, max_env=max_env, seed=seed,
+                   bond_ratio=None if bond_ratio is None else float(bond_ratio))

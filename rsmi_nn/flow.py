@@ -254,6 +254,10 @@ def _regions(graph, blocks, opts: FlowOptions, seed: int, *, narrow: bool = True
     """Regions with the buffer narrowed, block by block, where the environment beyond it would be too small.
 
     Not on a lattice (``narrow=False``): there the buffer is a width in lattice units, kept as given. Elsewhere
+    the first buffer hop holds only the neighbours bound to the block (``opts.bond_ratio``, see
+    :func:`graphs.make_regions`): in a top-k graph one hop reaches every unit that shares the block's
+    long-range signal (a planted group's sibling groups), and a buffer of all of them left the objective
+    only the weakest correlations to learn from. Then
     a block keeps the widest buffer ``w <= opts.buffer`` whose environment shell holds at least
     ``min(opts.min_env, opts.max_env)`` nodes; where none does, the width whose shell is largest (ties:
     the wider). On a large sparse graph every block keeps ``opts.buffer`` and the regions are exactly
@@ -264,14 +268,17 @@ def _regions(graph, blocks, opts: FlowOptions, seed: int, *, narrow: bool = True
     from graphs import make_regions
 
     widths = range(opts.buffer, -1, -1)
-    first = make_regions(graph, blocks, buffer=opts.buffer, env=opts.env, max_env=opts.max_env, seed=seed)
+    bond = opts.bond_ratio if narrow else None
+    first = make_regions(graph, blocks, buffer=opts.buffer, env=opts.env, max_env=opts.max_env, seed=seed,
+                         bond_ratio=bond)
     need = min(opts.min_env, opts.max_env or opts.min_env)
     sizes = [first.environment_mask.sum(1)]
     if not narrow or opts.buffer == 0 or bool((sizes[0] >= need).all()):
         return first
     candidates = [first]
     for w in widths[1:]:
-        candidates.append(make_regions(graph, blocks, buffer=w, env=opts.env, max_env=opts.max_env, seed=seed))
+        candidates.append(make_regions(graph, blocks, buffer=w, env=opts.env, max_env=opts.max_env, seed=seed,
+                                       bond_ratio=bond))
         sizes.append(candidates[-1].environment_mask.sum(1))
     size = torch.stack(sizes)  # [widths, J]
     ok = size >= need

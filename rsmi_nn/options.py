@@ -220,6 +220,11 @@ def _binarize_shorthand(value: Any) -> Any:
     return value
 
 
+def _fraction(value: float) -> None:
+    if value > 1.0:
+        raise ValueError(f"must be a fraction in (0, 1], got {value}")
+
+
 def _positive(help: str, default: int, **kw) -> Any:
     return option(default, help, kind=int, minimum=kw.pop("minimum", 1), **kw)
 
@@ -316,6 +321,11 @@ class FlowOptions(StepOptions):
     min_env: int = option(8, "fewest environment nodes a block should have: on a graph that is not a lattice, a block "
                           "whose shell beyond the buffer holds fewer (small, dense coarse graphs) gets a narrower "
                           "buffer, down to 0", kind=int, minimum=1)
+    bond_ratio: float | None = option(0.9, "on a graph that is not a lattice, the first buffer hop keeps only the "
+                                      "neighbours bound to the block: an edge to a member at >= this fraction of "
+                                      "the member's strongest edge inside the block; weaker neighbours join the "
+                                      "environment (none: every neighbour is buffer)", kind=float, optional=True,
+                                      above=0.0, check=_fraction)
     rebuild: str = option("auto", "next level's graph: auto (quotient lattice for a lattice, else samples), "
                           "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",
                           kind=str, choices=("auto", "samples", "quotient"))

@@ -127,3 +127,64 @@ def test_pipeline_from_activations():
     reg = make_regions(g, blocks, buffer=1, env=1, max_env=20)
     assert torch.equal(reg.visible[reg.visible_mask].sort().values, torch.arange(g.num_nodes))
     assert reg.environment.shape[1] <= 20
+
+
+def weighted(edges, n):
+    src = [a for a, b, _ in edges] + [b for a, b, _ in edges]
+    dst = [b for a, b, _ in edges] + [a for a, b, _ in edges]
+    w = [x for _, _, x in edges] * 2
+    return ActivationGraph([f"u{i}" for i in range(n)], torch.tensor([src, dst]), torch.tensor(w))
+
+
+def test_bound_buffer_by_hand():
+    # block {0, 1} (inside bond 1.0); 2 is bound to 0 (0.95 >= 0.9), 3 hangs on 1 weakly (0.3);
+    # 4 is one hop beyond 2, 5 one hop beyond 3; block {6, 7} closes the graph
+    g = weighted([(0, 1, 1.0), (0, 2, 0.95), (1, 3, 0.3), (2, 4, 0.5), (3, 5, 0.5), (4, 6, 0.2), (5, 7, 0.2),
+                  (6, 7, 1.0)], 8)
+    blocks = torch.tensor([0, 0, 1, 2, 3, 4, 5, 5])
+    hops = make_regions(g, blocks, buffer=1, env=1)
+    assert rows(hops.buffer, hops.buffer_mask)[0] == [2, 3]
+    assert rows(hops.environment, hops.environment_mask)[0] == [4, 5]
+    bound = make_regions(g, blocks, buffer=1, env=1, bond_ratio=0.9)
+    assert bound.bond_ratio == 0.9
+    assert rows(bound.buffer, bound.buffer_mask)[0] == [2]  # the weak neighbour 3 joins the environment
+    assert rows(bound.environment, bound.environment_mask)[0] == [3, 4]  # one hop of {0, 1, 2}; 5 is two
+    # a wider buffer counts its later hops from the core {0, 1, 2}
+    wide = make_regions(g, blocks, buffer=2, env=1, bond_ratio=0.9)
+    assert rows(wide.buffer, wide.buffer_mask)[0] == [2, 3, 4]
+    assert rows(wide.environment, wide.environment_mask)[0] == [5, 6]
+    # a one-node block has no bond inside: every neighbour is bound, as with hops alone
+    assert rows(bound.buffer, bound.buffer_mask)[1] == rows(hops.buffer, hops.buffer_mask)[1]
+
+
+@pytest.mark.parametrize("buffer,env", [(1, 1), (2, 2)])
+def test_bound_buffer_with_any_bond_is_the_hop_buffer(buffer, env):
+    nxg = nx.random_geometric_graph(120, 0.16, seed=5)
+    gen = torch.Generator().manual_seed(0)
+    g = ActivationGraph.from_networkx(nxg)
+    g = ActivationGraph(g.names, g.edge_index, 0.1 + torch.rand(g.edge_index.shape[1], generator=gen))
+    blocks = partition(g, 4)
+    hops = make_regions(g, blocks, buffer=buffer, env=env)
+    bound = make_regions(g, blocks, buffer=buffer, env=env, bond_ratio=0.9)
+    loose = make_regions(g, blocks, buffer=buffer, env=env, bond_ratio=1e-6)
+    for name in ("buffer", "environment"):
+        mask = name + "_mask"
+        assert rows(getattr(loose, name), getattr(loose, mask)) == rows(getattr(hops, name), getattr(hops, mask))
+    # a strict bond takes unbound neighbours out of the buffer (to the environment when L_B = 1; a wider
+    # buffer still holds them one hop from the core) and reaches no further than the hops alone
+    moved = 0
+    for j in range(hops.num_blocks):
+        hb, he = (set(rows(getattr(hops, n), getattr(hops, n + "_mask"))[j]) for n in ("buffer", "environment"))
+        bb, be = (set(rows(getattr(bound, n), getattr(bound, n + "_mask"))[j]) for n in ("buffer", "environment"))
+        assert bb <= hb and bb | be <= hb | he
+        if buffer == 1:  # the unbound neighbours are the environment's nearest shell
+            assert (hb - bb) <= be
+            moved += len(hb - bb)
+    assert moved > 0 or buffer > 1
+
+
+def test_bond_ratio_must_be_a_fraction():
+    g = lattice_graph(4)
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="bond_ratio"):
+            make_regions(g, lattice_blocks(4, 2), bond_ratio=bad)
