@@ -10,7 +10,9 @@ there only if their connection is at least ``NATURAL_RATIO`` of the connection t
 formed each of them (the same level of affinity) and the merged cluster's connection
 to anything else is at most ``NATURAL_RATIO`` of it (a gap closes the group off); a
 cluster whose best partner is such a merge waits for it instead of pairing with a
-weaker partner. Planted groups of 5-7 with ``block_size=4`` are kept whole; on graphs
+weaker partner. Two single nodes do not pair across a gap either: a lone node bound more
+tightly (by ``1 / NATURAL_RATIO``) to a cluster it cannot join waits instead (and is absorbed
+at the end, see below; with ``block_size >= 3``). Planted groups of 5-7 with ``block_size=4`` are kept whole; on graphs
 without such gaps the blocks are those of the first phase. When no pair fits any more,
 clusters smaller than ``block_size / 2`` are absorbed into their best-connected neighbour.
 Merges only follow edges, so every block is connected; blocks of a component smaller
@@ -83,13 +85,29 @@ def _outside(a, b, score, sizes, num_clusters):
     return (sizes[a] * s_a + sizes[b] * s_b) / (sizes[a] + sizes[b])
 
 
-def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed):
+def _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters):
+    """False for a pair of single nodes either of which is bound more tightly to a cluster it cannot merge with.
+
+    ``keep`` marks the pairs that may merge; a lone node whose connection to an excluded partner exceeds the
+    pair's ``score`` by more than ``1 / NATURAL_RATIO`` waits instead (the leftover of a planted group of 5 with
+    ``block_size=4`` paired with another group's leftover at a third of the affinity; it is absorbed by its own
+    group at the end; used only for ``block_size >= 3``, where a block of one is absorbed). Symmetric in the pair, so the
+    strongest remaining pair is still a mutual best and every round merges something.
+    """
+    blocked = np.zeros(num_clusters)
+    np.maximum.at(blocked, a[~keep], score[~keep])
+    lone = (sizes[a] == 1) & (sizes[b] == 1)
+    return ~lone | (score >= NATURAL_RATIO * np.maximum(blocked[a], blocked[b]))
+
+
+def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed, lone_wait=False):
     """Handshake agglomeration: each round, clusters that are each other's best partner merge.
 
     A cluster's best partner is taken among the ``considered(a, b, score, sizes, height)`` pairs (``score`` the
     normalised connection ``w(a, b) / (|a| |b|)``, ``height[c]`` the score of the merge that formed cluster
     ``c``, inf for a single node). A cluster whose best partner is not ``allowed`` (same arguments) waits: it
-    takes no further part in this phase. Returns ``(labels, sizes, height)`` once no allowed pair is left.
+    takes no further part in this phase. ``lone_wait``: two single nodes do not pair across a gap
+    (:func:`_no_lone_pair_across_a_gap`). Returns ``(labels, sizes, height)`` once no allowed pair is left.
     """
     num_clusters = sizes.size
     waiting = np.zeros(num_clusters, dtype=bool)
@@ -98,6 +116,8 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
         score = cw / (sizes[a] * sizes[b])
         pairs = (a, b, score, sizes, height, _outside(a, b, score, sizes, num_clusters))
         keep = considered(*pairs) & ~waiting[a] & ~waiting[b]
+        if lone_wait:
+            keep &= _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters)
         ok = allowed(*pairs)[keep]
         a, b, score = a[keep], b[keep], score[keep]
         if not ok.any():
@@ -189,8 +209,9 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
 
     # a cluster whose best partner is a natural merge past block_size waits for it (phase 2) rather than
     # pairing with a weaker partner: the leftovers of two groups of 5 (block_size 4) paired across groups
+    # a lone node that waits is absorbed at the end only where blocks of one are undersized (block_size >= 3)
     labels, sizes, height = _agglomerate(src, dst, w, labels, sizes, height, jitter,
-                                         lambda *args: fits(*args) | natural(*args), fits)
+                                         lambda *args: fits(*args) | natural(*args), fits, lone_wait=block_size >= 3)
     labels, sizes, height = _agglomerate(src, dst, w, labels, sizes, height, jitter, natural, natural)
     labels = _absorb_small(src, dst, w, labels, sizes, max(1, (block_size + 1) // 2))
     return torch.from_numpy(_relabel(labels))

@@ -147,3 +147,25 @@ def test_natural_merges_stop_below_twice_block_size():
     assert int(torch.bincount(blocks).max()) < 8
     pairs = torch.unique(torch.stack([blocks, truth]), dim=1)
     assert pairs.shape[1] == blocks.unique().numel()  # no block spans two groups
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_leftovers_of_groups_larger_than_block_size_stay_with_their_group(seed):
+    """Five groups of 5 nodes, block_size 4: each group's fifth node is bound to its group at 0.35 against 0.5
+    inside (below a natural merge) and to every other node at 0.1. The leftovers used to pair with each other
+    across groups (they fit); now a lone node bound to a cluster it cannot join waits and is absorbed by it."""
+    from sklearn.metrics import adjusted_rand_score
+
+    groups = np.repeat(np.arange(5), 5)
+    fifth = np.arange(25) % 5 == 4
+    w = np.where(groups[:, None] == groups[None, :], 0.5, 0.1)
+    w[fifth[:, None] & (groups[:, None] == groups[None, :])] = 0.35
+    w[(groups[:, None] == groups[None, :]) & fifth[None, :]] = 0.35
+    rng = np.random.default_rng(seed)
+    w = w * (1 + 0.02 * rng.random((25, 25)))
+    w = (w + w.T) / 2
+    src, dst = np.nonzero(~np.eye(25, dtype=bool))
+    g = ActivationGraph([f"u{i}" for i in range(25)], torch.tensor(np.stack([src, dst])),
+                        torch.tensor(w[src, dst], dtype=torch.float32))
+    blocks = partition(g, 4, seed=seed).numpy()
+    assert adjusted_rand_score(groups, blocks) == 1.0
