@@ -10,11 +10,12 @@ there only if their connection is at least ``NATURAL_RATIO`` of the connection t
 formed each of them (the same level of affinity) and the merged cluster's connection
 to anything else is at most ``NATURAL_RATIO`` of it (a gap closes the group off); a
 cluster whose best partner is such a merge waits for it instead of pairing with a
-weaker partner. Two single nodes do not pair across a gap either: a lone node bound more
-tightly (by ``1 / NATURAL_RATIO``) to a cluster it cannot join waits instead (and is absorbed
-at the end, see below; with ``block_size >= 3``). Planted groups of 5-7 with ``block_size=4`` are kept whole; on graphs
-without such gaps the blocks are those of the first phase. When no pair fits any more,
-clusters smaller than ``block_size / 2`` are absorbed into their best-connected neighbour.
+weaker partner. Two single nodes do not pair across a gap either (``block_size >= 3``): a
+lone node bound more tightly (by ``1 / NATURAL_RATIO``) to a cluster it cannot join waits
+instead, and is absorbed at the end (see below). Planted groups of 5-7 with ``block_size=4``
+are kept whole; on graphs without such gaps the blocks are those of the first phase. When no
+pair fits any more, clusters smaller than ``block_size / 2`` are absorbed into their
+best-connected neighbour.
 Merges only follow edges, so every block is connected; blocks of a component smaller
 than ``block_size`` (or an isolated node) stay whole and undersized.
 Edge weights enter as ``max(w, 0)`` plus a tiny seeded jitter that breaks ties.
@@ -90,9 +91,9 @@ def _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters):
 
     ``keep`` marks the pairs that may merge; a lone node whose connection to an excluded partner exceeds the
     pair's ``score`` by more than ``1 / NATURAL_RATIO`` waits instead (the leftover of a planted group of 5 with
-    ``block_size=4`` paired with another group's leftover at a third of the affinity; it is absorbed by its own
-    group at the end; used only for ``block_size >= 3``, where a block of one is absorbed). Symmetric in the pair, so the
-    strongest remaining pair is still a mutual best and every round merges something.
+    ``block_size=4`` paired with another group's leftover at a third of the affinity; it is absorbed by its
+    own group at the end — used only for ``block_size >= 3``, where a block of one is absorbed). Symmetric in
+    the pair, so the strongest remaining pair is still a mutual best and every round merges something.
     """
     blocked = np.zeros(num_clusters)
     np.maximum.at(blocked, a[~keep], score[~keep])

@@ -220,9 +220,9 @@ def _binarize_shorthand(value: Any) -> Any:
     return value
 
 
-def _fraction(value: float) -> None:
+def _bond_fraction(value: float) -> None:
     if value > 1.0:
-        raise ValueError(f"must be a fraction in (0, 1], got {value}")
+        raise ValueError(f"bond_ratio must be <= 1 (a fraction of a unit's strongest bond inside its block), got {value}")
 
 
 def _positive(help: str, default: int, **kw) -> Any:
@@ -325,7 +325,7 @@ class FlowOptions(StepOptions):
                                       "neighbours bound to the block: an edge to a member at >= this fraction of "
                                       "the member's strongest edge inside the block; weaker neighbours join the "
                                       "environment (none: every neighbour is buffer)", kind=float, optional=True,
-                                      above=0.0, check=_fraction)
+                                      above=0.0, check=_bond_fraction)
     rebuild: str = option("auto", "next level's graph: auto (quotient lattice for a lattice, else samples), "
                           "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",
                           kind=str, choices=("auto", "samples", "quotient"))

@@ -27,6 +27,11 @@ def test_values_are_checked_with_the_value_and_the_fix():
         FlowOptions().replace(levelz=2)
     assert StepOptions(binarize=True).binarize == "straight-through"
     assert StepOptions(binarize=False).binarize is None
+    with pytest.raises(ValueError, match="bond_ratio must be <= 1"):
+        FlowOptions(bond_ratio=1.5)
+    with pytest.raises(ValueError, match="bond_ratio must be > 0"):
+        FlowOptions(bond_ratio=0)
+    assert FlowOptions(bond_ratio="none").bond_ratio is None and FlowOptions().bond_ratio == 0.9
 
 
 def test_flow_options_hold_every_step_option():
