@@ -93,7 +93,7 @@ def _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters):
     pair's ``score`` by more than ``1 / NATURAL_RATIO`` waits instead (the leftover of a planted group of 5 with
     ``block_size=4`` paired with another group's leftover at a third of the affinity; it is absorbed by its
     own group at the end — used only for ``block_size >= 3``, where a block of one is absorbed). Symmetric in
-    the pair, so the strongest remaining pair is still a mutual best and every round merges something.
+    the pair, so the strongest remaining pair is still a mutual best: each round merges it, or both wait.
     """
     blocked = np.zeros(num_clusters)
     np.maximum.at(blocked, a[~keep], score[~keep])

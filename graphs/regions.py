@@ -254,9 +254,11 @@ def make_regions(
     empty = (~env_mask.any(1)).nonzero().flatten() if env_mask.shape[1] else torch.arange(num_blocks)
     if empty.numel():
         shown = ", ".join(str(j) for j in empty[:10].tolist()) + (" ..." if empty.numel() > 10 else "")
-        log.warning("%d of %d blocks have an empty environment at distance %d..%d (block %s); their rows are kept "
+        where = f"distance {buffer + 1}..{buffer + env}" if bond_ratio is None else \
+            f"{env} hop(s) beyond the block, its bound neighbours and {max(buffer - 1, 0)} more buffer hop(s)"
+        log.warning("%d of %d blocks have an empty environment at %s (block %s); their rows are kept "
                     "with an all-False environment_mask — lower buffer, raise env or use larger graphs",
-                    empty.numel(), num_blocks, buffer + 1, buffer + env, shown)
+                    empty.numel(), num_blocks, where, shown)
     return Regions(visible=vis_idx, visible_mask=vis_mask, buffer=buf_idx, buffer_mask=buf_mask,
                    environment=env_idx, environment_mask=env_mask, blocks=b.clone(),
                    block_ids=torch.arange(num_blocks), empty_environment=empty, isolated=isolated,
