@@ -59,9 +59,20 @@ def add_option_flags(parser, options: type[Options], *, only: tuple[str, ...] | 
         elif spec.kind in (list, dict):
             kwargs.update(action="append", metavar=_METAVARS[spec.kind])
         else:
-            kwargs.update(type=spec.kind, metavar=_METAVARS[spec.kind] if spec.choices is None else None,
+            kind = _or_none(spec.kind) if spec.optional and spec.choices is None else spec.kind
+            kwargs.update(type=kind, metavar=_METAVARS[spec.kind] if spec.choices is None else None,
                           choices=spec.choices)
         group.add_argument(*flag_names(name, spec), **kwargs)
+
+
+def _or_none(kind: type):
+    """An argparse type for an optional option: ``none``/``null`` pass through (the option's check turns them
+    into None), anything else is ``kind``."""
+    def convert(text: str):
+        return text if text.lower() in ("none", "null") else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error message
+    return convert
 
 
 def apply_flags(cfg, args: argparse.Namespace, overrides: list[str] = ()) -> None:

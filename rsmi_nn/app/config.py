@@ -240,8 +240,13 @@ class Config:
             raise ValueError(f"{origin}: {err}") from None
 
     def to_toml(self) -> str:
-        """The config as TOML text (``None`` values are omitted: TOML has no null)."""
-        data = {name: {k: v for k, v in values.items() if v is not None} for name, values in self.to_dict().items()}
+        """The config as TOML text. TOML has no null: ``None`` is omitted where it is the option's default and
+        written ``"none"`` where it is not (``max_env = "none"``), so the file reads back to the same config."""
+        data = {}
+        for name, values in self.to_dict().items():
+            specs = SECTIONS[name].specs()
+            data[name] = {k: v if v is not None else "none" for k, v in values.items()
+                          if v is not None or (k in specs and specs[k][0] is not None)}
         return "# rsmi-nn run configuration (resolved: file + command-line overrides)\n\n" + tomli_w.dumps(data)
 
     def stage_key(self, *sections: str) -> dict:

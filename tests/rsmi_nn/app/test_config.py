@@ -77,6 +77,20 @@ def test_flags_override_config_values(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+
+def test_none_round_trips_where_it_is_not_the_default(tmp_path, capsys):
+    """TOML has no null: an optional option set to none (its default is a number) is written "none" and reads
+    back as None; flags accept none too."""
+    rc = main(["run", "--out", str(tmp_path / "o"), "--bond-ratio", "none", "--max-env", "none", "--print-config"])
+    assert rc == 0
+    resolved = Config.from_dict(tomllib.loads(capsys.readouterr().out))
+    assert resolved.flow.bond_ratio is None and resolved.flow.max_env is None
+    assert resolved.flow.min_nodes is None  # default None: omitted, reads back as the default
+    again = Config.from_dict(tomllib.loads(resolved.to_toml()))
+    assert again == resolved
+    assert main(["run", "--out", str(tmp_path / "o"), "--bond-ratio", "abc", "--print-config"]) == 2
+    assert "invalid float value: 'abc'" in capsys.readouterr().err
+
 def test_source_flag_picks_the_shipped_config_of_that_name(tmp_path, capsys):
     assert main(["run", "--source", "minilm", "--out", str(tmp_path / "o"), "--print-config"]) == 0
     resolved = Config.from_dict(tomllib.loads(capsys.readouterr().out))
