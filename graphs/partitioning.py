@@ -165,8 +165,9 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
     graph : ActivationGraph
     block_size : int, 1 <= block_size <= num_nodes
         Target block size. Blocks pass it only to keep a natural group whole (fewer than
-        2 × block_size nodes, see the module docstring), or when an undersized leftover is
-        absorbed into a neighbour (up to about 1.5 × block_size beyond that).
+        2 × block_size nodes, see the module docstring), or when undersized leftovers are
+        absorbed into a neighbour (typically up to 1.5 × block_size; a neighbour that absorbs many,
+        such as a hub with many weakly linked leaves, grows further: the absorption has no cap).
     seed : int
         Seed of the tie-breaking jitter (same seed, same blocks).
 
