@@ -35,7 +35,7 @@ from graphs.moments import ShiftedSums
 from rsmi_nn.distributed import block_share, gather_blocks, gather_values, only_blocks
 from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign
 from rsmi_nn.options import StepOptions
-from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, KeyedCritic, test_rows, train_shared
+from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, test_rows, train_shared
 from rsmi_nn.training import TEST_COLUMNS, evaluate, gather, train_blocks
 
 __all__ = ["CoarseGrainResult", "CoarseGrainer", "check_step", "coarse_grain"]
@@ -211,7 +211,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     settings = TrainSettings(batch_size=opts.batch_size, max_steps=opts.steps, lr=opts.lr, eval_every=opts.eval_every,
                              patience=opts.patience, min_delta=opts.min_delta, description="RSMI blocks",
                              warmup_steps=opts.anneal_steps if opts.binarize == "anneal" else 0, progress=progress)
-    if _keyed(opts, bound):  # one filter and one critic for all blocks (rsmi_nn.shared_step)
+    keyed = _keyed(opts, bound)
+    if keyed:  # one filter and one critic for all blocks (rsmi_nn.shared_step)
         filt = _models(opts, regions_dev, gen, dev, critic=False)
         with agreed("the RSMI step's training"):
             crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather, evaluate)
@@ -222,7 +223,7 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         with agreed("the RSMI step's training"):
             state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
         state = gather_blocks([filt, crit], state, blocks, regions.num_blocks)
-    if isinstance(crit, KeyedCritic):  # bounded: rsmi_nn.shared_step.test_rows
+    if keyed:  # bounded: rsmi_nn.shared_step.test_rows
         n_scored, columns = test_rows(n_test, regions.num_blocks), SHARED_TEST_COLUMNS
         with agreed("the held-out test"):
             mi, mi_stderr = evaluate(filt, crit, bound, z_test[:n_scored], regions_dev, columns=columns)

@@ -33,6 +33,9 @@ BOUNDS = ("infonce", "nwj", "dv", "smile")  # estimators.bounds.BOUNDS, without 
 BINARIZE_MODES = ("anneal", "straight-through")
 
 
+NONE_WORDS = ("none", "null")  # how a config file or a command line says None (TOML has no null)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """What one option accepts: ``kind`` (int, float, str, bool, list or dict), ``None`` when ``optional``,
@@ -55,7 +58,7 @@ class OptionSpec:
         """``value`` checked (and converted from text, for command lines) against this spec."""
         if self.convert is not None:
             value = self.convert(value)
-        if value is None or (self.optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if value is None or (self.optional and isinstance(value, str) and value.lower() in NONE_WORDS):
             if self.optional:
                 return None
             raise ValueError(f"{name} cannot be empty; give a {self.kind.__name__}")

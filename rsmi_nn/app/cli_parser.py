@@ -13,7 +13,7 @@ import argparse
 
 from rsmi_nn import __version__
 from rsmi_nn.app.config import SECTIONS, EvaluateOptions, ExportOptions, RunOptions, SourceOptions
-from rsmi_nn.options import FlowOptions, GraphOptions, Options
+from rsmi_nn.options import NONE_WORDS, FlowOptions, GraphOptions, Options
 
 __all__ = ["UsageError", "add_option_flags", "apply_flags", "build_parser", "flag_names"]
 
@@ -69,7 +69,7 @@ def _or_none(kind: type):
     """An argparse type for an optional option: ``none``/``null`` pass through (the option's check turns them
     into None), anything else is ``kind``."""
     def convert(text: str):
-        return text if text.lower() in ("none", "null") else kind(text)
+        return text if text.lower() in NONE_WORDS else kind(text)
 
     convert.__name__ = kind.__name__  # argparse names the type in its error message
     return convert

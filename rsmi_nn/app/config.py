@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import tomli_w
 import tomllib
 
-from rsmi_nn.options import FlowOptions, GraphOptions, Options, option, parse_bytes
+from rsmi_nn.options import NONE_WORDS, FlowOptions, GraphOptions, Options, option, parse_bytes
 
 __all__ = [
     "SECTIONS",
@@ -245,7 +245,7 @@ class Config:
         data = {}
         for name, values in self.to_dict().items():
             specs = SECTIONS[name].specs()
-            data[name] = {k: v if v is not None else "none" for k, v in values.items()
+            data[name] = {k: v if v is not None else NONE_WORDS[0] for k, v in values.items()
                           if v is not None or (k in specs and specs[k][0] is not None)}
         return "# rsmi-nn run configuration (resolved: file + command-line overrides)\n\n" + tomli_w.dumps(data)
 
