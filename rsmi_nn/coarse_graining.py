@@ -33,7 +33,7 @@ from estimators.validation import check_positive_int, check_samples
 from graphs.distributed import agreed
 from graphs.moments import ShiftedSums
 from rsmi_nn.distributed import block_share, gather_blocks, gather_values, only_blocks
-from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign
+from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign, principal_directions
 from rsmi_nn.options import StepOptions
 from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, test_rows, train_shared
 from rsmi_nn.training import TEST_COLUMNS, evaluate, gather, train_blocks
@@ -214,11 +214,13 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     keyed = _keyed(opts, bound)
     if keyed:  # one filter and one critic for all blocks (rsmi_nn.shared_step)
         filt = _models(opts, regions_dev, gen, dev, critic=False)
+        _warm_start(filt, opts, z_train, regions_dev)
         with agreed("the RSMI step's training"):
             crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather, evaluate)
         state.best_val = state.best_val.expand(regions.num_blocks)  # one value: the validation blocks' mean
     else:
         filt, crit = _models(opts, regions_dev, gen, dev)
+        _warm_start(filt, opts, z_train, regions_dev)
         blocks = block_share(regions.num_blocks, coupled=opts.shared)  # this rank's share; None: all (one process)
         with agreed("the RSMI step's training"):
             state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
@@ -306,6 +308,18 @@ def _models(opts: StepOptions, regions_dev, gen: torch.Generator, dev, critic: b
     crit = CRITICS[opts.critic](n_blocks, max_env, opts.hidden, hidden=opts.critic_hidden, embed=opts.critic_embed,
                                 layers=opts.critic_layers, generator=gen, **sides).to(dev)
     return filt, crit
+
+
+def _warm_start(filt, opts: StepOptions, z_train: torch.Tensor, regions_dev, rows: int = 8192,
+                chunk: int = 512) -> None:
+    """``init="pca"``: start each linear filter at its block's principal components, from at most ``rows``
+    training rows (already in random order) gathered ``chunk`` rows at a time."""
+    if opts.init != "pca":
+        return
+    vis, vm = regions_dev[0], regions_dev[1]
+    n = min(rows, z_train.shape[0])
+    chunks = (gather(z_train[a:a + chunk], vis, vm) for a in range(0, n, chunk))
+    filt.start_at(principal_directions(chunks, opts.hidden, shared=opts.shared))
 
 
 def _standardise(x: torch.Tensor, order: torch.Tensor | None = None, chunk_elements: int = 2**18):

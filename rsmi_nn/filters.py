@@ -23,12 +23,34 @@ from torch import nn
 
 from estimators.batched import BatchedMLP
 
-__all__ = ["LinearFilter", "MLPFilter", "hard_sign"]
+__all__ = ["LinearFilter", "MLPFilter", "hard_sign", "principal_directions"]
 
 
 def hard_sign(pre: torch.Tensor) -> torch.Tensor:
     """``+1`` where ``pre >= 0`` and ``-1`` elsewhere (never 0, unlike ``torch.sign``)."""
     return torch.where(pre >= 0, torch.ones_like(pre), -torch.ones_like(pre))
+
+
+@torch.no_grad()
+def principal_directions(v_chunks, hidden: int, *, shared: bool = False) -> torch.Tensor:
+    """The top-``hidden`` principal directions of every block, ``[J or 1, max_visible, hidden]``, unit columns.
+
+    ``v_chunks`` yields row chunks ``[J, B, max_visible]`` of the blocks' standardised units (zeros where padded);
+    the second moments are summed over them in float64 (the units are already centred). ``shared``: one set of
+    directions from the moments pooled over every block. Directions with no variance (a block with fewer units
+    than ``hidden``) come back as zero columns.
+    """
+    cov = None
+    for v in v_chunks:
+        v = v.double()
+        part = torch.bmm(v.transpose(1, 2), v)
+        cov = part if cov is None else cov + part
+    if shared:
+        cov = cov.sum(0, keepdim=True)
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    top = vectors.flip(-1)[..., :hidden]
+    alive = values.flip(-1)[:, None, :hidden] > 1e-9 * values[:, -1:, None].clamp_min(1e-30)
+    return (top * alive).float()
 
 
 class _Filter(nn.Module):
@@ -120,6 +142,14 @@ class LinearFilter(_Filter):
         self.weight = nn.Parameter(w)
         self.register_buffer("mask", visible_mask[:rows].to(device=device, dtype=torch.float32).unsqueeze(-1))
         self.n_blocks, self.shared = n_blocks, shared
+
+    def start_at(self, directions: torch.Tensor) -> None:
+        """Start from ``directions [J or 1, max_visible, hidden]`` (e.g. :func:`principal_directions`); a zero
+        column keeps its random start."""
+        with torch.no_grad():
+            d = directions.to(self.weight) * self.mask
+            keep = d.norm(dim=1, keepdim=True) > 0
+            self.weight.copy_(torch.where(keep, d, self.weight))
 
     def unit_weight(self) -> torch.Tensor:
         """Masked weights with unit-norm columns, ``[J or 1, max_visible, hidden]``."""

@@ -27,6 +27,7 @@ from rsmi_nn import rundir
 from rsmi_nn.coarse_graining import CoarseGrainResult, check_step, coarse_grain
 from rsmi_nn.observables import correlation_length, graph_sizes, locality_preservation
 from rsmi_nn.options import FlowOptions, GraphOptions, split_overrides
+from rsmi_nn.unit_inputs import UNIT_INPUTS, cover_next, step_inputs, unit_result
 
 __all__ = ["FlowResult", "check_flow", "level_seed", "run_flow"]
 
@@ -104,6 +105,7 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
     if out is not None:
         _on_writer("preparing the run directory", rundir.prepare, out, _identity(setting, x), overwrite=overwrite)
     cur_x, cur_graph = x, graph
+    cover = torch.arange(x.shape[1])  # this level's node of every level-0 unit (filter_inputs="units")
     for level in range(setting.options.levels):
         planned = first if level == 0 else _plan(level, cur_graph, setting)
         if isinstance(planned, str):
@@ -116,9 +118,7 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
         if saved is None:
             if out is not None:  # later levels were computed from this one: they go too
                 _on_writer("discarding later levels", rundir.discard_levels, out, level)
-            res = coarse_grain(cur_x, regions, setting.options.step_options(), seed=level_seed(seed, level),
-                               device=device, progress=progress, allow_constant=level > 0)
-            coarse = res.transform(cur_x)
+            res, coarse, saved_regions = _step(level, x, cur_x, regions, cover, setting)
             seconds_step = time.time() - t0
         else:
             res, (record, coarse) = None, saved
@@ -128,7 +128,7 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
             record = _record(level, cur_x, cur_graph, regions, blocks, res, next_x, next_graph, node_blocks, setting)
             if out is not None:
                 _on_writer(f"writing level {level}", rundir.write_level, rundir.level_dir(out, level),
-                           graph=cur_graph, regions=regions, result=res, coarse=coarse, record=record,
+                           graph=cur_graph, regions=saved_regions, result=res, coarse=coarse, record=record,
                            timing={"seconds_coarse_grain": seconds_step, "seconds_level": time.time() - t0})
             log.info("level %d: %d nodes, %d blocks, ξ = %.3f hops, locality %.3f, MI mean %.4f nats", level,
                      record["num_nodes"], record["num_blocks"], record["correlation_length"], record["locality"],
@@ -141,6 +141,7 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
             _on_writer("writing flow.json", rundir.write_flow, out, result.records)
         if callback is not None:
             callback(level, record)
+        cover = cover_next(cover, blocks.long(), node_blocks)
         cur_x, cur_graph = next_x, next_graph
     if out is not None:  # the folder holds exactly the levels of this flow (fewer may have been asked)
         _on_writer("discarding later levels", rundir.discard_levels, out, len(result.records))
@@ -148,6 +149,20 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
             _on_writer("writing flow.json", rundir.write_flow, out, result.records)
     result.samples = cur_x
     return result
+
+
+def _step(level: int, x0: torch.Tensor, x: torch.Tensor, regions, cover: torch.Tensor, setting: _Setting):
+    """The level's RSMI step: ``(result, coarse samples, regions to save)``; a level >= 1 reads the level-0 units
+    its blocks cover when ``filter_inputs="units"`` (:mod:`rsmi_nn.unit_inputs`)."""
+    step = dict(seed=level_seed(setting.seed, level), device=setting.device, progress=setting.progress,
+                allow_constant=level > 0)
+    if level == 0 or setting.options.filter_inputs != UNIT_INPUTS:
+        res = coarse_grain(x, regions, setting.options.step_options(), **step)
+        return res, res.transform(x), regions
+    both, step_regions, saved = step_inputs(x0, x, regions, cover)
+    res = unit_result(coarse_grain(both, step_regions, setting.options.step_options(), **step), x0.shape[1])
+    del both
+    return res, res.transform(x0), saved
 
 
 def _on_writer(what: str, write, *args, **kwargs) -> None:
@@ -371,6 +386,7 @@ def _record(level, x, graph, regions, blocks, res, next_x, next_graph, node_bloc
         "mi_mean": float(mi.mean()), "mi_per_block": [float(v) for v in mi],
         "mi_stderr_per_block": [float(v) for v in res.mi_stderr],
         "mi_ceiling": res.mi_ceiling, "bound": res.bound, "hidden": setting.options.hidden,
+        "filter_inputs": UNIT_INPUTS if level > 0 and setting.options.filter_inputs == UNIT_INPUTS else "variables",
         "block_size": setting.options.block_size, "binarize": res.binarize, "seed": s,
         "steps_run": res.info["steps_run"], "collapsed_blocks": res.info["collapsed_blocks"],
         "next_num_nodes": next_graph.num_nodes,

@@ -271,6 +271,9 @@ class StepOptions(Options):
     noise: float | None = option(None, "training noise of H: logistic for a binarised H (default 2.0, the relaxed "
                                  "Bernoulli of RSMI-NE), Gaussian of this std for a real-valued H (default 0; "
                                  "1-2 keeps model outputs better, see README)", kind=float, optional=True, minimum=0)
+    init: str = option("random", "starting filter: random, or each block's principal components (pca: the top "
+                       "`hidden` eigenvectors of its standardised training rows; linear filters only)",
+                       kind=str, choices=("random", "pca"))
     anneal_steps: int = _positive("steps over which binarize='anneal' decays its temperature from 1 to 0.05", 1000)
     critic: str = option("separable", "critic: separable <g(E), k(H)> or an MLP of the concatenation",
                          kind=str, choices=("separable", "concat"))
@@ -298,6 +301,9 @@ class StepOptions(Options):
                              "must sum below 1; e.g. 0.2 and 0.1")
         if self.shared and self.filter != "linear":
             raise ValueError("shared=True is supported for filter='linear' only; use shared=False with 'mlp'")
+        if self.init == "pca" and self.filter != "linear":
+            raise ValueError("init='pca' starts a linear filter at the block's principal components; "
+                             "use init='random' with filter='mlp'")
 
     @property
     def noise_scale(self) -> float:
@@ -329,6 +335,10 @@ class FlowOptions(StepOptions):
                                       "the member's strongest edge inside the block; weaker neighbours join the "
                                       "environment (none: every neighbour is buffer)", kind=float, optional=True,
                                       above=0.0, check=_bond_fraction)
+    filter_inputs: str = option("variables", "what a level >= 1 filter reads: the previous level's coarse variables "
+                                "in its block (the decimation), or units: the level-0 units they cover "
+                                "(environment unchanged; see rsmi_nn.unit_inputs)", kind=str,
+                                choices=("variables", "units"))
     rebuild: str = option("auto", "next level's graph: auto (quotient lattice for a lattice, else samples), "
                           "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",
                           kind=str, choices=("auto", "samples", "quotient"))

@@ -5,7 +5,9 @@ level). Everything is read lazily; the feature maps are computed from the filter
 or without, its export. Level ``l``'s filters act on standardised units,
 ``H_{j,c} = Σ_i filters[j,i,c] · (x[visible[j,i]] - mean) / std``, so its linear part is the sparse
 ``W_l [U_l, J_l·h]`` with ``W_l[visible[j, i], j*h + c] = filters[j, i, c] / std[visible[j, i]]``, and the
-composed map from the original units is ``M_0 = W_0``, ``M_l = M_{l-1} @ W_l`` (``[U_0, J_l·h]``).
+composed map from the original units is ``M_0 = W_0``, ``M_l = M_{l-1} @ W_l`` (``[U_0, J_l·h]``). A level
+whose filters read the level-0 units (``filter_inputs = "units"``, :mod:`rsmi_nn.unit_inputs`) has
+``W_l [U_0, J_l·h]`` and ``M_l = W_l``.
 """
 
 from __future__ import annotations
@@ -91,8 +93,15 @@ class Level:
         return int(self.filters.shape[2])
 
     @property
+    def reads_units(self) -> bool:
+        """Whether the filters read the level-0 units its blocks cover (``filter_inputs = "units"``, level >= 1)
+        rather than this level's own units."""
+        return self.metrics.get("filter_inputs") == "units"
+
+    @property
     def num_units(self) -> int:
-        return int(self.std.shape[0])
+        """Number of this level's units (its graph's nodes)."""
+        return int(self.metrics["num_nodes"]) if self.reads_units else int(self.std.shape[0])
 
     @property
     def num_coarse(self) -> int:
@@ -105,7 +114,8 @@ class Level:
 
     @cached_property
     def feature_map_sparse(self):
-        """``scipy.sparse.csr_matrix [U_l, J*h]``: the level-local linear map ``W_l`` (see module doc)."""
+        """``scipy.sparse.csr_matrix [U_in, J*h]``: the level-local linear map ``W_l`` on the filters' inputs
+        (see module doc): this level's ``U_l`` units, or the ``U_0`` level-0 units when :attr:`reads_units`."""
         from scipy.sparse import coo_matrix
 
         filters, std = self.filters.double(), self.std.double()
@@ -125,7 +135,7 @@ class Level:
         cols = (j_idx[:, None] * h + torch.arange(h)[None, :]).reshape(-1)
         vals = (filters[j_idx, i_idx, :] * scale[:, None]).reshape(-1)
         return coo_matrix(
-            (vals.numpy(), (rows.numpy(), cols.numpy())), shape=(self.num_units, J * h)
+            (vals.numpy(), (rows.numpy(), cols.numpy())), shape=(int(self.std.shape[0]), J * h)
         ).tocsr()
 
     @property
@@ -205,7 +215,7 @@ class Run:
         level = self._check_level(level)
         if level not in self._composed:
             w = self.levels[level].feature_map_sparse
-            if level == 0:
+            if level == 0 or self.levels[level].reads_units:
                 m = w
             else:
                 prev = self.feature_map_sparse(level - 1)
@@ -251,7 +261,9 @@ class Run:
                              "pass activations of the run's level-0 units, in the run's order (run.unit_names)")
         out, cur = [], x
         for i, lv in enumerate(self.levels):
-            if i > 0:
+            if lv.reads_units:
+                cur = x
+            elif i > 0:
                 cur = cur[:, torch.from_numpy(_input_columns(self.levels[i - 1], lv))]
             cur = lv.step_result().transform(cur)
             out.append(cur)
