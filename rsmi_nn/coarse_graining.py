@@ -33,10 +33,10 @@ from estimators.validation import check_positive_int, check_samples
 from graphs.distributed import agreed
 from graphs.moments import ShiftedSums
 from rsmi_nn.distributed import block_share, gather_blocks, gather_values, only_blocks
-from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign, principal_directions
+from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign
 from rsmi_nn.options import StepOptions
 from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, test_rows, train_shared
-from rsmi_nn.training import TEST_COLUMNS, evaluate, gather, train_blocks
+from rsmi_nn.training import TEST_COLUMNS, after_refit, evaluate, frozen, gather, refits_critic, train_blocks, warm_start
 
 __all__ = ["CoarseGrainResult", "CoarseGrainer", "check_step", "coarse_grain"]
 
@@ -214,16 +214,26 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     keyed = _keyed(opts, bound)
     if keyed:  # one filter and one critic for all blocks (rsmi_nn.shared_step)
         filt = _models(opts, regions_dev, gen, dev, critic=False)
-        _warm_start(filt, opts, z_train, regions_dev)
+        warm_start(filt, opts, z_train, regions_dev)
         with agreed("the RSMI step's training"):
             crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather, evaluate)
+            if refits_critic(opts):
+                with frozen(filt):
+                    crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather,
+                                               evaluate)
+                state = after_refit(state, refit)
         state.best_val = state.best_val.expand(regions.num_blocks)  # one value: the validation blocks' mean
     else:
         filt, crit = _models(opts, regions_dev, gen, dev)
-        _warm_start(filt, opts, z_train, regions_dev)
+        warm_start(filt, opts, z_train, regions_dev)
         blocks = block_share(regions.num_blocks, coupled=opts.shared)  # this rank's share; None: all (one process)
         with agreed("the RSMI step's training"):
             state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
+            if refits_critic(opts):
+                crit = _critic(opts, regions_dev, gen, dev)
+                with frozen(filt):
+                    refit = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
+                state = after_refit(state, refit)
         state = gather_blocks([filt, crit], state, blocks, regions.num_blocks)
     if keyed:  # bounded: rsmi_nn.shared_step.test_rows
         n_scored, columns = test_rows(n_test, regions.num_blocks), SHARED_TEST_COLUMNS
@@ -242,6 +252,7 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     w = filt.linear_weights(sample_v).cpu()
     filt.eval()
     info = {"steps_run": state.steps_run, "collapsed_blocks": state.collapsed, "history": state.history,
+            "critic_refit_steps": refit.steps_run if refits_critic(opts) else 0,
             "n_train": n_train, "n_validation": n_val, "n_test": n_test, "tau_final": float(filt.tau)}
     log.info("coarse_grain: %d blocks, %d steps, held-out MI mean %.4f nats (ceiling %.3f)",
              regions.num_blocks, state.steps_run, float(mi.mean()), ceiling)
@@ -290,13 +301,21 @@ def _keyed(opts: StepOptions, bound) -> bool:
     return opts.shared and opts.critic == "separable" and own
 
 
+def _critic(opts: StepOptions, regions_dev, gen: torch.Generator, dev):
+    """A fresh critic for the blocks, initialised from ``gen``."""
+    from estimators.critics import CRITICS
+
+    vis, env = regions_dev[0], regions_dev[2]
+    sides = {"x_layers": opts.critic_env_layers} if opts.critic == "separable" else {}
+    return CRITICS[opts.critic](vis.shape[0], env.shape[1], opts.hidden, hidden=opts.critic_hidden,
+                                embed=opts.critic_embed, layers=opts.critic_layers, generator=gen, **sides).to(dev)
+
+
 def _models(opts: StepOptions, regions_dev, gen: torch.Generator, dev, critic: bool = True):
     """The blocks' filter and critic, initialised from ``gen`` (filter first: the order fixes the bytes);
     the filter alone when not ``critic``."""
-    from estimators.critics import CRITICS
-
-    vis, vm, env, _ = regions_dev
-    n_blocks, max_v, max_env = vis.shape[0], vis.shape[1], env.shape[1]
+    vis, vm = regions_dev[0], regions_dev[1]
+    n_blocks, max_v = vis.shape[0], vis.shape[1]
     common = {"binarize": opts.binarize, "anneal_steps": opts.anneal_steps, "noise": opts.noise_scale, "generator": gen}
     if opts.filter == "linear":
         filt = LinearFilter(n_blocks, max_v, opts.hidden, vm.bool(), shared=opts.shared, **common).to(dev)
@@ -304,22 +323,7 @@ def _models(opts: StepOptions, regions_dev, gen: torch.Generator, dev, critic: b
         filt = MLPFilter(n_blocks, max_v, opts.hidden, vm.bool(), **common).to(dev)
     if not critic:
         return filt
-    sides = {"x_layers": opts.critic_env_layers} if opts.critic == "separable" else {}
-    crit = CRITICS[opts.critic](n_blocks, max_env, opts.hidden, hidden=opts.critic_hidden, embed=opts.critic_embed,
-                                layers=opts.critic_layers, generator=gen, **sides).to(dev)
-    return filt, crit
-
-
-def _warm_start(filt, opts: StepOptions, z_train: torch.Tensor, regions_dev, rows: int = 8192,
-                chunk: int = 512) -> None:
-    """``init="pca"``: start each linear filter at its block's principal components, from at most ``rows``
-    training rows (already in random order) gathered ``chunk`` rows at a time."""
-    if opts.init != "pca":
-        return
-    vis, vm = regions_dev[0], regions_dev[1]
-    n = min(rows, z_train.shape[0])
-    chunks = (gather(z_train[a:a + chunk], vis, vm) for a in range(0, n, chunk))
-    filt.start_at(principal_directions(chunks, opts.hidden, shared=opts.shared))
+    return filt, _critic(opts, regions_dev, gen, dev)
 
 
 def _standardise(x: torch.Tensor, order: torch.Tensor | None = None, chunk_elements: int = 2**18):

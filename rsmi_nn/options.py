@@ -271,6 +271,9 @@ class StepOptions(Options):
     noise: float | None = option(None, "training noise of H: logistic for a binarised H (default 2.0, the relaxed "
                                  "Bernoulli of RSMI-NE), Gaussian of this std for a real-valued H (default 0; "
                                  "1-2 keeps model outputs better, see README)", kind=float, optional=True, minimum=0)
+    refit_critic: bool = option(True, "after training a real-valued H with noise, train a fresh critic on the "
+                                "noiseless H (filters frozen), so the reported MI is the variables' own; false "
+                                "reports the training critic's looser bound (faster)", kind=bool)
     init: str = option("random", "starting filter: random, or each block's principal components (pca: the top "
                        "`hidden` eigenvectors of its standardised training rows; linear filters only)",
                        kind=str, choices=("random", "pca"))

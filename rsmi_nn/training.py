@@ -15,16 +15,24 @@ Held-out protocol: the rows are split (seeded) into train / validation / test. E
 ``eval_every`` steps each block's MI is estimated on the validation rows with the hard
 (binarised) H (:func:`evaluate`); the reported MI is the best checkpoint's estimate on the
 *test* rows, which played no part in training or selection.
+
+Two phases around the loop: :func:`warm_start` (``init="pca"``: filters start at their block's principal
+components) and, after training a real-valued H with noise, a second run of the loop that trains a fresh
+critic on the noiseless H with the filters :func:`frozen` (``refit_critic``), so the reported MI is the
+variables' own rather than a critic's fitted to H + noise.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from estimators.fused import critic_objective
 from estimators.training import ProblemSubset, TrainSettings, TrainState, train_problems
 
-__all__ = ["TEST_COLUMNS", "VALIDATION_COLUMNS", "evaluate", "gather", "train_blocks"]
+__all__ = ["TEST_COLUMNS", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen", "gather", "refits_critic",
+           "train_blocks", "warm_start"]
 
 
 def gather(z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,3 +114,44 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, settings: Tra
     return train_problems(params, objective, lambda: evaluate(filt, critic, bound, z_val, live["regions"], rows=rows),
                           z_train.shape[0], generator, settings, on_step=filt.anneal_step, restrict=restrict,
                           problems=blocks)
+
+
+def warm_start(filt, opts, z_train: torch.Tensor, regions_dev, rows: int = 8192, chunk: int = 512) -> None:
+    """``init="pca"``: start each linear filter at its block's principal components, from at most ``rows``
+    training rows (already in random order) gathered ``chunk`` rows at a time."""
+    from rsmi_nn.filters import principal_directions
+
+    if opts.init != "pca":
+        return
+    vis, vm = regions_dev[0], regions_dev[1]
+    n = min(rows, z_train.shape[0])
+    chunks = (gather(z_train[a:a + chunk], vis, vm) for a in range(0, n, chunk))
+    filt.start_at(principal_directions(chunks, opts.hidden, shared=opts.shared))
+
+
+def refits_critic(opts) -> bool:
+    """Whether the step trains a second critic on the noiseless H (``refit_critic``, real-valued noisy H)."""
+    return opts.refit_critic and opts.binarize is None and opts.noise_scale > 0
+
+
+@contextlib.contextmanager
+def frozen(filt):
+    """The filter without training noise and with its parameters out of the optimiser (no gradient)."""
+    noise, params = filt.noise, list(filt.parameters())
+    filt.noise = 0.0
+    for t in params:
+        t.requires_grad_(False)
+    try:
+        yield
+    finally:
+        filt.noise = noise
+        for t in params:
+            t.requires_grad_(True)
+
+
+def after_refit(state, refit):
+    """The training's state (steps, history) with the refitted critic's validation values."""
+    from dataclasses import replace
+
+    return replace(state, best_val=refit.best_val, best_step=refit.best_step,
+                   collapsed=sorted(set(state.collapsed) | set(refit.collapsed)))
