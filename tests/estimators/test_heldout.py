@@ -11,7 +11,10 @@ from estimators.heldout import heldout_bound
 
 @pytest.mark.parametrize("name", ["infonce", "nwj", "dv", "smile"])
 @pytest.mark.parametrize("cls", [SeparableCritic, ConcatCritic])
-def test_chunked_equals_full_matrix(name, cls):
+def test_chunked_equals_full_matrix(name, cls, monkeypatch):
+    import estimators.heldout
+
+    monkeypatch.setattr(estimators.heldout, "EMBED_ROWS", 14)  # a separable critic embeds 14 rows at a time
     gen = torch.Generator().manual_seed(0)
     critic = cls(3, 2, 3, hidden=8, embed=4, generator=gen)
     x, y = torch.randn(3, 40, 2, generator=gen), torch.randn(3, 40, 3, generator=gen)
@@ -31,6 +34,7 @@ def test_chunked_equals_full_matrix(name, cls):
     again = heldout_bound(critic, x_rows, y, bound, budget=3 * 40 * 7)
     assert torch.equal(again[0], value) and torch.equal(again[1], stderr)
     assert asked[0][0] == 0 and asked[-1][1] == 40 and len(asked) > 1
+    assert all(b - a <= 14 for a, b in asked)  # memory: never more than a span of rows at once
     if name == "infonce":
         assert bool((value <= math.log(40) + 1e-6).all())
 
