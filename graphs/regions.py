@@ -29,7 +29,7 @@ import torch
 from estimators.validation import check_positive_int
 from graphs.graph import ActivationGraph, check_blocks
 
-__all__ = ["Regions", "make_regions"]
+__all__ = ["Regions", "make_regions", "padded_columns"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Regions:
         return {k: getattr(self, k).detach().cpu().contiguous() for k in keys}
 
 
-def _padded(indicator) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_columns(indicator) -> tuple[torch.Tensor, torch.Tensor]:
     """Columns of a sparse ``[U, J]`` 0/1 matrix as a ``[J, max]`` -1-padded index tensor and mask."""
     m = indicator.tocsc()
     m.sort_indices()
@@ -248,9 +248,9 @@ def make_regions(
     shell.eliminate_zeros()
     if max_env is not None:
         shell = _cap(shell, max_env, seed)
-    vis_idx, vis_mask = _padded(visible)
-    buf_idx, buf_mask = _padded(buffer_set)
-    env_idx, env_mask = _padded(shell)
+    vis_idx, vis_mask = padded_columns(visible)
+    buf_idx, buf_mask = padded_columns(buffer_set)
+    env_idx, env_mask = padded_columns(shell)
     empty = (~env_mask.any(1)).nonzero().flatten() if env_mask.shape[1] else torch.arange(num_blocks)
     if empty.numel():
         shown = ", ".join(str(j) for j in empty[:10].tolist()) + (" ..." if empty.numel() > 10 else "")

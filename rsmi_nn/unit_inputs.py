@@ -17,7 +17,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+
+from graphs.regions import padded_columns
 
 __all__ = ["UNIT_INPUTS", "cover_next", "step_inputs", "unit_result"]
 
@@ -53,13 +57,9 @@ def step_inputs(x0: torch.Tensor, x: torch.Tensor, regions, cover: torch.Tensor)
     if bool((counts == 0).any()):
         raise ValueError(f"{int((counts == 0).sum())} block(s) cover no level-0 unit; filter_inputs='units' needs "
                          "every block to reach level 0")
-    order = torch.argsort(rows[units], stable=True)
-    units, block_rows = units[order], rows[units][order]
-    starts = torch.cumsum(counts, 0) - counts
-    column = torch.arange(units.numel()) - starts[block_rows]
-    visible = torch.full((regions.num_blocks, int(counts.max())), -1, dtype=torch.long)
-    visible[block_rows, column] = units
-    mask = visible >= 0
+    members = coo_matrix((np.ones(units.numel()), (units.numpy(), rows[units].numpy())),
+                         shape=(u0, regions.num_blocks))
+    visible, mask = padded_columns(members)
     saved = replace(regions, visible=visible, visible_mask=mask)
     env = torch.where(regions.environment_mask, regions.environment + u0, -1)
     buf = torch.where(regions.buffer_mask, regions.buffer + u0, -1)
