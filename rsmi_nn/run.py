@@ -275,19 +275,16 @@ class Run:
         A level-0 unit belongs to its level-0 block ``b``; at level ``l + 1`` it follows the first of
         ``b``'s coarse variables that became a unit of level ``l + 1`` (-1 when none did).
         """
+        from rsmi_nn.unit_inputs import cover_next  # the one rule, shared with the flow's units-reading levels
+
         level = self._check_level(level)
-        assign = self.levels[0].blocks.clone()
+        cover = torch.arange(self.num_units)  # each level-0 unit's node at level i
         for i in range(1, level + 1):
             prev, cur = self.levels[i - 1], self.levels[i]
-            cols = torch.from_numpy(_input_columns(prev, cur))
-            block_of_column = torch.full((prev.num_coarse,), -1, dtype=torch.long)
-            block_of_column[cols] = cur.blocks
-            # the first kept component of each previous block decides
-            per_block = block_of_column.view(prev.num_blocks, prev.hidden)
-            first = torch.where(per_block >= 0, torch.arange(prev.hidden), prev.hidden).argmin(1)
-            next_block = per_block.gather(1, first[:, None]).squeeze(1)
-            assign = torch.where(assign >= 0, next_block[assign.clamp_min(0)], assign)
-        return assign
+            node_blocks = torch.from_numpy(_input_columns(prev, cur)) // prev.hidden
+            cover = cover_next(cover, prev.blocks, node_blocks)
+        blocks = self.levels[level].blocks
+        return torch.where(cover >= 0, blocks[cover.clamp_min(0)], -1)
 
     def pyg(self, level: int):
         """The level's graph as a ``torch_geometric.data.Data`` (with ``names`` and ``blocks``)."""
