@@ -33,10 +33,20 @@ from estimators.validation import check_positive_int, check_samples
 from graphs.distributed import agreed
 from graphs.moments import ShiftedSums
 from rsmi_nn.distributed import block_share, gather_blocks, gather_values, only_blocks
-from rsmi_nn.filters import LinearFilter, MLPFilter, hard_sign
+from rsmi_nn.filters import LinearFilter, MLPFilter, decide_binarize, hard_sign
 from rsmi_nn.options import StepOptions
 from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, test_rows, train_shared
-from rsmi_nn.training import TEST_COLUMNS, after_refit, evaluate, frozen, gather, refits_critic, train_blocks, warm_start
+from rsmi_nn.training import (
+    TEST_COLUMNS,
+    after_refit,
+    evaluate,
+    frozen,
+    gather,
+    refit_generator,
+    refits_critic,
+    train_blocks,
+    warm_start,
+)
 
 __all__ = ["CoarseGrainResult", "CoarseGrainer", "check_step", "coarse_grain"]
 
@@ -190,14 +200,14 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         overrides.pop("hidden")
     opts = (options or StepOptions()).replace(**overrides)
     seed = check_positive_int(seed, name="seed", minimum=0)
+    x = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant)
+    opts = decide_binarize(opts, x)
     if auto:
         from rsmi_nn.relevance import auto_coarse_grain
 
-        x = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant)
         return auto_coarse_grain(x, regions, opts, seed=seed, device=device, progress=progress,
                                  allow_constant=allow_constant, bound=custom)
     bound = custom if custom is not None else get_bound(opts.bound)
-    x = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant)
     n_train, n_val, n_test = check_step(x.shape[0], x.shape[1], regions, opts)
 
     dev = resolve_device(device)
@@ -219,8 +229,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
             crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather, evaluate)
             if refits_critic(opts):
                 with frozen(filt):
-                    crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather,
-                                               evaluate)
+                    crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings,
+                                               refit_generator(seed), gather, evaluate)
                 state = after_refit(state, refit)
         state.best_val = state.best_val.expand(regions.num_blocks)  # one value: the validation blocks' mean
     else:
@@ -230,9 +240,10 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         with agreed("the RSMI step's training"):
             state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
             if refits_critic(opts):
-                crit = _critic(opts, regions_dev, gen, dev)
+                regen = refit_generator(seed)
+                crit = _critic(opts, regions_dev, regen, dev)
                 with frozen(filt):
-                    refit = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
+                    refit = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, regen, blocks)
                 state = after_refit(state, refit)
         state = gather_blocks([filt, crit], state, blocks, regions.num_blocks)
     if keyed:  # bounded: rsmi_nn.shared_step.test_rows

@@ -13,7 +13,8 @@ Binarisation (``binarize``): ``"anneal"`` trains on ``tanh(pre / τ)`` with τ a
 decayed inside the training step (so it really falls; a Python float would be frozen into a
 compiled step — the trap of the reference code), ``"straight-through"`` uses ``sign(pre)`` in
 the forward pass and the ``tanh`` gradient backwards. Evaluation and ``transform`` always use
-the hard value ``+1 if pre >= 0 else -1``, so a binarised H is exactly ±1.
+the hard value ``+1 if pre >= 0 else -1``, so a binarised H is exactly ±1. ``binarize="auto"`` (the
+default) is decided from the step's samples by :func:`decide_binarize`: binary on spins and bits.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from estimators.batched import BatchedMLP
 
-__all__ = ["LinearFilter", "MLPFilter", "hard_sign", "principal_directions"]
+__all__ = ["LinearFilter", "MLPFilter", "decide_binarize", "hard_sign", "principal_directions"]
 
 
 def hard_sign(pre: torch.Tensor) -> torch.Tensor:
@@ -61,6 +62,7 @@ class _Filter(nn.Module):
         super().__init__()
         self.binarize = binarize
         self.noise, self.generator = float(noise), generator
+        self.frozen = False  # rsmi_nn.training.frozen: H is the evaluation one (no noise, exactly ±1 if binary)
         self.register_buffer("tau", torch.tensor(float(tau_start)))
         decay = (tau_end / tau_start) ** (1.0 / max(anneal_steps, 1))
         self.register_buffer("tau_decay", torch.tensor(float(decay)))
@@ -97,6 +99,7 @@ class _Filter(nn.Module):
     def forward(self, v: torch.Tensor, *, hard: bool = False) -> torch.Tensor:
         """``v : [J, B, max_visible]`` -> ``H : [J, B, hidden]``; ``hard`` = evaluation mode."""
         pre = self.preactivation(v)
+        hard = hard or self.frozen
         if self.binarize is None:
             if hard or self.noise == 0:
                 return pre
@@ -208,3 +211,25 @@ class MLPFilter(_Filter):
     def flip(self, sign: torch.Tensor) -> None:
         with torch.no_grad():
             self.sign.mul_(sign.unsqueeze(1))
+
+
+def decide_binarize(opts, x: torch.Tensor):
+    """The step's options ``opts`` with ``binarize="auto"`` decided from its samples ``x [N, U]``: straight-through
+    when every unit takes at most two values (spins, bits; see :class:`rsmi_nn.options.StepOptions`), real-valued
+    (None) otherwise."""
+    if opts.binarize != "auto":
+        return opts
+    return opts.replace(binarize="straight-through" if _two_valued(x) else None)
+
+
+def _two_valued(x: torch.Tensor, head: int = 256, chunk: int = 4096) -> bool:
+    """Whether every column of ``x [N, U]`` takes at most two values. Continuous data fail on the first
+    ``head`` rows; only two-valued ones cost a pass over all rows."""
+    def within(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+        return bool(((rows == lo) | (rows == hi)).all())
+
+    top = x[:head]
+    if not within(top, top.amin(0), top.amax(0)):
+        return False
+    lo, hi = x.amin(0), x.amax(0)
+    return all(within(x[a:a + chunk], lo, hi) for a in range(0, x.shape[0], chunk))

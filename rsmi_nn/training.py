@@ -17,7 +17,7 @@ Held-out protocol: the rows are split (seeded) into train / validation / test. E
 *test* rows, which played no part in training or selection.
 
 Two phases around the loop: :func:`warm_start` (``init="pca"``: filters start at their block's principal
-components) and, after training a real-valued H with noise, a second run of the loop that trains a fresh
+components) and, after training H with noise (real-valued or binary), a second run of the loop that trains a fresh
 critic on the noiseless H with the filters :func:`frozen` (``refit_critic``), so the reported MI is the
 variables' own rather than a critic's fitted to H + noise.
 """
@@ -31,8 +31,8 @@ import torch
 from estimators.fused import critic_objective
 from estimators.training import ProblemSubset, TrainSettings, TrainState, train_problems
 
-__all__ = ["TEST_COLUMNS", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen", "gather", "refits_critic",
-           "train_blocks", "warm_start"]
+__all__ = ["TEST_COLUMNS", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen", "gather", "refit_generator",
+           "refits_critic", "train_blocks", "warm_start"]
 
 
 def gather(z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,21 +130,33 @@ def warm_start(filt, opts, z_train: torch.Tensor, regions_dev, rows: int = 8192,
 
 
 def refits_critic(opts) -> bool:
-    """Whether the step trains a second critic on the noiseless H (``refit_critic``, real-valued noisy H)."""
-    return opts.refit_critic and opts.binarize is None and opts.noise_scale > 0
+    """Whether the step trains a second critic on the noiseless H (``refit_critic``, an H trained with noise:
+    Gaussian for a real-valued H, the relaxed Bernoulli's logistic noise for a binary one)."""
+    return opts.refit_critic and opts.noise_scale > 0
+
+
+def refit_generator(seed: int) -> torch.Generator:
+    """The critic refit's own generator (initialisation and minibatches), a child of the step's ``seed``: the
+    training's generator ends in a state that depends on how long the blocks trained, which differs between
+    the ranks of a distributed step (each trains its share), so a refit drawing from it would not write the
+    one-process bytes."""
+    import numpy as np
+
+    return torch.Generator().manual_seed(int(np.random.SeedSequence((seed, 1)).generate_state(1, np.uint64)[0] >> 1))
 
 
 @contextlib.contextmanager
 def frozen(filt):
-    """The filter without training noise and with its parameters out of the optimiser (no gradient)."""
-    noise, params = filt.noise, list(filt.parameters())
-    filt.noise = 0.0
+    """The filter giving its evaluation H (no training noise; a binary H exactly ±1) with its parameters out of
+    the optimiser (no gradient)."""
+    params = list(filt.parameters())
+    filt.frozen = True
     for t in params:
         t.requires_grad_(False)
     try:
         yield
     finally:
-        filt.noise = noise
+        filt.frozen = False
         for t in params:
             t.requires_grad_(True)
 

@@ -33,9 +33,9 @@ def _flow(x, out, fail_rank=None):
         calls = {"n": 0}
         train = cg.train_blocks
 
-        def failing(*args, **kwargs):  # level 1 of this rank dies mid-level
+        def failing(*args, **kwargs):  # level 1 of this rank dies mid-level (each level trains, then refits)
             calls["n"] += 1
-            if calls["n"] == 2:
+            if calls["n"] == 3:
                 raise RuntimeError("simulated crash in level 1")
             return train(*args, **kwargs)
 
