@@ -41,7 +41,11 @@ from estimators.validation import (
     check_samples,
 )
 
-__all__ = ["MIResult", "estimate_mi"]
+__all__ = ["ESTIMATE_MIN_DELTA", "ESTIMATE_PATIENCE", "MIResult", "estimate_mi"]
+
+# estimate_mi's stopping rule (why 0.03: its docstring). The RSMI step's critic refit, which estimates the MI of
+# a fixed variable, stops by it too (rsmi_nn.training.refit_settings).
+ESTIMATE_PATIENCE, ESTIMATE_MIN_DELTA = 5, 0.03
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +231,9 @@ def _report(net, objective, split: dict, masks, state: TrainState, batched: bool
 
 
 def estimate_mi(x, y, bound: str = "infonce", seed: int = 0, *, critic: str = "separable", x_mask=None, y_mask=None,
-                batch_size: int | None = None, max_steps: int = 2000, eval_every: int = 50, patience: int = 5,
-                min_delta: float = 0.03, lr: float = 1e-3, hidden: int = 64, embed: int = 32, layers: int = 2,
+                batch_size: int | None = None, max_steps: int = 2000, eval_every: int = 50,
+                patience: int = ESTIMATE_PATIENCE, min_delta: float = ESTIMATE_MIN_DELTA, lr: float = 1e-3,
+                hidden: int = 64, embed: int = 32, layers: int = 2,
                 test_fraction: float = 0.25, valid_fraction: float = 0.15, bound_options: dict | None = None,
                 device: str | torch.device | None = "auto", progress: bool = False) -> MIResult:
     """Estimate I(X;Y) in nats with a neural variational bound, reported on held-out rows.

@@ -43,6 +43,7 @@ from rsmi_nn.training import (
     frozen,
     gather,
     refit_generator,
+    refit_settings,
     refits_critic,
     train_blocks,
     warm_start,
@@ -229,7 +230,7 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
             crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather, evaluate)
             if refits_critic(opts):
                 with frozen(filt):
-                    crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings,
+                    crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev, refit_settings(settings),
                                                refit_generator(seed), gather, evaluate)
                 state = after_refit(state, refit)
         state.best_val = state.best_val.expand(regions.num_blocks)  # one value: the validation blocks' mean
@@ -243,7 +244,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
                 regen = refit_generator(seed)
                 crit = _critic(opts, regions_dev, regen, dev)
                 with frozen(filt):
-                    refit = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, regen, blocks)
+                    refit = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, refit_settings(settings), regen,
+                                         blocks)
                 state = after_refit(state, refit)
         state = gather_blocks([filt, crit], state, blocks, regions.num_blocks)
     if keyed:  # bounded: rsmi_nn.shared_step.test_rows

@@ -257,7 +257,7 @@ class StepOptions(Options):
       trained on H + noise scores the noiseless H loosely (0.08 of its exact MI at noise 8 on a Gaussian field), so
       ``refit_critic`` trains a fresh one on the noiseless H with the filters frozen (1.01 of the exact MI). A
       binary H trained as a stochastic spin is scored the same way (2×2 Ising at T_c: 0.346 nats reported by the
-      training critic against 0.406 by the refitted one and 0.410 by an independent probe).
+      training critic against 0.405 by the refitted one and 0.410 by an independent probe).
     - ``critic_env_layers`` 1 (affine environment side, an MLP on the narrow H): on Gaussian fields (120 nodes,
       6 000 samples) held-out MI / Gaussian plug-in on the same rows 0.977 ± 0.011, against 0.943 ± 0.03 with
       a 2-layer side, which overfits the environment; equal MI on Ising samples.
