@@ -60,8 +60,8 @@ def add_option_flags(parser, options: type[Options], *, only: tuple[str, ...] | 
             kwargs.update(action="append", metavar=_METAVARS[spec.kind])
         else:
             kind = _or_none(spec.kind) if spec.optional and spec.choices is None else spec.kind
-            kwargs.update(type=kind, metavar=_METAVARS[spec.kind] if spec.choices is None else None,
-                          choices=spec.choices)
+            choices = (*spec.choices, NONE_WORDS[0]) if spec.optional and spec.choices else spec.choices
+            kwargs.update(type=kind, metavar=_METAVARS[spec.kind] if spec.choices is None else None, choices=choices)
         group.add_argument(*flag_names(name, spec), **kwargs)
 
 

@@ -133,6 +133,17 @@ def test_no_command_prints_help(capsys):
     assert "usage: rsmi" in capsys.readouterr().out
 
 
+def test_binarize_flag_takes_none_against_the_auto_default():
+    """``--binarize none`` forces a real-valued H on two-valued data (the default, auto, would binarise it)."""
+    from rsmi_nn.app.cli_parser import apply_flags
+    from rsmi_nn.app.config import load_config
+
+    for flag, want in (("none", None), ("auto", "auto"), ("anneal", "anneal")):
+        cfg = load_config()
+        apply_flags(cfg, build_parser().parse_args(["run", "--out", "unused", "--binarize", flag]))
+        assert cfg.flow.binarize == want, flag
+
+
 def test_every_flag_has_help():
     parser = build_parser()
     subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
