@@ -258,6 +258,14 @@ class StepOptions(Options):
       ``refit_critic`` trains a fresh one on the noiseless H with the filters frozen (1.01 of the exact MI). A
       binary H trained as a stochastic spin is scored the same way (2×2 Ising at T_c: 0.346 nats reported by the
       training critic against 0.405 by the refitted one and 0.410 by an independent probe).
+    - ``init`` "auto" (the canonical start for a linear filter): each block's filter starts at its top canonical
+      directions against its environment, the exact optimum of I(H;E) when V and E are jointly Gaussian. Where the
+      environment carries little of a block's signal the objective's gradient is weak, and from a random start a
+      filter on a nuisance-dominated block kept reading the nuisance: a binary planted tree at coupling 0.6 (one
+      sibling group per group) had 5 of 16 level-0 blocks at |corr| <= 0.01 of the reachable, all >= 0.97 from the
+      canonical start. Gaussian field (quick study): filters 0.9991 of the CCA optimum on average, 0.9967 at worst
+      (0.9985 / 0.991 from a random start); 2×2 Ising at T_c: the shared filter starts at the block spin (the
+      step 1 200 -> 550 steps). The digits MLP's spliced KL was lower from a random start, so its config keeps it.
     - ``critic_env_layers`` 1 (affine environment side, an MLP on the narrow H): on Gaussian fields (120 nodes,
       6 000 samples) held-out MI / Gaussian plug-in on the same rows 0.977 ± 0.011, against 0.943 ± 0.03 with
       a 2-layer side, which overfits the environment; equal MI on Ising samples.
@@ -285,9 +293,10 @@ class StepOptions(Options):
     refit_critic: bool = option(True, "after training H with noise (a binary H's stochastic spin, or Gaussian), "
                                 "train a fresh critic on the noiseless H (filters frozen), so the reported MI is the "
                                 "variables' own; false reports the training critic's looser bound (faster)", kind=bool)
-    init: str = option("random", "starting filter: random, or each block's principal components (pca: the top "
-                       "`hidden` eigenvectors of its standardised training rows; linear filters only)",
-                       kind=str, choices=("random", "pca"))
+    init: str = option("auto", "starting filter: cca = each block's top `hidden` canonical directions against its "
+                       "environment (the linear-Gaussian optimum of I(H;E)), pca = its principal components, random; "
+                       "auto = cca for a linear filter, random for an MLP", kind=str,
+                       choices=("auto", "cca", "pca", "random"))
     anneal_steps: int = _positive("steps over which binarize='anneal' decays its temperature from 1 to 0.05", 1000)
     critic: str = option("separable", "critic: separable <g(E), k(H)> or an MLP of the concatenation",
                          kind=str, choices=("separable", "concat"))
@@ -315,9 +324,9 @@ class StepOptions(Options):
                              "must sum below 1; e.g. 0.2 and 0.1")
         if self.shared and self.filter != "linear":
             raise ValueError("shared=True is supported for filter='linear' only; use shared=False with 'mlp'")
-        if self.init == "pca" and self.filter != "linear":
-            raise ValueError("init='pca' starts a linear filter at the block's principal components; "
-                             "use init='random' with filter='mlp'")
+        if self.init in ("pca", "cca") and self.filter != "linear":
+            raise ValueError(f"init={self.init!r} starts a linear filter; use init='random' or 'auto' with "
+                             "filter='mlp'")
 
     @property
     def noise_scale(self) -> float:

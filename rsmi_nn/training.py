@@ -16,10 +16,10 @@ Held-out protocol: the rows are split (seeded) into train / validation / test. E
 (binarised) H (:func:`evaluate`); the reported MI is the best checkpoint's estimate on the
 *test* rows, which played no part in training or selection.
 
-Two phases around the loop: :func:`warm_start` (``init="pca"``: filters start at their block's principal
-components) and, after training H with noise (real-valued or binary), a second run of the loop that trains a fresh
-critic on the noiseless H with the filters :func:`frozen` (``refit_critic``), so the reported MI is the
-variables' own rather than a critic's fitted to H + noise.
+Two phases around the loop: :func:`warm_start` (filters start at their block's canonical directions against its
+environment, the Gaussian optimum, or at its principal components) and, after training H with noise (real-valued or
+binary), a second run of the loop that trains a fresh critic on the noiseless H with the filters :func:`frozen`
+(``refit_critic``), so the reported MI is the variables' own rather than a critic's fitted to H + noise.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from estimators.fused import critic_objective
 from estimators.training import ProblemSubset, TrainSettings, TrainState, train_problems
 
 __all__ = ["TEST_COLUMNS", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen", "gather", "refit_generator",
-           "refit_settings", "refits_critic", "train_blocks", "warm_start"]
+           "refit_settings", "refits_critic", "start_method", "train_blocks", "warm_start"]
 
 
 def gather(z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,17 +116,51 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, settings: Tra
                           problems=blocks)
 
 
-def warm_start(filt, opts, z_train: torch.Tensor, regions_dev, rows: int = 8192, chunk: int = 512) -> None:
-    """``init="pca"``: start each linear filter at its block's principal components, from at most ``rows``
-    training rows (already in random order) gathered ``chunk`` rows at a time."""
-    from rsmi_nn.filters import principal_directions
+def start_method(opts) -> str:
+    """The step's ``init`` with "auto" decided: "cca" for a linear filter, "random" for an MLP."""
+    if opts.init != "auto":
+        return opts.init
+    return "cca" if opts.filter == "linear" else "random"
 
-    if opts.init != "pca":
+
+def warm_start(filt, opts, z_train: torch.Tensor, regions_dev, rows: int = 8192, chunk: int = 512,
+               moment_bytes: int = 1 << 27, shared_blocks: int = 16) -> None:
+    """Start each linear filter at its block's principal components (``init="pca"``) or its canonical directions
+    against its environment (``"cca"``, :func:`rsmi_nn.filters.canonical_directions`), from at most ``rows``
+    training rows (already in random order) gathered ``chunk`` rows at a time. The canonical moments are products
+    in float32 summed in float64, for as many blocks at once as fit ``moment_bytes``; a shared filter pools those
+    of ``shared_blocks`` blocks spread over the system (like its validation)."""
+    from rsmi_nn.filters import canonical_directions, principal_directions
+
+    method = start_method(opts)
+    if method == "random":
         return
-    vis, vm = regions_dev[0], regions_dev[1]
+    vis, vm, env = regions_dev[0], regions_dev[1], regions_dev[2]
     n = min(rows, z_train.shape[0])
-    chunks = (gather(z_train[a:a + chunk], vis, vm) for a in range(0, n, chunk))
-    filt.start_at(principal_directions(chunks, opts.hidden, shared=opts.shared))
+    if method == "pca":
+        chunks = (gather(z_train[a:a + chunk], vis, vm) for a in range(0, n, chunk))
+        filt.start_at(principal_directions(chunks, opts.hidden, shared=opts.shared))
+        return
+    if opts.shared and vis.shape[0] > shared_blocks:
+        pick = torch.linspace(0, vis.shape[0] - 1, shared_blocks).round().long().to(vis.device)
+        vis, env = vis[pick], env[pick]
+    width = vis.shape[1] + env.shape[1]
+    per_step = max(1, moment_bytes // (4 * width * (width + chunk)))
+    moments = [_moments(z_train[:n], vis[a:a + per_step], env[a:a + per_step], chunk)
+               for a in range(0, vis.shape[0], per_step)]
+    cvv, cve, cee = (torch.cat(parts) for parts in zip(*moments))
+    filt.start_at(canonical_directions(cvv, cve, cee, opts.hidden, shared=opts.shared))
+
+
+def _moments(z: torch.Tensor, vis: torch.Tensor, env: torch.Tensor, chunk: int):
+    """Second moments ``(Σ_VV, Σ_VE, Σ_EE)`` (float64) of the blocks ``vis`` / ``env`` over the rows ``z``."""
+    total = None
+    for a in range(0, z.shape[0], chunk):
+        v, e = gather(z[a:a + chunk], vis), gather(z[a:a + chunk], env)
+        vt = v.transpose(1, 2)
+        part = (torch.bmm(vt, v).double(), torch.bmm(vt, e).double(), torch.bmm(e.transpose(1, 2), e).double())
+        total = part if total is None else tuple(t + p for t, p in zip(total, part))
+    return tuple(t / z.shape[0] for t in total)
 
 
 def refits_critic(opts) -> bool:

@@ -99,7 +99,7 @@ def test_init_pca_starts_each_filter_at_its_blocks_principal_component():
     for j, pc in enumerate(_block_pcs(x, members)):
         w = res.filters[j, : len(pc), 0].double().numpy()
         assert abs(float(w @ pc)) > 0.999, j
-    random = coarse_grain(x, regions, steps=1, lr=1e-9, seed=0)
+    random = coarse_grain(x, regions, init="random", steps=1, lr=1e-9, seed=0)
     cosines = [abs(float(random.filters[j, : len(pc), 0].double().numpy() @ pc))
                for j, pc in enumerate(_block_pcs(x, members))]
     assert min(cosines) < 0.95  # a random start is not already there
