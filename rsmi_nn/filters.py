@@ -59,7 +59,6 @@ def principal_directions(v_chunks, hidden: int, *, shared: bool = False) -> torc
     return (top * alive).float()
 
 
-
 def canonical_directions(cvv: torch.Tensor, cve: torch.Tensor, cee: torch.Tensor, hidden: int, *,
                          shared: bool = False, ridge: float = CCA_RIDGE) -> torch.Tensor:
     """Each block's top-``hidden`` canonical directions of V against its environment E, ``[J or 1, max_visible,
@@ -84,6 +83,7 @@ def canonical_directions(cvv: torch.Tensor, cve: torch.Tensor, cee: torch.Tensor
     alive = values.flip(-1)[:, None, :hidden] > 1e-9 * values[:, -1:, None].abs().clamp_min(1e-30)
     top = top * alive
     return (top / top.norm(dim=1, keepdim=True).clamp_min(1e-30)).float()
+
 
 class _Filter(nn.Module):
     """Common part: binarisation state (τ as a buffer) and the forward contract."""
