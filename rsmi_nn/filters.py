@@ -67,19 +67,21 @@ def canonical_directions(cvv: torch.Tensor, cve: torch.Tensor, cee: torch.Tensor
     ``cvv [J, mv, mv]``, ``cve [J, mv, me]``, ``cee [J, me, me]``: second moments of the standardised units, zero
     rows and columns where padded. Solves ``Σ_VE (Σ_EE + ridge)⁻¹ Σ_EV a = λ Σ_VV a``. ``shared``: one set of
     directions from the moments pooled over every block. Directions with no canonical correlation (an empty
-    environment, fewer units than ``hidden``) come back as zero columns.
+    environment, fewer units than ``hidden``) come back as zero columns; duplicated units share their weight.
     """
     cvv, cve, cee = cvv.double(), cve.double(), cee.double()
     real_v = torch.diagonal(cvv, dim1=1, dim2=2) > 0
     real_e = torch.diagonal(cee, dim1=1, dim2=2) > 0
     cee = cee + torch.diag_embed(torch.where(real_e, ridge, 1.0).to(cee))
     m = cve @ torch.linalg.solve(cee, cve.transpose(1, 2))  # [J, mv, mv]
-    cvv = cvv + torch.diag_embed((~real_v).to(cvv)) + 1e-9 * torch.eye(cvv.shape[-1], dtype=cvv.dtype)
     if shared:
         m, cvv, real_v = m.sum(0, keepdim=True), cvv.sum(0, keepdim=True), real_v.any(0, keepdim=True)
-    inv_l = torch.linalg.inv(torch.linalg.cholesky(cvv))  # whitens V: the problem becomes symmetric
-    values, vectors = torch.linalg.eigh(inv_l @ m @ inv_l.transpose(1, 2))  # ascending
-    top = (inv_l.transpose(1, 2) @ vectors.flip(-1)[..., :hidden]) * real_v.unsqueeze(-1)
+    # whiten V by Σ_VV's eigenvectors, dropping directions without variance (pads, duplicated or constant units)
+    s, u = torch.linalg.eigh(cvv)
+    kept = s > 1e-6 * s[:, -1:].clamp_min(1e-30)
+    white = u * torch.where(kept, s.clamp_min(1e-30).rsqrt(), 0.0).unsqueeze(1)  # [J, mv, mv]
+    values, vectors = torch.linalg.eigh(white.transpose(1, 2) @ m @ white)  # ascending
+    top = (white @ vectors.flip(-1)[..., :hidden]) * real_v.unsqueeze(-1)
     alive = values.flip(-1)[:, None, :hidden] > 1e-9 * values[:, -1:, None].abs().clamp_min(1e-30)
     top = top * alive
     return (top / top.norm(dim=1, keepdim=True).clamp_min(1e-30)).float()

@@ -265,7 +265,8 @@ class StepOptions(Options):
       sibling group per group) had 5 of 16 level-0 blocks at |corr| <= 0.01 of the reachable, all >= 0.97 from the
       canonical start. Gaussian field (quick study): filters 0.9991 of the CCA optimum on average, 0.9967 at worst
       (0.9985 / 0.991 from a random start); 2×2 Ising at T_c: the shared filter starts at the block spin (the
-      step 1 200 -> 550 steps). The digits MLP's spliced KL was lower from a random start, so its config keeps it.
+      step 1 200 -> 550-1 050 steps). The digits MLP's spliced KL was lower from a random start, so its config keeps
+      it.
     - ``critic_env_layers`` 1 (affine environment side, an MLP on the narrow H): on Gaussian fields (120 nodes,
       6 000 samples) held-out MI / Gaussian plug-in on the same rows 0.977 ± 0.011, against 0.943 ± 0.03 with
       a 2-layer side, which overfits the environment; equal MI on Ising samples.

@@ -46,6 +46,21 @@ def test_an_empty_environment_keeps_the_random_start():
     assert float(d.abs().max()) == 0.0  # zero columns: LinearFilter.start_at keeps the random weights
 
 
+def test_duplicated_units_share_the_weight():
+    """A singular Σ_VV (a unit recorded twice, or twice up to 1e-3 of noise) neither fails nor splits the weight."""
+    gen = torch.Generator().manual_seed(0)
+    f = torch.randn(3000, 2, generator=gen)
+    f[:, 1] = 0.6 * f[:, 0] + 0.8 * f[:, 1]
+    x = torch.cat([f[:, :1] + 0.3 * torch.randn(3000, 3, generator=gen),
+                   f[:, 1:] + 0.3 * torch.randn(3000, 4, generator=gen)], 1)
+    for twin in (x[:, :1], x[:, :1] + 1e-3 * torch.randn(3000, 1, generator=gen)):
+        data = torch.cat([x[:, :1], twin, x[:, 1:]], 1)
+        regions = make_regions(build_graph(data, k=4), torch.arange(8) // 4, buffer=0, env=1)
+        w = coarse_grain(data, regions, init="cca", **UNTRAINED).filters[:, :, 0]
+        assert bool(torch.isfinite(w).all()) and float(w[0, 0]) == pytest.approx(float(w[0, 1]), abs=1e-3), w
+        assert bool((w[0] > 0.2).all()), w  # every unit of the block reads its factor
+
+
 def test_cca_start_is_the_gaussian_fields_optimum_before_any_training():
     """On a Gaussian field the start alone is within 1 % of the exact CCA optimum in every block (sample moments
     of ~2 800 rows); a random start is not."""
