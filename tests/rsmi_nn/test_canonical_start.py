@@ -30,8 +30,7 @@ def test_canonical_directions_solve_the_generalised_eigenproblem():
     assert d.shape == (2, 3, 2) and float(d[1, 2].abs().max()) == 0.0
     torch.testing.assert_close(d.norm(dim=1), torch.ones(2, 2, dtype=torch.float64), rtol=0, atol=1e-6)
     for j, m in ((0, 3), (1, 2)):
-        s_vv, s_ve, s_ee = (t[j, :m, :m].double() if t is cvv else t[j].double() for t in (cvv, cve, cee))
-        s_ve, s_ee = s_ve[:m], s_ee
+        s_vv, s_ve, s_ee = cvv[j, :m, :m].double(), cve[j, :m].double(), cee[j].double()
         lhs = s_ve @ torch.linalg.solve(s_ee, s_ve.T)
         top = d[j, :m, 0]
         lam = float(top @ lhs @ top / (top @ s_vv @ top))
