@@ -330,6 +330,13 @@ class StepOptions(Options):
                              "filter='mlp'")
 
     @property
+    def start(self) -> str:
+        """The starting filter: ``init``, with "auto" decided ("cca" for a linear filter, "random" for an MLP)."""
+        if self.init != "auto":
+            return self.init
+        return "cca" if self.filter == "linear" else "random"
+
+    @property
     def noise_scale(self) -> float:
         """The training noise of H: ``noise``, or 2.0 for a binarised H and 0 otherwise (``binarize="auto"``
         is decided from the samples first: :func:`rsmi_nn.filters.decide_binarize`)."""

@@ -24,8 +24,8 @@ from estimators.critics import SeparableCritic
 from estimators.fused import infonce_separable
 from estimators.training import TrainSettings, TrainState, train_problems
 
-__all__ = ["BLOCKS_PER_STEP", "SHARED_TEST_COLUMNS", "KeyedCritic", "VALIDATION_BLOCKS", "environment_keys", "test_rows",
-           "train_shared"]
+__all__ = ["BLOCKS_PER_STEP", "SHARED_TEST_COLUMNS", "KeyedCritic", "VALIDATION_BLOCKS", "environment_keys", "spread_blocks",
+           "test_rows", "train_shared"]
 
 BLOCKS_PER_STEP = 16
 VALIDATION_BLOCKS = 16
@@ -37,6 +37,12 @@ TEST_SCORES = 1 << 26
 KEY_ROWS = 2048  # training rows the keys' correlations are measured on (s.e. ~0.02 each)
 _CENTRES = (0.0, 1 / 3, 2 / 3, 1.0)
 _WIDTH = 0.25
+
+
+def spread_blocks(n_blocks: int, device=None) -> torch.Tensor:
+    """At most :data:`VALIDATION_BLOCKS` block indices spread evenly over ``0..n_blocks-1`` (the blocks a shared
+    filter is validated on, its summaries scaled by and its canonical start measured on)."""
+    return torch.linspace(0, n_blocks - 1, min(n_blocks, VALIDATION_BLOCKS)).round().long().to(device)
 
 
 def test_rows(n_test: int, n_blocks: int) -> int:
@@ -108,7 +114,7 @@ class KeyedCritic(nn.Module):
 def _summary_scale(z: torch.Tensor, keys: torch.Tensor, regions_dev, gather) -> torch.Tensor:
     """``1 / std`` of each summary column over a few rows and blocks (so the critic sees O(1) inputs)."""
     env = regions_dev[2]
-    pick = torch.linspace(0, env.shape[0] - 1, min(env.shape[0], VALIDATION_BLOCKS)).round().long()
+    pick = spread_blocks(env.shape[0])
     u = torch.bmm(gather(z[:512], env[pick]), keys[pick]).flatten(0, 1)
     return u.std(dim=0).clamp_min(1e-6).reciprocal()
 
@@ -133,7 +139,7 @@ def train_shared(filt, opts, bound, z_train: torch.Tensor, z_val: torch.Tensor, 
         a = crit.embed_x(gather(z, env[blocks]), blocks=blocks)
         return infonce_separable(a, crit.embed_y(h)).mean().unsqueeze(0)
 
-    pick = torch.linspace(0, n_blocks - 1, min(n_blocks, VALIDATION_BLOCKS)).round().long().to(vis.device)
+    pick = spread_blocks(n_blocks, vis.device)
     val_regions = tuple(t[pick] for t in regions_dev)
 
     def validate():

@@ -32,7 +32,7 @@ from estimators.fused import critic_objective
 from estimators.training import ProblemSubset, TrainSettings, TrainState, train_problems
 
 __all__ = ["TEST_COLUMNS", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen", "gather", "refit_generator",
-           "refit_settings", "refits_critic", "start_method", "train_blocks", "warm_start"]
+           "refit_settings", "refits_critic", "train_blocks", "warm_start"]
 
 
 def gather(z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,23 +116,17 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, settings: Tra
                           problems=blocks)
 
 
-def start_method(opts) -> str:
-    """The step's ``init`` with "auto" decided: "cca" for a linear filter, "random" for an MLP."""
-    if opts.init != "auto":
-        return opts.init
-    return "cca" if opts.filter == "linear" else "random"
-
-
 def warm_start(filt, opts, z_train: torch.Tensor, regions_dev, rows: int = 8192, chunk: int = 512,
-               moment_bytes: int = 1 << 27, shared_blocks: int = 16) -> None:
+               moment_bytes: int = 1 << 27) -> None:
     """Start each linear filter at its block's principal components (``init="pca"``) or its canonical directions
     against its environment (``"cca"``, :func:`rsmi_nn.filters.canonical_directions`), from at most ``rows``
     training rows (already in random order) gathered ``chunk`` rows at a time. The canonical moments are products
     in float32 summed in float64, for as many blocks at once as fit ``moment_bytes``; a shared filter pools those
-    of ``shared_blocks`` blocks spread over the system (like its validation)."""
+    of the blocks it is validated on (:func:`rsmi_nn.shared_step.spread_blocks`)."""
     from rsmi_nn.filters import canonical_directions, principal_directions
+    from rsmi_nn.shared_step import spread_blocks
 
-    method = start_method(opts)
+    method = opts.start
     if method == "random":
         return
     vis, vm, env = regions_dev[0], regions_dev[1], regions_dev[2]
@@ -141,8 +135,8 @@ def warm_start(filt, opts, z_train: torch.Tensor, regions_dev, rows: int = 8192,
         chunks = (gather(z_train[a:a + chunk], vis, vm) for a in range(0, n, chunk))
         filt.start_at(principal_directions(chunks, opts.hidden, shared=opts.shared))
         return
-    if opts.shared and vis.shape[0] > shared_blocks:
-        pick = torch.linspace(0, vis.shape[0] - 1, shared_blocks).round().long().to(vis.device)
+    if opts.shared:
+        pick = spread_blocks(vis.shape[0], vis.device)
         vis, env = vis[pick], env[pick]
     width = vis.shape[1] + env.shape[1]
     per_step = max(1, moment_bytes // (4 * width * (width + chunk)))

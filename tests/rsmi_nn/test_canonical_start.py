@@ -11,7 +11,6 @@ from graphs import build_graph, lattice_blocks, lattice_graph, make_regions, par
 from rsmi_nn import coarse_grain
 from rsmi_nn.filters import canonical_directions
 from rsmi_nn.options import StepOptions
-from rsmi_nn.training import start_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,9 +80,9 @@ def test_shared_cca_start_on_spins_is_the_block_spin():
 
 
 def test_auto_is_cca_for_linear_filters_and_random_for_mlps():
-    assert start_method(StepOptions()) == "cca"
-    assert start_method(StepOptions(filter="mlp")) == "random"
-    assert start_method(StepOptions(init="pca")) == "pca"
+    assert StepOptions().start == "cca"
+    assert StepOptions(filter="mlp").start == "random"
+    assert StepOptions(init="pca").start == "pca"
     with pytest.raises(ValueError, match="init='cca' starts a linear filter"):
         StepOptions(init="cca", filter="mlp")
     x = torch.randn(600, 8)
