@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import memory_gib
+from benchmarks import cpu_model, memory_gib
 from graphs.atomic import atomic_write
 
 SUITES = ["bench_estimators", "bench_graph", "bench_rsmi", "bench_end_to_end", "bench_vs_rsmine", "bench_distributed"]
@@ -30,6 +30,7 @@ def machine() -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

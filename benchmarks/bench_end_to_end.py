@@ -44,10 +44,11 @@ print(json.dumps({"seconds_sampling": t1 - t0, "seconds_flow": t2 - t1, "exact_x
 """
 
 
-def _child(args: list[str], workdir: Path) -> tuple[float, float, str]:
-    """Run ``python args`` to completion; wall seconds, that child's own peak RSS (GiB), its stdout."""
+def _child(args: list[str], workdir: Path, root: Path | None = None) -> tuple[float, float, str]:
+    """Run ``python args`` to completion in ``root`` (this checkout by default: its packages are the ones
+    imported); wall seconds, that child's own peak RSS (GiB), its stdout."""
     out_path, err_path, peak_path = workdir / "child.out", workdir / "child.err", workdir / "child.peak"
-    root = Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parent.parent
     with open(out_path, "w") as out, open(err_path, "w") as err:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "benchmarks.peak", str(peak_path), *args], stdout=out,

@@ -16,7 +16,9 @@ so the square shells are made here from the king's-move graph (8 neighbours: hop
   requires ``tensorflow-macos``), so otherwise the comparison is against ANCHORS.md's recorded figure, and the
   output says so;
 - ``estimate_mi`` on P problems in one call against its own Python loop (:mod:`benchmarks.bench_estimators`);
-- the default ``rsmi run``'s flow stage against its figure before this work (``PREVIOUS_FLOW``).
+- the default ``rsmi run``'s flow stage against the code before this work (:data:`BEFORE_COMMIT`, extracted from
+  this clone's history and run in the same benchmark: a recorded figure is from another machine, and these
+  2-core VMs differ by 1.5x between sessions), and against its recorded figure (``PREVIOUS_FLOW``).
 
 ``python -m benchmarks.bench_vs_rsmine [--quick]``
 """
@@ -34,6 +36,8 @@ from benchmarks import suite_main
 RSMINE_TC = {"seconds_per_run": 16.7, "heldout_mi_binary": 0.402, "source": "../shared/ANCHORS.md (recorded)"}
 # benchmarks/results/latest.json before issue 20 (idle 2-core CPU): the default run's flow stage and MI per level.
 PREVIOUS_FLOW = {"flow_s": 66.5, "wall_s": 85.8, "mi_mean": [0.443, 0.554]}
+# The last commit before issue 20's speed work, on which PREVIOUS_FLOW was measured.
+BEFORE_COMMIT = "20f892f"
 PROBE_BLOCKS = 16
 TARGETS = {"shared_vs_rsmine": 10.0, "per_block_vs_rsmine": 100.0, "estimate_mi_vs_loop": 20.0, "flow_vs_before": 2.0}
 
@@ -110,11 +114,33 @@ def vs_rsmine(L: int, T: float, n: int, seed: int = 0) -> dict:
                      "probe_mi_median": round(float(mi.median()), 4), "probe_mi_min": round(float(mi.min()), 4),
                      "own_heldout_mi_mean": round(float(res.mi.mean()), 4), "mi_ceiling": round(res.mi_ceiling, 3),
                      "filter_block0": [round(v, 3) for v in res.filters[0, :, 0].tolist()]}
+    proto, seconds = _timed(lambda: protocol_run(x, regions, seed))
+    out["reference_protocol"] = {"seconds": round(seconds, 2), "steps_run": proto.info["steps_run"],
+                                 "probe_mi": round(float(probe(proto.filters, fresh, regions.select([0]),
+                                                               torch.tensor([0]), mean=proto.mean, std=proto.std,
+                                                               seed=seed)[0]), 4),
+                                 "settings": REFERENCE_PROTOCOL}
     # RSMI-NE's filter at T_c is the uniform block spin (ANCHORS.md): the same probe on it is the like-for-like
     # quality reference (its recorded 0.402 came from another probe)
     uniform = torch.full((regions.num_blocks, 4, 1), 0.5)
     out["uniform_filter_probe_median"] = round(float(probe(uniform, fresh, regions, blocks, seed=seed).median()), 4)
     return out
+
+
+# RSMI-NE's training protocol (ANCHORS.md): one block per run, a fixed budget of 50 epochs of 20 000 rows at batch
+# 250, lr 5e-3, a random start, no held-out selection and no critic refit.
+REFERENCE_PROTOCOL = {"steps": 4000, "batch_size": 250, "lr": 5e-3, "eval_every": 4000, "init": "random",
+                      "refit_critic": False}
+
+
+def protocol_run(x: torch.Tensor, regions, seed: int = 0):
+    """One block (block 0) trained by :data:`REFERENCE_PROTOCOL` on this engine's components (its linear filter,
+    relaxed-Bernoulli spin, separable critic, InfoNCE, one Adam): the reference's cost per run *on this machine*,
+    the same-run baseline a recorded TensorFlow figure from another machine cannot be. Not the reference itself:
+    its critic's environment side is an MLP, this one's affine."""
+    from rsmi_nn import coarse_grain
+
+    return coarse_grain(x, regions.select([0]), hidden=1, shared=False, seed=seed, device="cpu", **REFERENCE_PROTOCOL)
 
 
 def rsmine_figures() -> dict:
@@ -135,14 +161,15 @@ PREVIOUS_STEP_FLAGS = ["--lr", "0.003", "--noise", "0", "--bond-ratio", "none", 
                        "--filter-inputs", "variables"]
 
 
-def _flow_stage(out, flags: list[str]) -> dict:
-    """``rsmi run`` on the embedded default (no evaluation stage), in a child: its flow stage and MI per level."""
+def _flow_stage(out, flags: list[str], root=None) -> dict:
+    """``rsmi run`` on the embedded default (no evaluation stage), in a child running the code in ``root`` (this
+    checkout by default): its flow stage and MI per level."""
     import json
 
     from benchmarks.bench_end_to_end import _child
 
     wall, peak, _ = _child(["-m", "rsmi_nn.app.cli", "run", "--out", str(out), "--quiet", "--no-evaluate", *flags],
-                           out.parent)
+                           out.parent, root)
     timings = json.loads((out / "timings.json").read_text())
     flow = json.loads(next(out.rglob("flow.json")).read_text())
     return {"flow_s": round(timings["stages"]["flow"]["seconds"], 2), "wall_s": round(wall, 2),
@@ -150,17 +177,47 @@ def _flow_stage(out, flags: list[str]) -> dict:
             "steps_run": [r.get("steps_run") for r in flow]}
 
 
+def before_tree(dest):
+    """:data:`BEFORE_COMMIT`'s files extracted into the new folder ``dest`` from this clone's git history; None (said
+    why) where git or the commit is missing (an installed copy, a shallow clone)."""
+    import io
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        archive = subprocess.run(["git", "-C", str(root), "archive", BEFORE_COMMIT], capture_output=True,
+                                 check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        print(f"  (no same-run baseline: git archive {BEFORE_COMMIT} failed: {err})")
+        return None
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
 def flow_default() -> dict:
-    """The default ``rsmi run``'s flow stage: as shipped, and at :data:`PREVIOUS_FLOW`'s step settings against it."""
+    """The default ``rsmi run``'s flow stage: as shipped; at :data:`PREVIOUS_FLOW`'s step settings; and the code of
+    :data:`BEFORE_COMMIT` on its own default, in the same run (the speed-up is against it when it ran)."""
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="rsmi-bench-") as tmp:
         shipped = _flow_stage(Path(tmp) / "shipped", [])
         same = _flow_stage(Path(tmp) / "previous_settings", PREVIOUS_STEP_FLAGS)
-    return {"shipped": shipped, "previous_settings": same, "previous": PREVIOUS_FLOW,
-            "speedup_flow": round(PREVIOUS_FLOW["flow_s"] / same["flow_s"], 2),
-            "note": "previous figure from an idle machine; a ratio is only fair when this run is idle too"}
+        code = before_tree(Path(tmp) / "code_before")
+        before = None if code is None else {"commit": BEFORE_COMMIT, **_flow_stage(Path(tmp) / "before", [], code)}
+    out = {"shipped": shipped, "previous_settings": same, "previous": PREVIOUS_FLOW, "before_same_run": before,
+           "speedup_flow_vs_recorded": round(PREVIOUS_FLOW["flow_s"] / same["flow_s"], 2)}
+    if before is None:
+        out["speedup_flow"] = out["speedup_flow_vs_recorded"]
+        out["note"] = "no same-run baseline: against the recorded figure of another (idle) machine"
+    else:
+        out["speedup_flow"] = round(before["flow_s"] / same["flow_s"], 2)
+        out["note"] = f"against the code of {BEFORE_COMMIT} run here, on its own defaults; needs an idle machine"
+    return out
 
 
 def run(quick: bool = False) -> dict:
@@ -173,6 +230,9 @@ def run(quick: bool = False) -> dict:
     shared, per_block = setting["shared"], setting["per_block"]
     shared["speedup_vs_rsmine_run"] = round(ref["seconds_per_run"] / shared["seconds"], 2)
     per_block["speedup_vs_rsmine_runs"] = round(ref["seconds_per_run"] * setting["blocks"] / per_block["seconds"], 1)
+    proto = setting["reference_protocol"]["seconds"]
+    shared["speedup_vs_protocol_run"] = round(proto / shared["seconds"], 2)
+    per_block["speedup_vs_protocol_runs"] = round(proto * setting["blocks"] / per_block["seconds"], 1)
     est = batched_vs_loop(n_problems=200 if quick else 1000, n_samples=2000, loop_subset=4 if quick else 10)
     out = {"rsmine": ref, "ising_tc": setting, "estimate_mi": est, "targets": TARGETS}
     print(f"  RSMI-NE: {ref['seconds_per_run']} s per run, held-out I(H_binary;E) {ref['heldout_mi_binary']} nats "
@@ -183,6 +243,10 @@ def run(quick: bool = False) -> dict:
           f"RSMI-NE runs; target {TARGETS['per_block_vs_rsmine']}x), probe median {per_block['probe_mi_median']:.3f}"
           f" (min {per_block['probe_mi_min']:.3f}) nats; {per_block['block_steps']} block-steps of "
           f"{per_block['all_blocks_steps']} without early stops")
+    print(f"  same run, RSMI-NE's protocol on this engine (one block, 4 000 steps): "
+          f"{setting['reference_protocol']['seconds']:.1f} s, probe {setting['reference_protocol']['probe_mi']:.3f} "
+          f"nats: shared {shared['speedup_vs_protocol_run']}x one such run, per block "
+          f"{per_block['speedup_vs_protocol_runs']}x {setting['blocks']} of them")
     print(f"  the uniform block spin (RSMI-NE's filter at T_c) through the same probe: "
           f"{setting['uniform_filter_probe_median']:.3f} nats")
     print(f"  estimate_mi P={est['n_problems']}: {est['batched_s']:.1f} s batched vs {est['loop_s_extrapolated']:.0f} s "
@@ -191,9 +255,11 @@ def run(quick: bool = False) -> dict:
     if not quick:
         out["flow_default"] = flow = flow_default()
         same = flow["previous_settings"]
+        before = flow["before_same_run"] or PREVIOUS_FLOW
         print(f"  default run's flow at the previous step settings: {same['flow_s']:.1f} s against "
-              f"{PREVIOUS_FLOW['flow_s']} s before ({flow['speedup_flow']}x; target {TARGETS['flow_vs_before']}x); "
-              f"MI per level {same['mi_mean']} against {PREVIOUS_FLOW['mi_mean']}; as shipped (lr 0.01, noise): "
+              f"{before['flow_s']} s before ({flow['speedup_flow']}x; target {TARGETS['flow_vs_before']}x; "
+              f"{flow['note']}; {flow['speedup_flow_vs_recorded']}x the recorded {PREVIOUS_FLOW['flow_s']} s); "
+              f"MI per level {same['mi_mean']} against {before['mi_mean']}; as shipped (lr 0.01, noise): "
               f"{flow['shipped']['flow_s']:.1f} s, MI {flow['shipped']['mi_mean']}")
     out["probe_mi_medians"] = {k: setting[k]["probe_mi_median"] for k in ("shared", "per_block")}
     out["probe_vs_uniform_filter"] = {k: round(v - setting["uniform_filter_probe_median"], 4)
