@@ -120,14 +120,20 @@ def _summary_scale(z: torch.Tensor, keys: torch.Tensor, regions_dev, gather) -> 
 
 
 def train_shared(filt, opts, bound, z_train: torch.Tensor, z_val: torch.Tensor, regions_dev, settings: TrainSettings,
-                 generator: torch.Generator, gather, evaluate) -> tuple[KeyedCritic, TrainState]:
+                 generator: torch.Generator, gather, evaluate, like: KeyedCritic | None = None
+                 ) -> tuple[KeyedCritic, TrainState]:
     """Train the shared ``filt`` with a :class:`KeyedCritic` (made here, seeded by ``generator``); returns it
     and the loop's state (one problem: the checkpoint with the best mean validation MI over the validation
-    blocks)."""
+    blocks). ``like`` : a critic of the same step whose keys and scales the new one reuses (the critic refit:
+    they are functions of the training rows alone, 6 % of a shared L = 32 Ising step to measure again)."""
     vis, _, env, _ = regions_dev
     n_blocks = vis.shape[0]
-    keys = environment_keys(z_train[:KEY_ROWS], regions_dev, gather)
-    crit = KeyedCritic(keys, _summary_scale(z_train, keys, regions_dev, gather), filt.weight.shape[-1],
+    if like is None:
+        keys = environment_keys(z_train[:KEY_ROWS], regions_dev, gather)
+        scale = _summary_scale(z_train, keys, regions_dev, gather)
+    else:
+        keys, scale = like.keys, like.scale
+    crit = KeyedCritic(keys, scale, filt.weight.shape[-1],
                        hidden=opts.critic_hidden, embed=opts.critic_embed, layers=opts.critic_layers,
                        x_layers=opts.critic_env_layers, generator=generator)
     per_step = min(n_blocks, BLOCKS_PER_STEP)
