@@ -241,8 +241,7 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         with agreed("the RSMI step's training"):
             state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
             if refits_critic(opts):
-                regen = refit_generator(seed)
-                crit = _critic(opts, regions_dev, regen, dev)
+                regen = refit_generator(seed)  # the training critic, each block at its best checkpoint, goes on
                 with frozen(filt):
                     refit = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, refit_settings(settings), regen,
                                          blocks)

@@ -255,9 +255,10 @@ class StepOptions(Options):
       models 1-2 aligned each block's filter with its principal component and kept the model's outputs far
       better when spliced (tiny-lm level 0: KL 1.5e-4 -> 4.6e-5; the shipped model configs set it). A critic
       trained on H + noise scores the noiseless H loosely (0.08 of its exact MI at noise 8 on a Gaussian field), so
-      ``refit_critic`` trains a fresh one on the noiseless H with the filters frozen (1.01 of the exact MI). A
-      binary H trained as a stochastic spin is scored the same way (2×2 Ising at T_c: 0.346 nats reported by the
-      training critic against 0.405 by the refitted one and 0.410 by an independent probe).
+      ``refit_critic`` goes on training it, from its best checkpoint, on the noiseless H with the filters frozen
+      (1.01 of the exact MI). A binary H trained as a stochastic spin is scored the same way (2×2 Ising at T_c:
+      0.346 nats reported by the training critic against 0.405 by the refitted one and 0.410 by an independent
+      probe).
     - ``init`` "auto" (the canonical start for a linear filter): each block's filter starts at its top canonical
       directions against its environment, the exact optimum of I(H;E) when V and E are jointly Gaussian. Where the
       environment carries little of a block's signal the objective's gradient is weak, and from a random start a
@@ -292,8 +293,9 @@ class StepOptions(Options):
                                  "Bernoulli of RSMI-NE), Gaussian of this std for a real-valued H (default 0; "
                                  "1-2 keeps model outputs better, see README)", kind=float, optional=True, minimum=0)
     refit_critic: bool = option(True, "after training H with noise (a binary H's stochastic spin, or Gaussian), "
-                                "train a fresh critic on the noiseless H (filters frozen), so the reported MI is the "
-                                "variables' own; false reports the training critic's looser bound (faster)", kind=bool)
+                                "go on training the critic on the noiseless H (filters frozen), so the reported MI is "
+                                "the variables' own; false reports the training critic's looser bound (faster)",
+                                kind=bool)
     init: str = option("auto", "starting filter: cca = each block's top `hidden` canonical directions against its "
                        "environment (the linear-Gaussian optimum of I(H;E)), pca = its principal components, random; "
                        "auto = cca for a linear filter, random for an MLP", kind=str,

@@ -18,8 +18,9 @@ Held-out protocol: the rows are split (seeded) into train / validation / test. E
 
 Two phases around the loop: :func:`warm_start` (filters start at their block's canonical directions against its
 environment, the Gaussian optimum, or at its principal components) and, after training H with noise (real-valued or
-binary), a second run of the loop that trains a fresh critic on the noiseless H with the filters :func:`frozen`
-(``refit_critic``), so the reported MI is the variables' own rather than a critic's fitted to H + noise.
+binary), a second run of the loop that goes on training the critic, from each block's best checkpoint, on the
+noiseless H with the filters :func:`frozen` (``refit_critic``), so the reported MI is the variables' own rather than
+a critic's fitted to H + noise. (A fresh critic, as before 2026-12-01, stopped later at a lower held-out MI.)
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def _moments(z: torch.Tensor, vis: torch.Tensor, env: torch.Tensor, chunk: int):
 
 
 def refits_critic(opts) -> bool:
-    """Whether the step trains a second critic on the noiseless H (``refit_critic``, an H trained with noise:
+    """Whether the step goes on training its critic on the noiseless H (``refit_critic``, an H trained with noise:
     Gaussian for a real-valued H, the relaxed Bernoulli's logistic noise for a binary one)."""
     return opts.refit_critic and opts.noise_scale > 0
 
@@ -177,7 +178,7 @@ def refit_settings(settings: TrainSettings) -> TrainSettings:
 
 
 def refit_generator(seed: int) -> torch.Generator:
-    """The critic refit's own generator (initialisation and minibatches), a child of the step's ``seed``: the
+    """The critic refit's own generator (its minibatches), a child of the step's ``seed``: the
     training's generator ends in a state that depends on how long the blocks trained, which differs between
     the ranks of a distributed step (each trains its share), so a refit drawing from it would not write the
     one-process bytes."""
