@@ -294,6 +294,31 @@ def test_refit_stops_by_the_estimators_rule_never_later_than_the_step():
     assert (strict.patience, strict.min_delta) == (1, 0.1)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_refit_goes_on_from_the_training_critics_checkpoint(ising_tc, monkeypatch, shared):
+    """The refit starts from the filter and critic the training kept (each block's best checkpoint), not from a fresh
+    critic: a fresh one, stopped by the refit's rule, read a lower held-out MI for the same filters."""
+    import rsmi_nn.shared_step
+    import rsmi_nn.training
+
+    module = rsmi_nn.shared_step if shared else rsmi_nn.training
+    real, calls = module.train_problems, []
+
+    def spy(params, *args, **kwargs):
+        before = [t.detach().clone() for t in params]
+        state = real(params, *args, **kwargs)
+        calls.append((before, [t.detach().clone() for t in params]))
+        return state
+
+    monkeypatch.setattr(module, "train_problems", spy)
+    x, regions = ising_tc
+    res = coarse_grain(x, regions, shared=shared, seed=0, steps=200)
+    assert res.info["critic_refit_steps"] > 0 and len(calls) == 2
+    (_, trained), (refit_start, _) = calls
+    assert len(trained) == len(refit_start)
+    assert all(torch.equal(a, b) for a, b in zip(trained, refit_start))
+
+
 def test_shared_critic_reads_environments_in_any_order(ising_tc):
     """The shared step's keyed critic summarises a block's environment through per-site keys, so the order its
     sites are listed in (which differs between blocks at a periodic lattice's seam) changes nothing."""
