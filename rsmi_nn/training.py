@@ -20,7 +20,8 @@ Two phases around the loop: :func:`warm_start` (filters start at their block's c
 environment, the Gaussian optimum, or at its principal components) and, after training H with noise (real-valued or
 binary), a second run of the loop that goes on training the critic, from each block's best checkpoint, on the
 noiseless H with the filters :func:`frozen` (``refit_critic``), so the reported MI is the variables' own rather than
-a critic's fitted to H + noise. (A fresh critic, as before 2026-12-01, stopped later at a lower held-out MI.)
+a critic's fitted to H + noise. (A fresh critic, as before 2026-12-01, stopped at a lower held-out MI on the
+default run and on Gaussian fields.)
 """
 
 from __future__ import annotations
