@@ -120,6 +120,8 @@ def sample_heldout(n: int, *, latent: str = "spin", branching=3, depth: int = 3,
                    nuisance_dist: str = "gauss", amplitude: float = 2.0, coupling: float = 0.6, seed: int = 0,
                    ceiling_rows: int = 30000) -> HeldoutSample:
     """``n`` rows of one planted hierarchy (see the module docstring); levels are numbered from the units up."""
+    from experiments.tmr_scores import multiple_corr
+
     params = {k: v for k, v in locals().items() if k not in ("n",)}
     if nuisance not in _SUBGROUP or nuisance_dist not in ("gauss", "laplace"):
         raise ValueError(f"nuisance must be one of {list(_SUBGROUP)} and nuisance_dist 'gauss' or 'laplace'")
@@ -144,19 +146,11 @@ def sample_heldout(n: int, *, latent: str = "spin", branching=3, depth: int = 3,
     membership = [m[order] for m in membership]
     x, z, nu = rows(n)
     xc, zc, _ = rows(ceiling_rows)
-    ceiling = [np.array([_multiple_corr(xc[:, m == g], zc[lv][:, g]) for g in range(zc[lv].shape[1])])
-               for lv, m in enumerate(membership)]
+    ceiling = [np.array([multiple_corr(torch.from_numpy(xc[:, m == g]), torch.from_numpy(zc[lv][:, g]))
+                         for g in range(zc[lv].shape[1])]) for lv, m in enumerate(membership)]
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
     return HeldoutSample(x=t(x), groups=[torch.from_numpy(m) for m in membership], latents=[t(v) for v in z],
                          ceiling=ceiling, nuisance_samples=t(nu), params=params)
-
-
-def _multiple_corr(v: np.ndarray, z: np.ndarray) -> float:
-    v = v - v.mean(0)
-    z = z - z.mean()
-    coef, *_ = np.linalg.lstsq(v, z, rcond=None)
-    fit = v @ coef
-    return float(abs(fit @ z) / (np.linalg.norm(fit) * np.linalg.norm(z) + 1e-12))
 
 
 def _name(p: dict) -> str:
