@@ -219,8 +219,9 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     del z
     regions_dev = (regions.visible.to(dev), regions.visible_mask.to(dev).float(),
                    regions.environment.to(dev), regions.environment_mask.to(dev).float())
-    settings = TrainSettings(batch_size=opts.batch_size, max_steps=opts.steps, lr=opts.lr, eval_every=opts.eval_every,
-                             patience=opts.patience, min_delta=opts.min_delta, description="RSMI blocks",
+    settings = TrainSettings(batch_size=opts.batch_size, max_steps=opts.steps, lr=opts.lr,
+                             eval_every=opts.validation_steps, patience=opts.patience, min_delta=opts.min_delta,
+                             description="RSMI blocks",
                              warmup_steps=opts.anneal_steps if opts.binarize == "anneal" else 0, progress=progress)
     keyed = _keyed(opts, bound)
     if keyed:  # one filter and one critic for all blocks (rsmi_nn.shared_step)

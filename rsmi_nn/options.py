@@ -312,7 +312,8 @@ class StepOptions(Options):
     batch_size: int = _positive("training batch size (InfoNCE's training ceiling is log batch_size)", 128,
                                 minimum=2, flag="--train-batch-size")
     lr: float = option(3e-3, "learning rate of the filters and critics", kind=float, above=0)
-    eval_every: int = _positive("validation interval in steps", 50)
+    eval_every: int | None = option(None, "validation interval in steps (default 50; 25 for a shared filter, whose "
+                                    "every step reads up to 16 blocks' rows)", kind=int, optional=True, minimum=1)
     patience: int = _positive("evaluations without a gain larger than min_delta before a block stops", 10)
     min_delta: float = option(1e-3, "validation gain (nats) that resets a block's patience", kind=float, minimum=0)
     test_fraction: float = option(0.2, "fraction of samples held out for the reported MI", kind=float,
@@ -345,6 +346,16 @@ class StepOptions(Options):
         if self.noise is not None:
             return self.noise
         return 2.0 if self.binarize is not None else 0.0
+
+    @property
+    def validation_steps(self) -> int:
+        """``eval_every``, the default decided: 50 steps, 25 for a shared filter, whose every step reads
+        :data:`rsmi_nn.shared_step.BLOCKS_PER_STEP` blocks' rows and whose validation value is the mean over up to
+        16 blocks. 2×2 Ising, L = 32 at T_c, seeds 0-4: the step 3.9 -> 2.3 s on average, the filters' independent
+        probe 0.4057 -> 0.4047 nats (the uniform block spin's 0.4060); README, issue 20."""
+        if self.eval_every is not None:
+            return self.eval_every
+        return 25 if self.shared else 50
 
     def step_options(self) -> StepOptions:
         """The step's own options (drops a flow's extra fields)."""

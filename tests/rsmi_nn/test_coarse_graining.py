@@ -51,6 +51,17 @@ def test_ising_block_spin_at_tc(ising_tc):
     assert float(res.mi[:4].mean()) == pytest.approx(float(probe.mi.mean()), abs=0.03)  # measured 0.431 vs 0.436
 
 
+def test_a_shared_step_validates_twice_as_often_by_default(ising_tc):
+    """``eval_every`` left unset: every 25 steps for a shared filter (its steps read 16 blocks' rows), 50 per block;
+    a value given is kept."""
+    x, regions = ising_tc
+    sub = regions.select(list(range(0, 64, 4)))
+    fast = {"steps": 50, "patience": 100, "refit_critic": False, "seed": 0}
+    assert coarse_grain(x, sub, shared=True, **fast).info["history"]["step"] == [25, 50]
+    assert coarse_grain(x, sub, shared=False, **fast).info["history"]["step"] == [50]
+    assert coarse_grain(x, sub, shared=True, eval_every=50, **fast).info["history"]["step"] == [50]
+
+
 def test_binarize_auto_reads_the_inputs():
     """``binarize="auto"``: straight-through when every unit takes at most two values, real-valued otherwise."""
     from rsmi_nn.filters import decide_binarize
