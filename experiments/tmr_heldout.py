@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -157,9 +158,14 @@ def _name(p: dict) -> str:
     return f"{p['latent']} b{p['branching']} {p['nuisance']} c{p['coupling']}"
 
 
-# issue 15's held-out sweep (README): groups of 4, depth 3, nuisance of strength 2
-SWEEP = [{"latent": lat, "branching": b, "nuisance": nu, "coupling": c}
-         for b in (3, 5, 6) for lat in ("spin", "family") for c in (0.6, 0.9) for nu in ("pairs", "triples")]
+def sweep(couplings=(0.6, 0.9)) -> list[dict]:
+    """Issue 15's held-out constructions (README): branching 3 / 5 / 6, spin / family latents, nuisance on pairs /
+    triples, at each coupling (groups of 4, depth 3, nuisance of strength 2)."""
+    return [{"latent": lat, "branching": b, "nuisance": nu, "coupling": c}
+            for b in (3, 5, 6) for lat in ("spin", "family") for c in couplings for nu in ("pairs", "triples")]
+
+
+SWEEP = sweep()
 QUICK = [SWEEP[0], SWEEP[3], SWEEP[6]]  # spin b3 pairs c 0.6 (met), spin b3 triples c 0.9, family b3 pairs c 0.9
 
 
@@ -198,10 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{len(QUICK)} constructions instead of {len(SWEEP)}")
     parser.add_argument("--out", default="experiments/results/tmr_heldout", help="folder for heldout.json")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--coupling", type=float, action="append",
+                        help="the 12 constructions at this coupling instead (repeatable; README: 0.75, 0.8, 0.85)")
     args = parser.parse_args(argv)
+    if args.quick and args.coupling:
+        parser.error("--quick and --coupling choose different sweeps; pass one")
+    for c in args.coupling or ():
+        if not 0 < c <= 1 or c ** 2 + FAMILY_VAR > 1:
+            parser.error(f"--coupling {c}: needs 0 < c <= {math.sqrt(1 - FAMILY_VAR):.3f} (family latents: c² + "
+                         f"{FAMILY_VAR} <= 1)")
     logging.basicConfig(level=logging.WARNING)
     results = []
-    for params in QUICK if args.quick else SWEEP:
+    for params in QUICK if args.quick else sweep(args.coupling) if args.coupling else SWEEP:
         res = run_construction(params, seed=args.seed)
         results.append(res)
         cells = "  ".join(f"L{i} {lv['ari']:.2f}, {lv['corr_mean']:.3f} / {lv['corr_min']:.3f}"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.tmr_heldout import FAMILY_VAR, meets_targets, run_construction, sample_heldout
+from experiments.tmr_heldout import FAMILY_VAR, SWEEP, main, meets_targets, run_construction, sample_heldout, sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,3 +58,14 @@ def test_targets_are_issue_15s():
     assert not meets_targets([{**good[0], "corr_mean": 0.94}, good[1]])
     assert not meets_targets([good[0], {**good[1], "corr_min": 0.69}])
     assert not meets_targets([good[0], {**good[1], "ari": 0.89}])
+
+
+def test_the_sweep_at_another_coupling_and_its_bad_values():
+    at = sweep((0.75,))
+    assert len(at) == 12 and {p["coupling"] for p in at} == {0.75}
+    assert {(p["latent"], p["branching"], p["nuisance"]) for p in at} == {
+        (p["latent"], p["branching"], p["nuisance"]) for p in SWEEP}
+    for argv in (["--coupling", "0.95"], ["--coupling", "0"], ["--quick", "--coupling", "0.7"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+
