@@ -107,7 +107,7 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
     cur_x, cur_graph = x, graph
     cover = torch.arange(x.shape[1])  # this level's node of every level-0 unit (filter_inputs="units")
     for level in range(setting.options.levels):
-        planned = first if level == 0 else _plan(level, cur_graph, setting)
+        planned = first if level == 0 else _plan(level, cur_graph, setting, cur_x)
         if isinstance(planned, str):
             result.stopped = planned
             log.info("flow stops: %s", planned)
@@ -242,9 +242,11 @@ def _identity(setting: _Setting, x: torch.Tensor) -> dict:
             "n_units": int(x.shape[1]), "data": rundir.fingerprint(x), "graph": rundir.graph_fingerprint(setting.graph0)}
 
 
-def _plan(level: int, graph, setting: _Setting):
-    """The level's ``(blocks, regions)``, or the reason (str) why the flow stops here."""
+def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
+    """The level's ``(blocks, regions)``, or the reason (str) why the flow stops here. ``x`` : the level's samples
+    (a level >= 1 graph rebuilt from them is partitioned on loading affinities when ``coarse_partition`` says)."""
     from graphs import lattice_blocks, partition
+    from graphs.loadings import loading_graph
 
     opts, s = setting.options, level_seed(setting.seed, level)
     if graph.num_nodes < opts.min_nodes or graph.num_nodes < 2 * opts.block_size:
@@ -257,7 +259,8 @@ def _plan(level: int, graph, setting: _Setting):
             return f"level {level}: an L={lat[0]} lattice cannot be cut into {b}×{b} blocks"
         blocks = lattice_blocks(lat[0], b)
     else:
-        blocks = partition(graph, opts.block_size, seed=s)
+        loading = level > 0 and opts.coarse_partition == "loading" and "metric" in graph.metadata
+        blocks = partition(loading_graph(x, graph.names) if loading else graph, opts.block_size, seed=s)
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "

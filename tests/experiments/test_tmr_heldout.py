@@ -69,3 +69,22 @@ def test_the_sweep_at_another_coupling_and_its_bad_values():
         with pytest.raises(SystemExit):
             main(argv)
 
+
+
+def test_loading_affinities_keep_a_branching_3_tree_whole_at_level_1():
+    """Spin b3 pairs at coupling 0.85 (README, issue 15): on the top-k |corr| graph the level-1 blocks span groups
+    (two strong pairs of different groups outrank each pair's weak member); ``coarse_partition="loading"`` keeps
+    every planted group whole."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from graphs import build_graph
+    from rsmi_nn import run_flow
+
+    s = sample_heldout(8000, latent="spin", branching=3, nuisance="pairs", coupling=0.85, seed=0)
+    ari = {}
+    for affinity in ("corr", "loading"):
+        res = run_flow(s.x, build_graph(s.x), levels=2, block_size=4, seed=0, coarse_partition=affinity,
+                       progress=False)
+        assert adjusted_rand_score(s.groups[0], res.blocks[0]) == 1.0
+        ari[affinity] = adjusted_rand_score(s.groups[1], res.blocks[1][res.blocks[0]])
+    assert ari["corr"] < 0.6 and ari["loading"] == 1.0, ari

@@ -1,0 +1,43 @@
+"""Loading affinities (:mod:`graphs.loadings`): the triad loadings of a one-factor tree, and the graph they give."""
+
+import pytest
+import torch
+
+from graphs.loadings import loading_graph, triad_loadings
+
+
+def _tree_corr(r: torch.Tensor, groups: torch.Tensor, across: float) -> torch.Tensor:
+    """|corr| of variables reading their group's latent with loadings ``r``, groups correlating ``across``."""
+    rho = torch.where(groups[:, None] == groups[None, :], 1.0, across).double()
+    return (r[:, None] * r[None, :] * rho).fill_diagonal_(1.0)
+
+
+def test_triad_loadings_are_exact_on_a_one_factor_tree():
+    r = torch.tensor([0.8, 0.35, 0.75, 0.7, 0.8, 0.45, 0.6, 0.9, 0.5], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    assert torch.allclose(triad_loadings(_tree_corr(r, groups, 0.72)), r, atol=1e-12)
+
+
+def test_the_loading_graph_reads_the_groups_correlation():
+    """Samples of three groups (one weak variable each): every pair joined, weight ~1 inside a group, ~0.72 across;
+    raw |corr| ranks two strong variables of different groups above a weak one and its own group."""
+    gen = torch.Generator().manual_seed(0)
+    n, groups = 40_000, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    r = torch.tensor([0.8, 0.35, 0.75, 0.7, 0.8, 0.45, 0.6, 0.9, 0.5])
+    top = torch.randn(n, 1, generator=gen)
+    latents = 0.85 * top + (1 - 0.85**2) ** 0.5 * torch.randn(n, 3, generator=gen)  # groups correlate 0.72
+    x = r * latents[:, groups] + (1 - r**2).sqrt() * torch.randn(n, 9, generator=gen)
+    graph = loading_graph(x, [f"v{i}" for i in range(9)])
+    assert graph.num_edges == 9 * 8  # every pair, both directions
+    w = torch.zeros(9, 9)
+    w[graph.edge_index[0], graph.edge_index[1]] = graph.edge_weight
+    same = (groups[:, None] == groups[None, :]) & ~torch.eye(9, dtype=torch.bool)
+    assert float((w[same] - 1).abs().max()) < 0.06
+    assert float((w[~same & ~torch.eye(9, dtype=torch.bool)] - 0.72).abs().max()) < 0.06
+    raw = torch.corrcoef(x.T).abs()
+    assert raw[0, 4] > raw[0, 1]  # the trap: strong pair across groups above the weak member of group 0
+
+
+def test_bad_inputs_say_what_is_needed():
+    with pytest.raises(ValueError, match="at least 3"):
+        loading_graph(torch.randn(100, 2), ["a", "b"])
