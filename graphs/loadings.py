@@ -13,13 +13,17 @@ missing edges count as 0 in the partition's average linkage (measured: a group o
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from graphs.graph import ActivationGraph
 
+log = logging.getLogger(__name__)
+
 __all__ = ["MAX_LOADING_NODES", "loading_graph", "triad_loadings"]
 
-MAX_LOADING_NODES = 8192  # every pair: 33.5 M edges at this size (float64 |corr|, 0.5 GB)
+MAX_LOADING_NODES = 4096  # every pair: 8.4 M edges at this size (float64 |corr| 134 MB)
 
 
 def triad_loadings(corr: torch.Tensor) -> torch.Tensor:
@@ -31,14 +35,18 @@ def triad_loadings(corr: torch.Tensor) -> torch.Tensor:
     return ratio.clamp(1e-6, 1.0).sqrt()
 
 
-def loading_graph(x: torch.Tensor, names: list[str]) -> ActivationGraph:
-    """The complete graph of ``|corr| / (r_i r_j)`` of the samples ``x [n, U]`` (U >= 3 non-constant columns)."""
+def loading_graph(x: torch.Tensor, names: list[str], fallback: ActivationGraph | None = None) -> ActivationGraph:
+    """The complete graph of ``|corr| / (r_i r_j)`` of the samples ``x [n, U]`` (U >= 3 non-constant columns).
+    Above :data:`MAX_LOADING_NODES` variables: ``fallback`` (logged), or an error when there is none."""
     u = x.shape[1]
     if u < 3:
         raise ValueError(f"loading affinities need at least 3 variables (two partners each), got {u}")
+    if u > MAX_LOADING_NODES and fallback is not None:
+        log.info("%d variables, more than %d: partitioned on the top-k |corr| graph", u, MAX_LOADING_NODES)
+        return fallback
     if u > MAX_LOADING_NODES:
-        raise ValueError(f"{u} coarse variables: loading affinities take every pair, at most {MAX_LOADING_NODES}; "
-                         "use coarse_partition='corr'")
+        raise ValueError(f"{u} variables: loading affinities take every pair, at most {MAX_LOADING_NODES}; "
+                         "partition the top-k |corr| graph instead (coarse_partition='corr')")
     z = x.double() - x.double().mean(0)
     z = z / z.norm(dim=0).clamp_min(1e-12)
     corr = (z.t() @ z).abs()

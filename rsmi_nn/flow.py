@@ -260,7 +260,7 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
         blocks = lattice_blocks(lat[0], b)
     else:
         loading = level > 0 and opts.coarse_partition == "loading" and "metric" in graph.metadata
-        blocks = partition(loading_graph(x, graph.names) if loading else graph, opts.block_size, seed=s)
+        blocks = partition(loading_graph(x, graph.names, fallback=graph) if loading else graph, opts.block_size, seed=s)
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "

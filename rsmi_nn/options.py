@@ -384,10 +384,10 @@ class FlowOptions(StepOptions):
                                 "in its block (the decimation), or units: the level-0 units they cover "
                                 "(environment unchanged; see rsmi_nn.unit_inputs)", kind=str,
                                 choices=("variables", "units"))
-    coarse_partition: str = option("corr", "what a level >= 1 graph rebuilt from coarse samples is partitioned on: "
+    coarse_partition: str = option("loading", "what a level >= 1 graph rebuilt from coarse samples is partitioned on: "
                                    "corr = its top-k |corr| edges; loading = every pair's |corr| / (r_i r_j), each "
                                    "variable's loading r from its two strongest partners (issue 15: keeps a weak "
-                                   "variable with its own group; at most 8 192 variables)", kind=str,
+                                   "variable with its own group; above 4 096 variables, corr)", kind=str,
                                    choices=("corr", "loading"))
     rebuild: str = option("auto", "next level's graph: auto (quotient lattice for a lattice, else samples), "
                           "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",

@@ -41,3 +41,15 @@ def test_the_loading_graph_reads_the_groups_correlation():
 def test_bad_inputs_say_what_is_needed():
     with pytest.raises(ValueError, match="at least 3"):
         loading_graph(torch.randn(100, 2), ["a", "b"])
+
+
+def test_too_many_variables_fall_back_to_the_given_graph(monkeypatch):
+    import graphs.loadings as loadings
+    from graphs.graph import ActivationGraph
+
+    monkeypatch.setattr(loadings, "MAX_LOADING_NODES", 4)
+    x, names = torch.randn(50, 5), [f"v{i}" for i in range(5)]
+    top_k = ActivationGraph(names, torch.tensor([[0, 1], [1, 2]]))
+    assert loading_graph(x, names, fallback=top_k) is top_k
+    with pytest.raises(ValueError, match="at most 4"):
+        loading_graph(x, names)
