@@ -155,10 +155,11 @@ def rsmine_figures() -> dict:
 
 # The settings PREVIOUS_FLOW was measured with; the shipped configs train with lr 0.01 and Gaussian noise of H
 # since, buffer only the neighbours bound to a block (issue 15), start at the principal components and read the
-# level-0 units at level 1 (issue 14), so MI per level is compared at these settings. The partition has changed
-# since too (issue 15's merge rules), which no flag undoes: 2026-12-01, MI 0.445 / 0.536 against 0.443 / 0.554.
+# level-0 units at level 1 (issue 14) and partition level 1 on loading affinities (issue 15), so MI per level is
+# compared at these settings. The partition's merge rules have changed since too (issue 15), which no flag undoes:
+# 2026-12-01, MI 0.445 / 0.536 against 0.443 / 0.554.
 PREVIOUS_STEP_FLAGS = ["--lr", "0.003", "--noise", "0", "--bond-ratio", "none", "--init", "random",
-                       "--filter-inputs", "variables"]
+                       "--filter-inputs", "variables", "--coarse-partition", "corr"]
 
 
 def _flow_stage(out, flags: list[str], root=None) -> dict:
