@@ -114,6 +114,7 @@ def _comparable(config: dict) -> dict:
     for key in list(config):
         if key in FlowOptions.specs():
             options[key] = config.pop(key)
+    options.setdefault("coarse_partition", "corr")  # written before the option (2026-12-01): level >= 1 on |corr|
     try:
         options = FlowOptions.create(**options).to_dict()
     except ValueError:

@@ -85,11 +85,15 @@ def test_run_written_before_options_were_declared_once_resumes(ising_flow, tmp_p
     old = {**new, **{k: options[k] for k in ("block_size", "buffer", "env", "hidden", "max_env", "rebuild",
                                              "min_nodes")}, "coarse_grain": step}
     (out / "flow_config.json").write_text(json.dumps(old))
-    resumed = run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST)
+    # written before coarse_partition existed: its level >= 1 was partitioned on |corr|, which the error names
+    with pytest.raises(ValueError, match=r"differs in coarse_partition='corr' \(now 'loading'\)"):
+        run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST)
+    same = {**FAST, "coarse_partition": "corr"}
+    resumed = run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **same)
     assert resumed.results == [None, None]  # both levels loaded, nothing retrained
     assert (out / "flow.json").read_bytes() == (full_out / "flow.json").read_bytes()
     with pytest.raises(ValueError, match=r"differs in steps=100 \(now 99\)"):
-        run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **{**FAST, "steps": 99})
+        run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **{**same, "steps": 99})
 
 
 def test_flow_on_irregular_graph(tmp_path):
