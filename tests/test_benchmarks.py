@@ -52,3 +52,19 @@ def test_protocol_run_trains_one_block_for_the_whole_budget():
     assert res.filters.shape[0] == 1
     assert res.info["steps_run"] == REFERENCE_PROTOCOL["steps"]
     assert res.info["critic_refit_steps"] == 0
+
+
+def test_the_shared_step_over_seeds_reads_each_seed_and_the_uniform_filter():
+    import argparse
+
+    from benchmarks.shared_seeds import _option, shared_over_seeds
+
+    rows = shared_over_seeds([0, 1], 12, 2.269185, 3000, steps=50, refit_critic=False)
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0]["steps"] == 50 and rows[0]["refit_steps"] == 0
+    for r in rows:
+        assert 0.1 < r["probe"] < 0.7 and 0.1 < r["uniform_probe"] < 0.7  # one binary H of a 2×2 block near T_c
+        assert len(r["filter_block0"]) == 4
+    assert rows[0]["uniform_probe"] != rows[1]["uniform_probe"]  # each seed draws its own fresh samples
+    assert _option("eval_every=50") == ("eval_every", 50)
+    with pytest.raises(argparse.ArgumentTypeError, match="name=value"):
+        _option("eval_every")
