@@ -78,6 +78,18 @@ def probe(filters: torch.Tensor, x_fresh: torch.Tensor, regions, blocks: torch.T
     return estimate_mi(e, h, seed=seed, device="cpu").mi
 
 
+def probe_blocks(regions) -> torch.Tensor:
+    """The :data:`PROBE_BLOCKS` blocks the probe reads, spread over the lattice."""
+    return torch.linspace(0, regions.num_blocks - 1, min(PROBE_BLOCKS, regions.num_blocks)).round().long()
+
+
+def uniform_probe(x_fresh: torch.Tensor, regions, blocks: torch.Tensor, seed: int = 0) -> float:
+    """The probe's median on RSMI-NE's filter at T_c, the uniform block spin (ANCHORS.md): the like-for-like quality
+    reference (its recorded 0.402 came from another probe)."""
+    uniform = torch.full((regions.num_blocks, regions.visible.shape[1], 1), 0.5)
+    return round(float(probe(uniform, x_fresh, regions, blocks, seed=seed).median()), 4)
+
+
 def block_steps(history: dict) -> int:
     """Training steps summed over the blocks that took them (a block leaves the batch when it stops): between two
     evaluations, the blocks still active after the first of them (all blocks before the first evaluation)."""
@@ -102,7 +114,7 @@ def vs_rsmine(L: int, T: float, n: int, seed: int = 0) -> dict:
     x = sample_ising(L, T, n, seed=seed)
     fresh = sample_ising(L, T, n, seed=seed + 1000)
     regions = square_regions(L)
-    blocks = torch.linspace(0, regions.num_blocks - 1, min(PROBE_BLOCKS, regions.num_blocks)).round().long()
+    blocks = probe_blocks(regions)
     out = {"L": L, "T": T, "n_samples": n, "blocks": regions.num_blocks,
            "env_sites": int(regions.environment_mask.sum(1)[0]), "probe_blocks": blocks.numel()}
     for name, shared in (("shared", True), ("per_block", False)):
@@ -120,10 +132,7 @@ def vs_rsmine(L: int, T: float, n: int, seed: int = 0) -> dict:
                                                                torch.tensor([0]), mean=proto.mean, std=proto.std,
                                                                seed=seed)[0]), 4),
                                  "settings": REFERENCE_PROTOCOL}
-    # RSMI-NE's filter at T_c is the uniform block spin (ANCHORS.md): the same probe on it is the like-for-like
-    # quality reference (its recorded 0.402 came from another probe)
-    uniform = torch.full((regions.num_blocks, 4, 1), 0.5)
-    out["uniform_filter_probe_median"] = round(float(probe(uniform, fresh, regions, blocks, seed=seed).median()), 4)
+    out["uniform_filter_probe_median"] = uniform_probe(fresh, regions, blocks, seed)
     return out
 
 

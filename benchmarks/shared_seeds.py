@@ -15,19 +15,16 @@ import argparse
 import json
 import time
 
-import torch
-
 
 def shared_over_seeds(seeds, L: int, T: float, n: int, **options) -> list[dict]:
     """One row per seed: ``seconds``, ``steps``, ``refit_steps``, ``own_mi`` (mean held-out), ``probe`` (median of
     the 16 probed blocks), ``uniform_probe`` and block 0's filter."""
-    from benchmarks.bench_vs_rsmine import PROBE_BLOCKS, probe, square_regions
+    from benchmarks.bench_vs_rsmine import probe, probe_blocks, square_regions, uniform_probe
     from experiments.ising_sampler import sample_ising
     from rsmi_nn import coarse_grain
 
     regions = square_regions(L)
-    blocks = torch.linspace(0, regions.num_blocks - 1, min(PROBE_BLOCKS, regions.num_blocks)).round().long()
-    uniform = torch.full((regions.num_blocks, 4, 1), 0.5)
+    blocks = probe_blocks(regions)
     rows = []
     for seed in seeds:
         x, fresh = sample_ising(L, T, n, seed=seed), sample_ising(L, T, n, seed=seed + 1000)
@@ -38,7 +35,7 @@ def shared_over_seeds(seeds, L: int, T: float, n: int, **options) -> list[dict]:
         rows.append({"seed": seed, "seconds": round(seconds, 2), "steps": res.info["steps_run"],
                      "refit_steps": res.info["critic_refit_steps"], "own_mi": round(float(res.mi.mean()), 4),
                      "probe": round(float(mi.median()), 4),
-                     "uniform_probe": round(float(probe(uniform, fresh, regions, blocks, seed=seed).median()), 4),
+                     "uniform_probe": uniform_probe(fresh, regions, blocks, seed),
                      "filter_block0": [round(v, 3) for v in res.filters[0, :, 0].tolist()]})
     return rows
 
