@@ -74,18 +74,25 @@ def _tree(rng, depth: int, branching) -> list[np.ndarray]:
     return parents  # parents[0] is the root's placeholder
 
 
+def check_coupling(coupling: float, latent: str) -> None:
+    """A parent-child coupling the latents can take: ``0 < c <= 1`` for spins, ``c² + FAMILY_VAR <= 1`` for families."""
+    if latent not in ("spin", "family"):
+        raise ValueError(f"latent must be 'spin' or 'family', got {latent!r}")
+    limit = 1.0 if latent == "spin" else math.sqrt(1 - FAMILY_VAR)
+    if not 0 < coupling <= limit:
+        raise ValueError(f"{latent} latents need 0 < coupling <= {limit:.3f} (family: coupling**2 + {FAMILY_VAR} <= 1), "
+                         f"got coupling={coupling}")
+
+
 def _latent_values(rng, parents: list[np.ndarray], n: int, kind: str, coupling: float) -> list[np.ndarray]:
     """Latent samples per level from the top, each ``[n, width]`` of unit variance."""
+    check_coupling(coupling, kind)
     if kind == "spin":
         values = [rng.choice([-1.0, 1.0], size=(n, 1))]
         for par in parents[1:]:
             flip = rng.random((n, par.size)) < (1 - coupling) / 2
             values.append(np.where(flip, -1.0, 1.0) * values[-1][:, par])
         return values
-    if kind != "family":
-        raise ValueError(f"latent must be 'spin' or 'family', got {kind!r}")
-    if coupling ** 2 + FAMILY_VAR > 1:
-        raise ValueError(f"family latents need coupling**2 + {FAMILY_VAR} <= 1, got coupling={coupling}")
     values = [rng.standard_normal((n, 1))]
     for par in parents[1:]:
         family = rng.standard_normal((n, values[-1].shape[1]))[:, par]
@@ -210,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.coupling:
         parser.error("--quick and --coupling choose different sweeps; pass one")
     for c in args.coupling or ():
-        if not 0 < c <= 1 or c ** 2 + FAMILY_VAR > 1:
-            parser.error(f"--coupling {c}: needs 0 < c <= {math.sqrt(1 - FAMILY_VAR):.3f} (family latents: c² + "
-                         f"{FAMILY_VAR} <= 1)")
+        try:
+            check_coupling(c, "family")  # the sweep's family latents bound it more tightly than its spins
+        except ValueError as err:
+            parser.error(f"--coupling {c}: {err}")
     logging.basicConfig(level=logging.WARNING)
     results = []
     for params in QUICK if args.quick else sweep(args.coupling) if args.coupling else SWEEP:
