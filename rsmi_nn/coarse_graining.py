@@ -232,7 +232,7 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
             if refits_critic(opts):
                 with frozen(filt):
                     crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev, refit_settings(settings),
-                                               refit_generator(seed), gather, evaluate, like=crit)
+                                               refit_generator(seed), gather, evaluate, critic=crit)
                 state = after_refit(state, refit)
         state.best_val = state.best_val.expand(regions.num_blocks)  # one value: the validation blocks' mean
     else:

@@ -120,21 +120,21 @@ def _summary_scale(z: torch.Tensor, keys: torch.Tensor, regions_dev, gather) -> 
 
 
 def train_shared(filt, opts, bound, z_train: torch.Tensor, z_val: torch.Tensor, regions_dev, settings: TrainSettings,
-                 generator: torch.Generator, gather, evaluate, like: KeyedCritic | None = None
+                 generator: torch.Generator, gather, evaluate, critic: KeyedCritic | None = None
                  ) -> tuple[KeyedCritic, TrainState]:
     """Train the shared ``filt`` with a :class:`KeyedCritic` (made here, seeded by ``generator``); returns it
     and the loop's state (one problem: the checkpoint with the best mean validation MI over the validation
-    blocks). ``like`` : the step's training critic, trained on from its checkpoint instead (the critic refit: its
-    keys and scales are functions of the training rows alone, 6 % of a shared L = 32 Ising step to measure again)."""
+    blocks). ``critic`` : the step's training critic, trained on from its checkpoint instead of a new one (the critic
+    refit: its keys and scales are functions of the training rows alone, 6 % of a shared L = 32 Ising step to
+    measure again)."""
     vis, _, env, _ = regions_dev
     n_blocks = vis.shape[0]
-    if like is None:
+    crit = critic
+    if crit is None:
         keys = environment_keys(z_train[:KEY_ROWS], regions_dev, gather)
         crit = KeyedCritic(keys, _summary_scale(z_train, keys, regions_dev, gather), filt.weight.shape[-1],
                            hidden=opts.critic_hidden, embed=opts.critic_embed, layers=opts.critic_layers,
                            x_layers=opts.critic_env_layers, generator=generator)
-    else:
-        crit = like
     per_step = min(n_blocks, BLOCKS_PER_STEP)
 
     def objective(rows: torch.Tensor) -> torch.Tensor:
