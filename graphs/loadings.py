@@ -8,7 +8,9 @@ variable's two strongest partners ``j, k`` (a triad): ``r_i² = |c_ij| |c_ik| / 
 whenever ``j`` or ``k`` shares ``i``'s group.
 
 Every pair, not a top-k graph: in a top-k graph two weak members of one group miss each other's lists, and the
-missing edges count as 0 in the partition's average linkage (measured: a group of 5 split at level 1).
+missing edges count as 0 in the partition's average linkage (measured: a group of 5 split at level 1). So a block
+is connected in this graph but not always in the top-k graph its regions are then built on (the default MiniLM run's
+level 1: 24 of 172 blocks in two or more pieces there; regions measure hops from every member, so they still form).
 """
 
 from __future__ import annotations
