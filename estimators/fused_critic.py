@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["separable_infonce"]
+__all__ = ["infonce_with_gradients", "separable_infonce"]
 
 _CHUNK_BYTES = 1 << 21  # scores per chunk on CPU: ~2 MiB, about one core's L2 cache
 
@@ -102,10 +102,11 @@ def _masked(v: torch.Tensor, weights: torch.Tensor | None, e: slice) -> torch.Te
     return v[e] if weights is None else v[e] * weights[e]
 
 
-def _infonce_chunk(a: torch.Tensor, b: torch.Tensor, scale2: float, grad: bool):
+def infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, scale2: float, grad: bool):
     """InfoNCE ``[c]`` of the scores ``scale2 · a bᵀ`` and, when ``grad``, its gradients in ``a`` and ``b``."""
     n = a.shape[1]
-    a = a * scale2
+    if scale2 != 1.0:
+        a = a * scale2
     s = torch.bmm(a, b.transpose(1, 2))
     diag = s.diagonal(dim1=1, dim2=2).clone()
     top = s.amax(dim=2, keepdim=True)
@@ -137,7 +138,7 @@ class _SeparableInfoNCE(torch.autograd.Function):
             e = slice(start, start + step)
             weights = [t[c] for t in params_at]
             g, k = _Embedding(critic.g, weights[:n_g]), _Embedding(critic.k, weights[n_g:])
-            value, da, db = _infonce_chunk(g.forward(_masked(x, x_mask, e)), k.forward(_masked(y, y_mask, e)),
+            value, da, db = infonce_with_gradients(g.forward(_masked(x, x_mask, e)), k.forward(_masked(y, y_mask, e)),
                                            critic._scale ** 2, grad)
             values.append(value)
             if grad:

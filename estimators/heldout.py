@@ -79,8 +79,11 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *, clip
         rows = torch.arange(stop - start, device=s.device)
         cols = rows + start
         out["diag"].append(s[:, rows, cols])
+        last = "lse_off" not in out and clip is None  # nothing reads the scores after the lse: reduce in place
         if "lse" in out:
-            out["lse"].append(torch.logsumexp(s, dim=2))
+            out["lse"].append(_logsumexp_(s) if last else torch.logsumexp(s, dim=2))
+            if last:
+                continue
         s[:, rows, cols] = -math.inf
         if "lse_off" in out:
             out["lse_off"].append(torch.logsumexp(s, dim=2))
@@ -89,6 +92,14 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *, clip
             c[:, rows, cols] = -math.inf
             out["lse_off_clip"].append(torch.logsumexp(c, dim=2))
     return {k: torch.cat(v, dim=1) for k, v in out.items()}
+
+
+def _logsumexp_(s: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the last dimension of ``s [P, r, M]`` (finite rows), overwriting ``s``: a score chunk of
+    a few MB through :func:`torch.logsumexp` is one fresh allocation (page faults) per pass, and was ~60 % of a
+    shared Ising step's test (256 blocks x 1 024 rows x 256 columns) on this 2-core CPU."""
+    top = s.amax(dim=2, keepdim=True)
+    return s.sub_(top).exp_().sum(dim=2).log_().add_(top.squeeze(2))
 
 
 def chunk_rows(critic, p: int, m: int, budget: int = SCORE_BUDGET) -> int:

@@ -38,6 +38,7 @@ from rsmi_nn.options import StepOptions
 from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, test_rows, train_shared
 from rsmi_nn.training import (
     TEST_COLUMNS,
+    UnitMajor,
     after_refit,
     evaluate,
     frozen,
@@ -214,9 +215,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(x.shape[0], generator=gen)
-    mean, std, z = _standardise(x, order)  # rows already in split order: the splits are views, not copies
-    z_train, z_val, z_test = (part.to(dev) for part in z.split([n_train, n_val, n_test]))
-    del z
+    mean, std, z_train, z_val, z_test = _standardised_splits(x, order, n_train, n_val)
+    z_train, z_val, z_test = z_train.to(dev), z_val.to(dev), z_test.to(dev)
     regions_dev = (regions.visible.to(dev), regions.visible_mask.to(dev).float(),
                    regions.environment.to(dev), regions.environment_mask.to(dev).float())
     settings = TrainSettings(batch_size=opts.batch_size, max_steps=opts.steps, lr=opts.lr,
@@ -228,11 +228,11 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         filt = _models(opts, regions_dev, gen, dev, critic=False)
         warm_start(filt, opts, z_train, regions_dev)
         with agreed("the RSMI step's training"):
-            crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen, gather, evaluate)
+            crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen)
             if refits_critic(opts):
                 with frozen(filt):
                     crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev, refit_settings(settings),
-                                               refit_generator(seed), gather, evaluate, critic=crit)
+                                               refit_generator(seed), critic=crit)
                 state = after_refit(state, refit)
         state.best_val = state.best_val.expand(regions.num_blocks)  # one value: the validation blocks' mean
     else:
@@ -339,27 +339,54 @@ def _models(opts: StepOptions, regions_dev, gen: torch.Generator, dev, critic: b
     return filt, _critic(opts, regions_dev, gen, dev)
 
 
+def _unit_moments(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-unit mean and std of ``x [N, U]`` (float64, ``ddof=1``; 1 for constant units), ``rows`` rows at a time."""
+    sums = ShiftedSums(x.shape[1], device=x.device)
+    for a in range(0, x.shape[0], rows):
+        sums.update(x[a:a + rows])
+    std = (sums.m2 / (x.shape[0] - 1)).sqrt()
+    return sums.mean, torch.where(std > 1e-12, std, torch.ones_like(std))
+
+
+def _standardised_chunks(x: torch.Tensor, order: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor,
+                         rows: int):
+    """Yields ``(start, z_chunk)``: ``rows`` rows from ``start`` of the float32 standardised ``x``, in ``order``."""
+    for a in range(0, x.shape[0], rows):
+        chunk = x[a:a + rows] if order is None else x[order[a:a + rows]]
+        yield a, ((chunk.double() - mean) / std).float()
+
+
 def _standardise(x: torch.Tensor, order: torch.Tensor | None = None, chunk_elements: int = 2**18):
     """Per-unit mean and std (float64, ``ddof=1``; 1 for constant units) and the float32 standardised copy,
     its rows taken in ``order`` (``z[i]`` standardises ``x[order[i]]``; default: as they are).
 
     Row chunk by row chunk: the peak is the float32 result plus a chunk, where a whole-array
     float64 formula held ~7 float32 copies of ``x`` at once (1.9 GB on a 128×128 lattice's 4 096
-    samples); writing the rows in split order spares the split copies (one copy of ``x`` in all).
+    samples).
     """
-    n, u = x.shape
-    rows = max(1, chunk_elements // u)
-    sums = ShiftedSums(u, device=x.device)
-    for a in range(0, n, rows):
-        sums.update(x[a:a + rows])
-    mean = sums.mean
-    std = (sums.m2 / (n - 1)).sqrt()
-    std = torch.where(std > 1e-12, std, torch.ones_like(std))
-    z = torch.empty(n, u, dtype=torch.float32, device=x.device)
-    for a in range(0, n, rows):
-        chunk = x[a:a + rows] if order is None else x[order[a:a + rows]]
-        z[a:a + rows] = ((chunk.double() - mean) / std).float()
+    rows = max(1, chunk_elements // x.shape[1])
+    mean, std = _unit_moments(x, rows)
+    z = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for a, part in _standardised_chunks(x, order, mean, std, rows):
+        z[a:a + part.shape[0]] = part
     return mean, std, z
+
+
+def _standardised_splits(x: torch.Tensor, order: torch.Tensor, n_train: int, n_val: int,
+                         chunk_elements: int = 2**18):
+    """``(mean, std, z_train [n_train, U], z_val, z_test)``: :func:`_standardise` in split order, the held-out
+    rows written unit-major (:class:`rsmi_nn.training.UnitMajor`, gathered from at every validation) rather
+    than transposed at each use; one float32 copy of ``x`` in all."""
+    (n, u), rows = x.shape, max(1, chunk_elements // x.shape[1])
+    mean, std = _unit_moments(x, rows)
+    z_train = torch.empty(n_train, u, dtype=torch.float32, device=x.device)
+    held = torch.empty(u + 1, n - n_train, dtype=torch.float32, device=x.device)
+    held[-1] = 0.0
+    for a, part in _standardised_chunks(x, order, mean, std, rows):
+        cut = min(max(n_train - a, 0), part.shape[0])  # the chunk's training rows come first
+        z_train[a:a + cut] = part[:cut]
+        held[:u, a + cut - n_train:a + part.shape[0] - n_train] = part[cut:].t()
+    return mean, std, z_train, UnitMajor(held[:, :n_val]), UnitMajor(held[:, n_val:])
 
 
 class CoarseGrainer:

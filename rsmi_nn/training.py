@@ -33,26 +33,66 @@ import torch
 from estimators.fused import critic_objective
 from estimators.training import ProblemSubset, TrainSettings, TrainState, train_problems
 
-__all__ = ["TEST_COLUMNS", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen", "gather", "refit_generator",
+__all__ = ["TEST_COLUMNS", "UnitMajor", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen", "gather", "refit_generator",
            "refit_settings", "refits_critic", "train_blocks", "warm_start"]
 
 
-def gather(z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows ``z : [B, U]`` and a padded index ``[J, m]`` (-1 = pad) -> ``[J, B, m]``, zeros where padded.
+class UnitMajor:
+    """Rows ``z [n, U]`` held unit-major: ``t [U + 1, n]``, unit ``u``'s values in row ``u`` and a zero row last
+    (where padded indices point). :func:`gather` then copies whole rows for any range of rows, where a row-major
+    ``z`` has to be transposed at every call: on this 2-core CPU a validation's gather of 3 000 rows x 2 048 sites
+    4.9 -> 0.75 ms, 256 of them 337 -> 75 us. ``self[a:b]`` is a view of rows ``a..b-1``."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+    @classmethod
+    def from_rows(cls, z: torch.Tensor) -> UnitMajor:
+        t = z.new_empty(z.shape[1] + 1, z.shape[0])
+        t[:-1].copy_(z.t())
+        t[-1].zero_()
+        return cls(t)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.t.shape[1], self.t.shape[0] - 1))
+
+    @property
+    def device(self) -> torch.device:
+        return self.t.device
+
+    def to(self, device) -> UnitMajor:
+        return UnitMajor(self.t.to(device))
+
+    def __getitem__(self, rows: slice) -> UnitMajor:
+        if not isinstance(rows, slice):
+            raise TypeError(f"UnitMajor takes a slice of rows, got {type(rows).__name__}")
+        return UnitMajor(self.t[:, rows])
+
+
+def gather(z: torch.Tensor | UnitMajor, index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows ``z : [B, U]`` (or a :class:`UnitMajor`) and a padded index ``[J, m]`` (-1 = pad) -> ``[J, B, m]``,
+    zeros where padded.
 
     One ``index_select`` of whole rows of ``zᵀ`` (with a zero row appended when there are pads, which point
     at it); the result is the transpose of a contiguous ``[J, m, B]``, a layout batched matmuls read as a
     transposed operand. On the L = 32 Ising step (256 blocks of 128 environment sites, B = 128, this 2-core
     CPU): the gather 3.6x faster than advanced indexing and a mask product, the environment layer's forward
-    and backward 1.3-1.6x faster than on ``[B, J, m]`` permuted. ``mask`` is accepted for callers that hold
-    one; the pads in ``index`` alone decide where the zeros go.
+    and backward 1.3-1.6x faster than on ``[B, J, m]`` permuted. A row-major ``z`` is transposed at each call:
+    gather twice from one ``UnitMajor`` instead. ``mask`` is accepted for callers that hold one; the pads in
+    ``index`` alone decide where the zeros go.
     """
-    u = z.shape[1]
-    zt = z.t()
-    if bool((index < 0).any()):
-        zt = torch.cat([zt, zt.new_zeros(1, z.shape[0])])
-        index = torch.where(index >= 0, index, u)
-    return zt.contiguous().index_select(0, index.reshape(-1)).view(*index.shape, z.shape[0]).transpose(1, 2)
+    if isinstance(z, UnitMajor):
+        n, u = z.shape
+        zt, index = z.t, torch.where(index >= 0, index, u)  # rows of a column slice: no copy before the select
+    else:
+        n, u = z.shape[0], z.shape[1]
+        zt = z.t()
+        if bool((index < 0).any()):
+            zt = torch.cat([zt, zt.new_zeros(1, n)])
+            index = torch.where(index >= 0, index, u)
+        zt = zt.contiguous()
+    return zt.index_select(0, index.reshape(-1)).view(*index.shape, n).transpose(1, 2)
 
 
 # Held-out scoring is bounded: each row is scored against ``columns`` rows of its own group, not all M
@@ -64,9 +104,10 @@ TEST_COLUMNS = 1024  # the reported MI: ceiling log 1024 = 6.9 nats; finite-K bi
 
 
 @torch.no_grad()
-def evaluate(filt, critic, bound, z: torch.Tensor, regions_dev, *, n_groups: int = 10,
+def evaluate(filt, critic, bound, z: UnitMajor, regions_dev, *, n_groups: int = 10,
              columns: int | None = VALIDATION_COLUMNS, rows: int | None = None):
-    """Held-out estimate per block on all rows of ``z``, hard H: ``(mi [J], stderr [J])``.
+    """Held-out estimate per block on all rows of ``z`` (standardised, held unit-major), hard H:
+    ``(mi [J], stderr [J])``.
 
     Each row is scored against the ``columns`` rows of its group (all M rows when ``columns`` is None:
     InfoNCE's ceiling ``log M``), built chunk by chunk (:func:`estimators.heldout.heldout_bound`): each
@@ -86,8 +127,9 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, settings: Tra
                  generator: torch.Generator, blocks: torch.Tensor | None = None) -> TrainState:
     """Train ``filt`` and ``critic`` in place; on return they hold each block's best checkpoint.
 
-    ``z_train``, ``z_val`` : standardised rows ``[n, U]``; ``regions_dev`` : ``(visible, visible_mask,
-    environment, environment_mask)`` on the device. The filter's temperature anneals after every step.
+    ``z_train`` : standardised rows ``[n, U]``; ``z_val`` : the validation rows, :class:`UnitMajor`;
+    ``regions_dev`` : ``(visible, visible_mask, environment, environment_mask)`` on the device. The filter's
+    temperature anneals after every step.
     ``blocks`` : train only these blocks (a rank's share, :mod:`rsmi_nn.distributed`); the others keep their
     initial parameters.
     Stopped blocks leave the batch (:func:`estimators.training.train_problems`' ``restrict``): the blocks still
@@ -100,7 +142,7 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, settings: Tra
 
     def objective(rows: torch.Tensor) -> torch.Tensor:
         vis, _, env, _ = live["regions"]
-        z = z_train[rows]
+        z = UnitMajor.from_rows(z_train[rows])  # one transpose for both gathers
         h = filt(gather(z, vis))
         return critic_objective(critic, bound, gather(z, env), h)  # never forms [J, B, B]; pads are zeros
 

@@ -339,10 +339,10 @@ def test_shared_critic_reads_environments_in_any_order(ising_tc):
     x, regions = ising_tc
     z = (x - x.mean(0)) / x.std(0)
     dev = (regions.visible, regions.visible_mask.float(), regions.environment, regions.environment_mask.float())
-    keys = environment_keys(z, dev, gather)
+    keys = environment_keys(z, dev)
     perm = torch.randperm(regions.environment.shape[1], generator=torch.Generator().manual_seed(0))
     shuffled = (dev[0], dev[1], dev[2][:, perm], dev[3][:, perm])
-    keys_shuffled = environment_keys(z, shuffled, gather)
+    keys_shuffled = environment_keys(z, shuffled)
     u = torch.bmm(gather(z[:64], dev[2]), keys)
     u_shuffled = torch.bmm(gather(z[:64], shuffled[2]), keys_shuffled)
     assert keys.shape == (regions.num_blocks, regions.environment.shape[1], 5 * regions.visible.shape[1])
