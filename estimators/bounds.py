@@ -174,6 +174,11 @@ class Bound:
     def estimate(self, scores: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def row_values(self, stats: dict[str, torch.Tensor], m: int) -> torch.Tensor | None:
+        """Per-row terms ``[P, r]`` whose mean over rows is :meth:`from_row_statistics`, for a bound that is a
+        mean over rows (InfoNCE); None for the others."""
+        return None
+
     def from_row_statistics(self, stats: dict[str, torch.Tensor], m: int) -> torch.Tensor:
         """The estimate ``[P]`` for ``r`` rows of an ``[r, m]`` score matrix, from its row statistics.
 
@@ -205,6 +210,9 @@ class InfoNCEBound(Bound):
 
     def from_row_statistics(self, stats, m):
         return _infonce_rows(stats, m)
+
+    def row_values(self, stats, m):
+        return stats["diag"] - stats["lse"] + math.log(m)
 
     def ceiling(self, batch_size: int) -> float:
         return math.log(batch_size)

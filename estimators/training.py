@@ -330,6 +330,7 @@ class _Adam:
     @torch.no_grad()
     def step(self) -> None:
         b1, b2 = self.beta1, self.beta2
+        groups: dict[float, list[torch.Tensor]] = {}  # by step count (a parameter without a gradient skips a step)
         for t in self.params:
             if t.grad is None:
                 continue
@@ -337,12 +338,17 @@ class _Adam:
             if not st:
                 st.update(step=0.0, exp_avg=torch.zeros_like(t), exp_avg_sq=torch.zeros_like(t))
             st["step"] += 1.0
-            grad, m, v = t.grad, st["exp_avg"], st["exp_avg_sq"]
-            m.lerp_(grad, 1 - b1)
-            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            step_size = self.lr / (1 - b1 ** st["step"])
-            denom = (v.sqrt() / (1 - b2 ** st["step"]) ** 0.5).add_(self.eps)
-            t.addcdiv_(m, denom, value=-step_size)
+            groups.setdefault(st["step"], []).append(t)
+        for step, ts in groups.items():  # the for-loop's operations, a few kernels for all parameters
+            grads = [t.grad for t in ts]
+            ms, vs = [self.state[t]["exp_avg"] for t in ts], [self.state[t]["exp_avg_sq"] for t in ts]
+            torch._foreach_lerp_(ms, grads, 1 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_div_(denom, (1 - b2 ** step) ** 0.5)
+            torch._foreach_add_(denom, self.eps)
+            torch._foreach_addcdiv_(ts, ms, denom, value=-self.lr / (1 - b1 ** step))
 
 
 def _in(batch: torch.Tensor, p: int) -> torch.Tensor:

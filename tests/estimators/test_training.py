@@ -67,3 +67,19 @@ def test_objective_of_wrong_length_is_an_error():
     with pytest.raises(ValueError, match="expected \\(3,\\)"):
         training.train_problems([w], lambda rows: w.sum(1)[:2], lambda: (w.sum(1), w.sum(1)), 10,
                                 torch.Generator().manual_seed(0), training.TrainSettings(batch_size=4, max_steps=2))
+
+
+def test_adam_is_torch_optim_adam_to_the_bit():
+    """The loop's Adam (a few foreach kernels for all parameters) computes what torch.optim.Adam's for-loop computes,
+    bit for bit, including a parameter that skips steps (no gradient: its own step count)."""
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.randn(3, 4, generator=g, requires_grad=True), torch.randn(5, generator=g, requires_grad=True)]
+    theirs = [t.detach().clone().requires_grad_(True) for t in ours]
+    opt, ref = training._Adam(ours, 1e-2), torch.optim.Adam(theirs, lr=1e-2, foreach=False)
+    for i in range(12):
+        for params, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad(set_to_none=True)
+            loss = (params[0] ** 3).sum() + ((params[1] ** 2).sum() if i % 3 else 0.0)
+            loss.backward()
+            o.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
