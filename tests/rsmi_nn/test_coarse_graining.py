@@ -62,6 +62,26 @@ def test_a_shared_step_validates_twice_as_often_by_default(ising_tc):
     assert coarse_grain(x, sub, shared=True, eval_every=50, **fast).info["history"]["step"] == [50]
 
 
+def test_a_shared_step_needs_a_larger_gain_to_go_on_by_default(ising_tc, monkeypatch):
+    """``min_delta`` left unset: 0.01 nats for a shared filter (its validation wobbles with its critic), 0.001 per
+    block; a value given is kept. Read where the step hands its settings to the training loop."""
+    import rsmi_nn.shared_step as shared_step
+    import rsmi_nn.training as training
+
+    seen = []
+    for module in (shared_step, training):
+        loop = module.train_problems
+        monkeypatch.setattr(module, "train_problems",
+                            lambda *a, _loop=loop, **k: seen.append(a[5].min_delta) or _loop(*a, **k))
+    x, regions = ising_tc
+    sub = regions.select(list(range(0, 64, 4)))
+    fast = {"steps": 25, "refit_critic": False, "seed": 0}
+    coarse_grain(x, sub, shared=True, **fast)
+    coarse_grain(x, sub, shared=False, **fast)
+    coarse_grain(x, sub, shared=True, min_delta=0.002, **fast)
+    assert seen == [0.01, 1e-3, 0.002]
+
+
 def test_binarize_auto_reads_the_inputs():
     """``binarize="auto"``: straight-through when every unit takes at most two values, real-valued otherwise."""
     from rsmi_nn.filters import decide_binarize
