@@ -60,7 +60,7 @@ def environment_keys(z: torch.Tensor, regions_dev, *, chunk: int = 32) -> torch.
     (16-block Ising test at T_c, seeds 0-2: spread between the filter's weights 0.010/0.090/0.008 with the bumps
     alone, 0.001/0.015/0.010 with the correlation too; the per-block critics 0.017/0.007/0.009). Each column has
     unit norm; padded sites and units get 0. The correlations of ``chunk`` blocks' visible units with every unit
-    are one ``zᵀ V`` product, read at the blocks' sites (the L = 32 Ising step's keys: 150 -> ~20 ms on this
+    are one ``zᵀ V`` product, read at the blocks' sites (the L = 32 Ising step's keys: 150 -> ~30 ms on this
     CPU, where gathering every block's environment rows copied 270 MB).
     """
     vis, vm, env, em = regions_dev
