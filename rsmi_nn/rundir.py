@@ -116,9 +116,16 @@ def _comparable(config: dict) -> dict:
             options[key] = config.pop(key)
     options.setdefault("coarse_partition", "corr")  # written before the option (2026-12-01): level >= 1 on |corr|
     try:
-        options = FlowOptions.create(**options).to_dict()
+        created = FlowOptions.create(**options)
     except ValueError:
-        pass  # an unreadable old config simply differs
+        created = None  # an unreadable old config simply differs
+    if created is not None:
+        options = created.to_dict()
+        # a value equal to what its unset default decides for this flow trains the same way: runs written before the
+        # default was decided per mode (eval_every, min_delta: 2026-12-01) recorded it explicitly
+        decided = {"eval_every": created.replace(eval_every=None).validation_steps,
+                   "min_delta": created.replace(min_delta=None).stopping_delta}
+        options.update({key: None for key, value in decided.items() if options[key] == value})
     options.pop("levels", None)
     return {**config, "options": options}
 

@@ -84,11 +84,16 @@ def test_run_written_before_options_were_declared_once_resumes(ising_flow, tmp_p
     step = {key: options.pop(key) for key in FAST if key in options}
     old = {**new, **{k: options[k] for k in ("block_size", "buffer", "env", "hidden", "max_env", "rebuild",
                                              "min_nodes")}, "coarse_grain": step}
+    # written before min_delta was decided per mode: 0.001 recorded, which a shared filter no longer defaults to
+    # (eval_every 25, the value a shared filter's unset default decides, compares equal to unset)
+    old["coarse_grain"]["min_delta"] = 0.001
     (out / "flow_config.json").write_text(json.dumps(old))
     # written before coarse_partition existed: its level >= 1 was partitioned on |corr|, which the error names
     with pytest.raises(ValueError, match=r"differs in coarse_partition='corr' \(now 'loading'\)"):
         run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST)
-    same = {**FAST, "coarse_partition": "corr"}
+    with pytest.raises(ValueError, match=r"differs in min_delta=0.001 \(now None\)"):
+        run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST, coarse_partition="corr")
+    same = {**FAST, "coarse_partition": "corr", "min_delta": 0.001}
     resumed = run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **same)
     assert resumed.results == [None, None]  # both levels loaded, nothing retrained
     assert (out / "flow.json").read_bytes() == (full_out / "flow.json").read_bytes()
@@ -120,3 +125,16 @@ def test_flow_bad_inputs(tmp_path):
         run_flow(x, lattice_graph(4), block_size=3, out=tmp_path / "c")
     with pytest.raises(ValueError, match="empty environment"):
         run_flow(x, lattice_graph(4), block_size=4, buffer=2, out=tmp_path / "d")
+
+
+def test_recorded_values_equal_to_what_an_unset_default_decides_compare_equal():
+    """Run folders written before eval_every / min_delta were decided per mode recorded 50 / 0.001: for per-block
+    filters that is what unset decides (a resume is accepted); a shared filter now decides 25 / 0.01, so it differs."""
+    from rsmi_nn.rundir import _comparable
+
+    unset = _comparable({"options": {}})
+    assert _comparable({"options": {"eval_every": 50, "min_delta": 0.001}}) == unset
+    assert _comparable({"options": {"eval_every": 40}}) != unset
+    shared = _comparable({"options": {"shared": True}})
+    assert _comparable({"options": {"shared": True, "eval_every": 25, "min_delta": 0.01}}) == shared
+    assert _comparable({"options": {"shared": True, "eval_every": 50, "min_delta": 0.001}}) != shared
