@@ -20,6 +20,7 @@ import logging
 import torch
 
 from graphs.graph import ActivationGraph
+from graphs.moments import StreamingMoments
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,8 @@ def loading_graph(x: torch.Tensor, names: list[str], fallback: ActivationGraph |
     if u > MAX_LOADING_NODES:
         raise ValueError(f"{u} variables: loading affinities take every pair, at most {MAX_LOADING_NODES}; "
                          "partition the top-k |corr| graph instead (coarse_partition='corr')")
-    z = x.double() - x.double().mean(0)
-    z = z / z.norm(dim=0).clamp_min(1e-12)
-    corr = (z.t() @ z).abs()
+    moments = StreamingMoments(u, gram=True, max_gram_units=MAX_LOADING_NODES).update(x)
+    corr = moments.correlation().abs().nan_to_num(0.0)  # a constant column correlates with nothing
     r = triad_loadings(corr)
     src, dst = torch.triu_indices(u, u, 1)
     weight = corr[src, dst] / (r[src] * r[dst])
