@@ -371,6 +371,11 @@ class StepOptions(Options):
             return self.min_delta
         return 0.01 if self.shared else 1e-3
 
+    def decided_defaults(self) -> dict:
+        """What the options whose unset default is decided per mode (``eval_every``, ``min_delta``) decide here."""
+        unset = self.replace(eval_every=None, min_delta=None)
+        return {"eval_every": unset.validation_steps, "min_delta": unset.stopping_delta}
+
     def step_options(self) -> StepOptions:
         """The step's own options (drops a flow's extra fields)."""
         return StepOptions(**{name: getattr(self, name) for name in StepOptions.specs()})

@@ -123,9 +123,7 @@ def _comparable(config: dict) -> dict:
         options = created.to_dict()
         # a value equal to what its unset default decides for this flow trains the same way: runs written before the
         # default was decided per mode (eval_every, min_delta: 2026-12-01) recorded it explicitly
-        decided = {"eval_every": created.replace(eval_every=None).validation_steps,
-                   "min_delta": created.replace(min_delta=None).stopping_delta}
-        options.update({key: None for key, value in decided.items() if options[key] == value})
+        options.update({key: None for key, value in created.decided_defaults().items() if options[key] == value})
     options.pop("levels", None)
     return {**config, "options": options}
 
