@@ -18,18 +18,16 @@ import torch
 
 from estimators.bounds import InfoNCEBound
 from estimators.critics import SeparableCritic
-from estimators.fused_critic import infonce_with_gradients, separable_infonce
+from estimators.fused_critic import SCORE_CHUNK_BYTES, infonce_with_gradients, separable_infonce
 
 __all__ = ["critic_objective", "infonce_separable"]
-
-_CHUNK_BYTES = 1 << 21  # scores per chunk: ~2 MiB, about one core's L2 cache
 
 
 class _InfoNCESeparable(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, grad: bool) -> torch.Tensor:
         p, n = a.shape[0], a.shape[1]
-        step = max(1, _CHUNK_BYTES // (4 * n * n))
+        step = max(1, SCORE_CHUNK_BYTES // (4 * n * n))
         parts = [infonce_with_gradients(a[s:s + step], b[s:s + step], 1.0, grad) for s in range(0, p, step)]
         ctx.grads = (torch.cat([d for _, d, _ in parts]), torch.cat([d for _, _, d in parts])) if grad else None
         return torch.cat([v for v, _, _ in parts])

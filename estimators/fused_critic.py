@@ -22,7 +22,7 @@ from torch import nn
 
 __all__ = ["infonce_with_gradients", "separable_infonce"]
 
-_CHUNK_BYTES = 1 << 21  # scores per chunk on CPU: ~2 MiB, about one core's L2 cache
+SCORE_CHUNK_BYTES = 1 << 21  # scores per chunk on CPU: ~2 MiB, about one core's L2 cache
 
 # the gradient through an activation, ``backward(act, grad_out, u, act(u))``, for each of
 # :data:`estimators.critics.ACTIVATIONS`
@@ -124,7 +124,7 @@ class _SeparableInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, critic, grad: bool, x, y, x_mask, y_mask, *params):
         p, n = x.shape[0], x.shape[1]
-        step = max(1, _CHUNK_BYTES // (x.element_size() * n * n)) if x.device.type == "cpu" else p
+        step = max(1, SCORE_CHUNK_BYTES // (x.element_size() * n * n)) if x.device.type == "cpu" else p
         need_x, need_y = grad and x.requires_grad, grad and y.requires_grad
         grads = [torch.empty_like(t) for t in params] if grad else []
         dx = torch.empty_like(x) if need_x else None

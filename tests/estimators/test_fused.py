@@ -10,7 +10,7 @@ from estimators.fused import infonce_separable
 
 @pytest.mark.parametrize(("p", "b", "d"), [(1, 2, 1), (3, 5, 2), (37, 64, 8), (5, 300, 3)])
 def test_value_and_gradient_match_autograd(p, b, d, monkeypatch):
-    monkeypatch.setattr(fused, "_CHUNK_BYTES", 4 * b * b * 2)  # two problems a chunk: chunk edges are exercised
+    monkeypatch.setattr(fused, "SCORE_CHUNK_BYTES", 4 * b * b * 2)  # two problems a chunk: chunk edges are exercised
     g = torch.Generator().manual_seed(p * 1000 + b)
     a1 = (3 * torch.randn(p, b, d, generator=g, dtype=torch.float64)).requires_grad_()
     b1 = (3 * torch.randn(p, b, d, generator=g, dtype=torch.float64)).requires_grad_()

@@ -20,7 +20,7 @@ CASES = [  # p, b, x_dim, y_dim, layers, x_layers, activation, skip, masked
 @pytest.mark.parametrize(("p", "b", "x_dim", "y_dim", "layers", "x_layers", "activation", "skip", "masked"), CASES)
 def test_value_and_gradients_match_autograd(p, b, x_dim, y_dim, layers, x_layers, activation, skip, masked,
                                             monkeypatch):
-    monkeypatch.setattr(fused_critic, "_CHUNK_BYTES", 8 * b * b * 2)  # two problems a chunk: edges are exercised
+    monkeypatch.setattr(fused_critic, "SCORE_CHUNK_BYTES", 8 * b * b * 2)  # two problems a chunk: edges are exercised
     g = torch.Generator().manual_seed(p * 100 + b)
     critic = SeparableCritic(p, x_dim, y_dim, hidden=8, embed=5, layers=layers, x_layers=x_layers,
                              activation=activation, skip=skip, generator=g).double()
