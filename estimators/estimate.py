@@ -44,7 +44,7 @@ from estimators.validation import (
 __all__ = ["ESTIMATE_MIN_DELTA", "ESTIMATE_PATIENCE", "MIResult", "estimate_mi"]
 
 # estimate_mi's stopping rule (why 0.03: its docstring). The RSMI step's critic refit, which estimates the MI of
-# a fixed variable, stops by it too (rsmi_nn.training.refit_settings).
+# a fixed variable, stops by it too; a shared filter's with a shorter patience (rsmi_nn.training.refit_settings).
 ESTIMATE_PATIENCE, ESTIMATE_MIN_DELTA = 5, 0.03
 
 log = logging.getLogger(__name__)

@@ -231,8 +231,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
             crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen)
             if refits_critic(opts):
                 with frozen(filt):
-                    crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev, refit_settings(settings),
-                                               refit_generator(seed), critic=crit)
+                    crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev,
+                                               refit_settings(settings, shared=True), refit_generator(seed), critic=crit)
                 state = after_refit(state, refit)
         state.best_val = state.best_val.expand(regions.num_blocks)  # one value: the validation blocks' mean
     else:

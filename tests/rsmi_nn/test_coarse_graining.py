@@ -309,20 +309,22 @@ def test_refit_critic_reports_the_noiseless_variables_mi():
 
 
 def test_refit_stops_by_the_estimators_rule_never_later_than_the_step():
-    """The refit estimates a fixed variable's MI: estimate_mi's patience and gain, no warm-up; a stricter step rule
-    is kept."""
+    """The refit estimates a fixed variable's MI: estimate_mi's gain and patience (a shared filter's shorter), no
+    warm-up; a stricter step rule is kept."""
     from dataclasses import replace
 
     from estimators.estimate import ESTIMATE_MIN_DELTA, ESTIMATE_PATIENCE
     from estimators.training import TrainSettings
-    from rsmi_nn.training import refit_settings
+    from rsmi_nn.training import SHARED_REFIT_PATIENCE, refit_settings
 
     step = TrainSettings(patience=10, min_delta=1e-3, warmup_steps=1000, lr=0.01, max_steps=300)
     refit = refit_settings(step)
     assert (refit.patience, refit.min_delta, refit.warmup_steps) == (ESTIMATE_PATIENCE, ESTIMATE_MIN_DELTA, 0)
     assert (refit.lr, refit.max_steps) == (0.01, 300)
+    assert refit_settings(step, shared=True).patience == SHARED_REFIT_PATIENCE < ESTIMATE_PATIENCE
     strict = refit_settings(replace(step, patience=1, min_delta=0.1))
     assert (strict.patience, strict.min_delta) == (1, 0.1)
+    assert refit_settings(replace(step, patience=1), shared=True).patience == 1
 
 
 @pytest.mark.parametrize("shared", [False, True])
