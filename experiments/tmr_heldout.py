@@ -184,8 +184,9 @@ def meets_targets(levels: list[dict]) -> bool:
 
 
 def run_construction(params: dict, *, n_fit: int = 8000, n_test: int = 3000, seed: int = 0, levels: int = 2,
-                     block_size: int = 4, progress: bool = False) -> dict:
-    """The issue's call on one construction, scored on ``n_test`` held-out rows at every level."""
+                     block_size: int = 4, progress: bool = False, **flow_options) -> dict:
+    """The issue's call on one construction, scored on ``n_test`` held-out rows at every level (``flow_options``:
+    more of ``run_flow``'s options, none by default)."""
     from experiments.tmr_scores import level_scores
     from graphs import build_graph
     from rsmi_nn import load_run, run_flow
@@ -195,7 +196,7 @@ def run_construction(params: dict, *, n_fit: int = 8000, n_test: int = 3000, see
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run_flow(x_fit, build_graph(x_fit), levels=levels, block_size=block_size, out=tmp, seed=seed,
-                 progress=progress)
+                 progress=progress, **flow_options)
         run = load_run(tmp)
         coarse = run.encode(x_test)
         scores = [level_scores(coarse[lv], run.unit_blocks(lv), run.levels[lv].hidden, sample, lv,

@@ -39,15 +39,18 @@ def triad_loadings(corr: torch.Tensor) -> torch.Tensor:
     return ratio.clamp(1e-6, 1.0).sqrt()
 
 
-def loading_graph(x: torch.Tensor, names: list[str], fallback: ActivationGraph | None = None) -> ActivationGraph:
+def loading_graph(x: torch.Tensor, names: list[str], fallback: ActivationGraph | None = None, *,
+                  with_stderr: bool = False):
     """The complete graph of ``|corr| / (r_i r_j)`` of the samples ``x [n, U]`` (U >= 3 non-constant columns).
-    Above :data:`MAX_LOADING_NODES` variables: ``fallback`` (logged), or an error when there is none."""
+    Above :data:`MAX_LOADING_NODES` variables: ``fallback`` (logged), or an error when there is none.
+    ``with_stderr``: ``(graph, edge_stderr [num_edges])``, each weight's standard error from its correlation's,
+    ``(1 - c²) / √n`` (the loadings' own error left out); None for the fallback."""
     u = x.shape[1]
     if u < 3:
         raise ValueError(f"loading affinities need at least 3 variables (two partners each), got {u}")
     if u > MAX_LOADING_NODES and fallback is not None:
         log.info("%d variables, more than %d: partitioned on the top-k |corr| graph", u, MAX_LOADING_NODES)
-        return fallback
+        return (fallback, None) if with_stderr else fallback
     if u > MAX_LOADING_NODES:
         raise ValueError(f"{u} variables: loading affinities take every pair, at most {MAX_LOADING_NODES}; "
                          "partition the top-k |corr| graph instead (coarse_partition='corr')")
@@ -56,4 +59,9 @@ def loading_graph(x: torch.Tensor, names: list[str], fallback: ActivationGraph |
     r = triad_loadings(corr)
     src, dst = torch.triu_indices(u, u, 1)
     weight = corr[src, dst] / (r[src] * r[dst])
-    return ActivationGraph(names, torch.stack([src, dst]), weight.float(), metadata={"metric": "loading"})
+    graph = ActivationGraph(names, torch.stack([src, dst]), weight.float(), metadata={"metric": "loading"})
+    if not with_stderr:
+        return graph
+    c = corr[graph.edge_index[0], graph.edge_index[1]]
+    relative = (1 - c.square()) / (c.clamp_min(1e-6) * x.shape[0] ** 0.5)
+    return graph, (graph.edge_weight.double() * relative).float()

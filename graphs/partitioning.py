@@ -15,7 +15,10 @@ lone node bound more tightly (by ``1 / NATURAL_RATIO``) to a cluster it cannot j
 instead, and is absorbed at the end (see below). Planted groups of 5-7 with ``block_size=4``
 are kept whole; on graphs without such gaps the blocks are those of the first phase. When no
 pair fits any more, clusters smaller than ``block_size / 2`` are absorbed into their
-best-connected neighbour.
+best-connected neighbour. Given the edges' standard errors (``edge_stderr``), a cluster
+closed off by a gap beyond its noise takes no more merges and is never absorbed, however
+small: a binary tree's level-1 groups of two with ``block_size=4`` (the flow's
+``coarse_partition="loading-gaps"``).
 Merges only follow edges, so every block is connected; blocks of a component smaller
 than ``block_size`` (or an isolated node) stay whole and undersized.
 Edge weights enter as ``max(w, 0)`` plus a tiny seeded jitter that breaks ties.
@@ -39,16 +42,31 @@ log = logging.getLogger(__name__)
 # and the union's affinity to anything else <= NATURAL_RATIO x the merge's. Planted trees have gaps of the parent-child
 # coupling (0.6-0.8); 0.9 leaves room for sampling noise (~0.01 on a |corr| of 0.2 from 8 000 samples)
 NATURAL_RATIO = 0.9
+# with the affinities' standard errors (partition's edge_stderr), a cluster separated from everything else by more
+# than NATURAL_RATIO and CLOSING_Z standard errors on each side takes no more merges (see partition)
+CLOSING_Z = 2.0
 
 
-def _cluster_graph(src, dst, w, labels, num_clusters):
-    """Sum edge weights between clusters; returns (a, b, weight) with a != b, each pair in both directions."""
+def _cluster_graph(src, dst, w, labels, num_clusters, var=None):
+    """Sum edge weights between clusters; returns (a, b, weight) with a != b, each pair in both directions, and
+    with ``var`` (per edge) the summed variances too: (a, b, weight, variance)."""
     a, b = labels[src], labels[dst]
     cross = a != b
     key = a[cross] * num_clusters + b[cross]
     uniq, inv = np.unique(key, return_inverse=True)
     weight = np.bincount(inv, weights=w[cross], minlength=uniq.size)
-    return uniq // num_clusters, uniq % num_clusters, weight
+    if var is None:
+        return uniq // num_clusters, uniq % num_clusters, weight
+    return uniq // num_clusters, uniq % num_clusters, weight, np.bincount(inv, weights=var[cross], minlength=uniq.size)
+
+
+def _closed(a, score, score_se, height, height_se):
+    """``[C]``: clusters closed off by a gap beyond their noise — even ``CLOSING_Z`` standard errors up, their best
+    connection to any other cluster is at most ``NATURAL_RATIO`` of the affinity that formed them, taken
+    ``CLOSING_Z`` standard errors down. Single nodes are never closed."""
+    best = np.full(height.size, -np.inf)
+    np.maximum.at(best, a, score + CLOSING_Z * score_se)
+    return np.isfinite(height) & (best <= NATURAL_RATIO * (height - CLOSING_Z * height_se))
 
 
 def _best_partner(a, b, score, num_clusters, value, ok):
@@ -101,34 +119,45 @@ def _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters):
     return ~lone | (score >= NATURAL_RATIO * np.maximum(blocked[a], blocked[b]))
 
 
-def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed, lone_wait=False):
+def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed, lone_wait=False, noise=None):
     """Handshake agglomeration: each round, clusters that are each other's best partner merge.
 
     A cluster's best partner is taken among the ``considered(a, b, score, sizes, height)`` pairs (``score`` the
     normalised connection ``w(a, b) / (|a| |b|)``, ``height[c]`` the score of the merge that formed cluster
     ``c``, inf for a single node). A cluster whose best partner is not ``allowed`` (same arguments) waits: it
     takes no further part in this phase. ``lone_wait``: two single nodes do not pair across a gap
-    (:func:`_no_lone_pair_across_a_gap`). Returns ``(labels, sizes, height)`` once no allowed pair is left.
+    (:func:`_no_lone_pair_across_a_gap`). ``noise``: ``(edge variance [2E], height_se [C])`` — clusters closed
+    off by a gap beyond their noise (:func:`_closed`) take no part. Returns ``(labels, sizes, height)`` once no
+    allowed pair is left (and ``height_se`` with ``noise``).
     """
     num_clusters = sizes.size
     waiting = np.zeros(num_clusters, dtype=bool)
+    var, height_se = noise if noise is not None else (None, None)
     while True:  # one contraction per round
-        a, b, cw = _cluster_graph(src, dst, w, labels, num_clusters)
+        a, b, cw, *cv = _cluster_graph(src, dst, w, labels, num_clusters, var)
         score = cw / (sizes[a] * sizes[b])
         pairs = (a, b, score, sizes, height, _outside(a, b, score, sizes, num_clusters))
         keep = considered(*pairs) & ~waiting[a] & ~waiting[b]
+        if noise is not None:
+            score_se = np.sqrt(cv[0]) / (sizes[a] * sizes[b])
+            closed = _closed(a, score, score_se, height, height_se)
+            keep &= ~closed[a] & ~closed[b]
         if lone_wait:
             keep &= _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters)
         ok = allowed(*pairs)[keep]
         a, b, score = a[keep], b[keep], score[keep]
+        if noise is not None:
+            score_se = score_se[keep]
         if not ok.any():
-            return labels, sizes, height
+            return (labels, sizes, height) if noise is None else (labels, sizes, height, height_se)
         u = jitter[:num_clusters]
         tie = score * (1.0 + 1e-7 * ((u[a] + u[b]) % 1.0))
         # merge only pairs that are each other's best partner among *all* candidates: a further handshake among
         # the still-free clusters (a maximal matching) paired leftovers across planted groups of 3, 5 or 6 units
         # (ARI 0.66-0.80 on experiments.tmr hierarchies, 1.0 with one handshake) for ~1.6x the contraction rounds
         best, best_score, best_ok = _best_partner(a, b, tie, num_clusters, score, ok)
+        if noise is not None:
+            best_se = _best_partner(a, b, tie, num_clusters, score_se, ok)[1]
         idx = np.nonzero(best >= 0)[0]
         waiting[idx[~best_ok[idx]]] = True
         idx = idx[best_ok[idx]]
@@ -140,6 +169,11 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
         new_height = np.full(num_clusters, np.inf)
         np.minimum.at(new_height, new, height)
         new_height[new[mutual]] = best_score[mutual]
+        if noise is not None:  # the standard error of the score that formed each cluster
+            new_se = np.zeros(num_clusters)
+            new_se[new] = height_se
+            new_se[new[mutual]] = best_se[mutual]
+            height_se = new_se
         new_waiting = np.zeros(num_clusters, dtype=bool)
         new_waiting[new[waiting]] = True
         labels, height, waiting = new[labels], new_height, new_waiting
@@ -157,7 +191,8 @@ def _relabel(labels):
     return lookup[labels]
 
 
-def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.Tensor:
+def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
+              edge_stderr: torch.Tensor | None = None) -> torch.Tensor:
     """Cut ``graph`` into connected blocks of about ``block_size`` nodes, keeping heavy edges inside.
 
     Parameters
@@ -170,6 +205,12 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
         such as a hub with many weakly linked leaves, grows further: the absorption has no cap).
     seed : int
         Seed of the tie-breaking jitter (same seed, same blocks).
+    edge_stderr : Tensor ``[num_edges]``, optional
+        The standard error of each edge weight (aligned with ``graph.edge_index``). Given, a cluster closed off by a
+        gap beyond its noise takes no more merges, though smaller than ``block_size``, and is never absorbed: its
+        best connection to any other cluster, ``CLOSING_Z`` standard errors up, is at most ``NATURAL_RATIO`` of the
+        affinity that formed it, ``CLOSING_Z`` standard errors down (a binary tree's level-1 pairs with
+        ``block_size=4``).
 
     Returns
     -------
@@ -194,6 +235,14 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
     src, dst = ei[0, upper], ei[1, upper]
     w = np.clip(graph.edge_weight.numpy()[upper].astype(np.float64), 0.0, None)
     w = w + 1e-9 * (w.max() if w.size else 1.0) + 1e-12
+    var = None
+    if edge_stderr is not None:
+        se = torch.as_tensor(edge_stderr, dtype=torch.float64)
+        if se.shape != (graph.num_edges,) or not bool(torch.isfinite(se).all()) or bool((se < 0).any()):
+            raise ValueError(f"edge_stderr must hold one finite, non-negative value per edge ({graph.num_edges}), got "
+                             f"shape {tuple(se.shape)}")
+        var = np.square(se.numpy()[upper])
+        var = np.concatenate([var, var])
     rng = np.random.default_rng(seed)
     jitter = rng.random(n)
     src, dst, w = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([w, w])
@@ -212,15 +261,24 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0) -> torch.T
     # a cluster whose best partner is a natural merge past block_size waits for it (phase 2) rather than
     # pairing with a weaker partner: the leftovers of two groups of 5 (block_size 4) paired across groups
     # a lone node that waits is absorbed at the end only where blocks of one are undersized (block_size >= 3)
-    labels, sizes, height = _agglomerate(src, dst, w, labels, sizes, height, jitter,
-                                         lambda *args: fits(*args) | natural(*args), fits, lone_wait=block_size >= 3)
-    labels, sizes, height = _agglomerate(src, dst, w, labels, sizes, height, jitter, natural, natural)
-    labels = _absorb_small(src, dst, w, labels, sizes, max(1, (block_size + 1) // 2))
+    noise = None if var is None else (var, np.zeros(n))
+    out = _agglomerate(src, dst, w, labels, sizes, height, jitter, lambda *args: fits(*args) | natural(*args), fits,
+                       lone_wait=block_size >= 3, noise=noise)
+    noise = None if var is None else (var, out[3])
+    out = _agglomerate(src, dst, w, *out[:3], jitter, natural, natural, noise=noise)
+    labels, sizes, height = out[:3]
+    whole = None
+    if var is not None:  # a cluster closed off by a gap stays as it is
+        a, b, cw, cv = _cluster_graph(src, dst, w, labels, sizes.size, var)
+        norm = sizes[a] * sizes[b]
+        whole = _closed(a, cw / norm, np.sqrt(cv) / norm, height, out[3])
+    labels = _absorb_small(src, dst, w, labels, sizes, max(1, (block_size + 1) // 2), whole)
     return torch.from_numpy(_relabel(labels))
 
 
-def _absorb_small(src, dst, w, labels, sizes, min_size):
-    """Merge every cluster smaller than ``min_size`` nodes into its best-connected neighbouring cluster.
+def _absorb_small(src, dst, w, labels, sizes, min_size, whole=None):
+    """Merge every cluster smaller than ``min_size`` nodes (and not marked ``whole``) into its best-connected
+    neighbouring cluster.
 
     Smallest clusters first; a cluster joins the neighbour (a set of clusters merged so far)
     with the largest ``weight / nodes``. Returns each node's set representative.
@@ -228,7 +286,7 @@ def _absorb_small(src, dst, w, labels, sizes, min_size):
     from scipy.cluster.hierarchy import DisjointSet
 
     num_clusters = sizes.size
-    small = np.nonzero(sizes < min_size)[0]
+    small = np.nonzero((sizes < min_size) & (True if whole is None else ~whole))[0]
     if small.size == 0:
         return labels
     a, b, cw = _cluster_graph(src, dst, w, labels, num_clusters)

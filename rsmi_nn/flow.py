@@ -244,7 +244,8 @@ def _identity(setting: _Setting, x: torch.Tensor) -> dict:
 
 def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     """The level's ``(blocks, regions)``, or the reason (str) why the flow stops here. ``x`` : the level's samples
-    (a level >= 1 graph rebuilt from them is partitioned on loading affinities when ``coarse_partition`` says)."""
+    (a level >= 1 graph rebuilt from them is partitioned on loading affinities when ``coarse_partition`` says; with
+    ``"loading-gaps"`` a group closed off by a gap beyond the affinities' standard errors is kept whole)."""
     from graphs import lattice_blocks, partition
     from graphs.loadings import loading_graph
 
@@ -259,8 +260,13 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
             return f"level {level}: an L={lat[0]} lattice cannot be cut into {b}×{b} blocks"
         blocks = lattice_blocks(lat[0], b)
     else:
-        loading = level > 0 and opts.coarse_partition == "loading" and "metric" in graph.metadata
-        blocks = partition(loading_graph(x, graph.names, fallback=graph) if loading else graph, opts.block_size, seed=s)
+        loading = level > 0 and opts.coarse_partition != "corr" and "metric" in graph.metadata
+        if loading:
+            g, se = loading_graph(x, graph.names, fallback=graph, with_stderr=True)
+            blocks = partition(g, opts.block_size, seed=s, edge_stderr=se if opts.coarse_partition == "loading-gaps"
+                               else None)
+        else:
+            blocks = partition(graph, opts.block_size, seed=s)
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "

@@ -53,3 +53,23 @@ def test_too_many_variables_fall_back_to_the_given_graph(monkeypatch):
     assert loading_graph(x, names, fallback=top_k) is top_k
     with pytest.raises(ValueError, match="at most 4"):
         loading_graph(x, names)
+
+
+def test_the_loading_graphs_standard_errors_shrink_with_the_rows(monkeypatch):
+    """One standard error per edge, aligned with the graph's edges, ~ (1 - c²) / (c √n) of the weight: four times
+    the rows, half the error; the fallback has none."""
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(40_000, 1, generator=gen)
+    x = 0.6 * z + 0.8 * torch.randn(40_000, 6, generator=gen)  # every pair correlates 0.36
+    names = [f"v{i}" for i in range(6)]
+    graph, se = loading_graph(x[:10_000], names, with_stderr=True)
+    assert se.shape == (graph.num_edges,) and graph.num_edges == 30
+    expected = graph.edge_weight * (1 - 0.36**2) / (0.36 * 10_000**0.5)
+    assert torch.allclose(se, expected, rtol=0.15)
+    assert 0.4 < float(loading_graph(x, names, with_stderr=True)[1].mean() / se.mean()) < 0.6
+    import graphs.loadings as loadings
+    from graphs.graph import ActivationGraph
+
+    monkeypatch.setattr(loadings, "MAX_LOADING_NODES", 4)
+    top_k = ActivationGraph(names, torch.tensor([[0, 1], [1, 2]]))
+    assert loading_graph(x, names, fallback=top_k, with_stderr=True) == (top_k, None)

@@ -169,3 +169,31 @@ def test_leftovers_of_groups_larger_than_block_size_stay_with_their_group(seed):
                         torch.tensor(w[src, dst], dtype=torch.float32))
     blocks = partition(g, 4, seed=seed).numpy()
     assert adjusted_rand_score(groups, blocks) == 1.0
+
+
+def _pairs_graph(inside: float = 1.0, across: float = 0.3, n_pairs: int = 4) -> ActivationGraph:
+    """Every pair of nodes joined: ``inside`` within the pairs (0, 1), (2, 3), ..., ``across`` between them."""
+    n = 2 * n_pairs
+    src, dst = torch.triu_indices(n, n, 1)
+    weight = torch.where(src // 2 == dst // 2, inside, across)
+    return ActivationGraph([f"v{i}" for i in range(n)], torch.stack([src, dst]), weight)
+
+
+@pytest.mark.parametrize("block_size", [4, 6])
+def test_clusters_closed_off_by_a_gap_beyond_their_noise_stay_whole(block_size):
+    """A binary tree's level 1 (pairs, affinity 1 inside, 0.3 across): without standard errors ``block_size`` joins
+    the pairs; with errors well below the gap every pair is a block, not absorbed though under ``block_size / 2``;
+    with errors as large as the gap the pairs join as before."""
+    g = _pairs_graph()
+    pairs = torch.arange(8) // 2
+    joined = partition(g, block_size)
+    assert torch.bincount(joined).min() >= 4  # pairs joined two or three at a time
+    assert torch.equal(partition(g, block_size, edge_stderr=torch.full((g.num_edges,), 0.01)), pairs)
+    assert torch.equal(partition(g, block_size, edge_stderr=torch.full((g.num_edges,), 0.3)), joined)
+
+
+def test_edge_stderr_needs_one_finite_nonnegative_value_per_edge():
+    g = _pairs_graph()
+    for bad in (torch.full((3,), 0.1), torch.full((g.num_edges,), -0.1), torch.full((g.num_edges,), float("nan"))):
+        with pytest.raises(ValueError, match="one finite, non-negative value per edge"):
+            partition(g, 4, edge_stderr=bad)
