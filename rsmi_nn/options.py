@@ -246,7 +246,8 @@ class StepOptions(Options):
       filter at T_c ended on one seed as a single spin (``[-0.07, 0.99, -0.11, -0.07]``: binarised, 0.33 nats
       against the block spin's 0.41), on others near-uniform; with a binary H (RSMI's block spin, RSMI-NE's
       relaxed Bernoulli) the probe reads 0.402-0.410 on seeds 0-2 (the uniform filter 0.407-0.409).
-      Continuous inputs keep a real-valued H.
+      Continuous inputs keep a real-valued H, and so do two-valued units in a flow off a lattice (``run_flow``
+      decides; a ±1 H reached 0.77-0.90 of a planted latent's linear ceiling there, README).
     - ``noise`` 2.0 for a binarised H (the relaxed Bernoulli of RSMI-NE, ``P(H = +1) = sigmoid(2 pre / noise)``)
       makes the objective smooth in the weights, so the learnt filter is identifiable (the uniform block spin
       on the Ising model at T_c); with 1.0 a 3-spin majority was found as a local optimum on some seeds.
@@ -285,7 +286,8 @@ class StepOptions(Options):
     filter: str = option("linear", "coarse-graining map: bias-free linear (unit-norm columns) or a per-block MLP",
                          kind=str, choices=("linear", "mlp"))
     binarize: str | None = option("auto", "make the coarse variables binary (+-1): auto = straight-through when "
-                                  "every unit takes at most two values (spins, bits), real-valued otherwise; none = "
+                                  "every unit takes at most two values (spins, bits; in a flow only on a lattice), "
+                                  "real-valued otherwise; none = "
                                   "real-valued (in Python and TOML, true means straight-through, false none)",
                                   kind=str, optional=True, choices=("auto", *BINARIZE_MODES),
                                   convert=_binarize_shorthand)
