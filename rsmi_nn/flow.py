@@ -166,10 +166,8 @@ def _step(level: int, x0: torch.Tensor, x: torch.Tensor, regions, cover: torch.T
 
 
 def _step_options(setting: _Setting):
-    """The step's options. ``binarize="auto"`` gives two-valued units a binary H (the block spin) on a lattice only:
-    elsewhere H stays real-valued, for a ±1 variable cannot follow a real latent as a linear read-out does (planted
-    hierarchies with ±1 units: 1 of 6 constructions met issue 15's targets with a binary H, 6 of 6 with a real one;
-    README)."""
+    """The step's options; ``binarize="auto"`` gives two-valued units a binary H (the block spin) on a lattice only
+    (planted hierarchies of ±1 units: 1 of 6 met issue 15's targets with a binary H, 6 of 6 with a real one)."""
     opts = setting.options.step_options()
     return opts.replace(binarize=None) if opts.binarize == "auto" and setting.lattice_block is None else opts
 
@@ -270,12 +268,8 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
         blocks = lattice_blocks(lat[0], b)
     else:
         loading = level > 0 and opts.coarse_partition != "corr" and "metric" in graph.metadata
-        if loading:
-            g, se = loading_graph(x, graph.names, fallback=graph, with_stderr=True)
-            blocks = partition(g, opts.block_size, seed=s, edge_stderr=se if opts.coarse_partition == "loading-gaps"
-                               else None)
-        else:
-            blocks = partition(graph, opts.block_size, seed=s)
+        g, se = loading_graph(x, graph.names, fallback=graph, with_stderr=True) if loading else (graph, None)
+        blocks = partition(g, opts.block_size, seed=s, edge_stderr=se if opts.coarse_partition == "loading-gaps" else None)
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "
