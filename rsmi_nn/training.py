@@ -194,7 +194,8 @@ def _moments(z: torch.Tensor, vis: torch.Tensor, env: torch.Tensor, chunk: int):
     """Second moments ``(Σ_VV, Σ_VE, Σ_EE)`` (float64) of the blocks ``vis`` / ``env`` over the rows ``z``."""
     total = None
     for a in range(0, z.shape[0], chunk):
-        v, e = gather(z[a:a + chunk], vis), gather(z[a:a + chunk], env)
+        rows = UnitMajor.from_rows(z[a:a + chunk])  # one transpose for both gathers
+        v, e = gather(rows, vis), gather(rows, env)
         vt = v.transpose(1, 2)
         part = (torch.bmm(vt, v).double(), torch.bmm(vt, e).double(), torch.bmm(e.transpose(1, 2), e).double())
         total = part if total is None else tuple(t + p for t, p in zip(total, part))

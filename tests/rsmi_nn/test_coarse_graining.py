@@ -372,6 +372,30 @@ def test_shared_critic_reads_environments_in_any_order(ising_tc):
     assert not torch.allclose(keys, keys_shuffled)  # the keys did move with the sites
 
 
+def test_keys_read_each_blocks_own_correlations_whatever_the_chunk():
+    """The keys of a chunk of blocks come from one product over the union of their environments: on an irregular
+    graph with padded environments, any chunking gives the same keys, and a block's correlation column is its
+    visible unit's correlation with each of its environment sites."""
+    from graphs import build_graph, make_regions, partition
+    from rsmi_nn.shared_step import environment_keys
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(600, 5, generator=gen) @ torch.randn(5, 40, generator=gen) + torch.randn(600, 40, generator=gen)
+    z = (x - x.mean(0)) / x.std(0)
+    graph = build_graph(x, k=6)
+    regions = make_regions(graph, partition(graph, 4), buffer=1, env=1)
+    dev = (regions.visible, regions.visible_mask.float(), regions.environment, regions.environment_mask.float())
+    assert bool((regions.environment < 0).any())  # padded sites
+    keys = environment_keys(z, dev, chunk=1)
+    for chunk in (3, regions.num_blocks):
+        assert torch.allclose(environment_keys(z, dev, chunk=chunk), keys, atol=1e-6)
+    j, env, k = 0, regions.environment[0], regions.visible[0, 0]
+    sites = env[env >= 0]
+    rho = (z[:, sites] * z[:, k:k + 1]).mean(0)
+    column = keys[j, : sites.numel(), 0]  # unit k's correlation column, normalised over the block's sites
+    assert torch.allclose(column, rho / rho.norm(), atol=1e-5)
+
+
 def test_shared_step_bounds_its_test():
     """A shared step scores each block on at most TEST_SCORES / (J * 256) test rows (>= 256), against 256 columns."""
     from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, TEST_SCORES, test_rows
