@@ -69,10 +69,10 @@ def environment_keys(z: torch.Tensor, regions_dev, *, chunk: int = 32) -> torch.
     out = []
     for a in range(0, vis.shape[0], chunk):
         v = gather(units, vis[a:a + chunk]).transpose(0, 1).flatten(1)  # [n, c · max_v], pads 0
-        union = env[a:a + chunk][env[a:a + chunk] >= 0].unique()  # sorted
+        e = env[a:a + chunk]
+        union = e[e >= 0].unique()  # sorted
         corr = torch.cat([units.t.index_select(0, union) @ v / n, v.new_zeros(1, v.shape[1])])  # last row: pads
-        at = torch.searchsorted(union, env[a:a + chunk].clamp_min(0))
-        sites = torch.where(env[a:a + chunk] >= 0, at, union.numel()).unsqueeze(-1)  # [c, max_env, 1]
+        sites = torch.where(e >= 0, torch.searchsorted(union, e.clamp_min(0)), union.numel()).unsqueeze(-1)
         block = torch.arange(sites.shape[0], device=sites.device).view(-1, 1, 1)
         rho = corr.view(union.numel() + 1, -1, vis.shape[1])[sites, block,
                                                              torch.arange(vis.shape[1], device=sites.device)]
