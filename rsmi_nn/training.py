@@ -105,20 +105,25 @@ TEST_COLUMNS = 1024  # the reported MI: ceiling log 1024 = 6.9 nats; finite-K bi
 
 @torch.no_grad()
 def evaluate(filt, critic, bound, z: UnitMajor, regions_dev, *, n_groups: int = 10,
-             columns: int | None = VALIDATION_COLUMNS, rows: int | None = None):
+             columns: int | None = VALIDATION_COLUMNS, rows: int | None = None, environment=None):
     """Held-out estimate per block on all rows of ``z`` (standardised, held unit-major), hard H:
     ``(mi [J], stderr [J])``.
 
     Each row is scored against the ``columns`` rows of its group (all M rows when ``columns`` is None:
     InfoNCE's ceiling ``log M``), built chunk by chunk (:func:`estimators.heldout.heldout_bound`): each
     chunk gathers its rows' environments on the fly, so memory stays ``O(J M)``. Cost ``J * M * columns``
-    scores. ``rows`` : rows per score chunk (:func:`estimators.heldout.row_statistics`).
+    scores. ``rows`` : rows per score chunk (:func:`estimators.heldout.row_statistics`). ``environment(start,
+    stop)`` : what the critic reads of rows ``start..stop-1`` (default: their environments, gathered from ``z``).
     """
     from estimators.heldout import heldout_bound
 
     vis, vm, env, em = regions_dev
     h = torch.cat([filt(gather(z[s:s + 4096], vis), hard=True) for s in range(0, z.shape[0], 4096)], dim=1)
-    value, stderr = heldout_bound(critic, lambda start, stop: gather(z[start:stop], env), h, bound,
+    if environment is None:
+        def environment(start: int, stop: int) -> torch.Tensor:
+            return gather(z[start:stop], env)
+
+    value, stderr = heldout_bound(critic, environment, h, bound,
                                   n_groups=n_groups, columns=columns, rows=rows)
     return value.float(), stderr.float()
 

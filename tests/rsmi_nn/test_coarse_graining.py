@@ -396,6 +396,34 @@ def test_keys_read_each_blocks_own_correlations_whatever_the_chunk():
     assert torch.allclose(column, rho / rho.norm(), atol=1e-5)
 
 
+def test_keyed_critic_reads_environments_through_its_keys_whatever_the_pads_hold():
+    """The keyed critic's environment embedding, with an affine environment side folded into the keys or an MLP
+    after them, is its critic on the summaries E Φ s; a padded site contributes nothing whatever unit it reads (the
+    shared step's minibatch points pads at unit 0); the validation's summaries give the same embedding."""
+    from graphs import build_graph, make_regions, partition
+    from rsmi_nn.shared_step import KeyedCritic, _columns, environment_keys
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 4, generator=gen) @ torch.randn(4, 30, generator=gen) + torch.randn(300, 30, generator=gen)
+    z = (x - x.mean(0)) / x.std(0)
+    regions = make_regions(build_graph(x, k=5), partition(build_graph(x, k=5), 3), buffer=1, env=1)
+    env = regions.environment
+    assert bool((env < 0).any())
+    dev = (regions.visible, regions.visible_mask.float(), env, regions.environment_mask.float())
+    keys = environment_keys(z, dev)
+    blocks = torch.tensor([2, 0])
+    e_zero = _columns(torch.cat([z[:64], torch.zeros(64, 1)], 1), torch.where(env >= 0, env, z.shape[1])[blocks])
+    e_any = _columns(z[:64], env.clamp_min(0)[blocks])  # pads read unit 0
+    assert not torch.equal(e_zero, e_any)
+    for layers in (1, 2):
+        crit = KeyedCritic(keys, torch.rand(keys.shape[2], generator=gen) + 0.5, 1, hidden=8, embed=4, layers=2,
+                           x_layers=layers, generator=gen)
+        u = torch.bmm(e_zero, keys[blocks]) * crit.scale
+        expected = crit.critic.embed_x(u.reshape(1, -1, u.shape[2])).view(2, 64, -1)
+        assert torch.allclose(crit.embed_x(e_any, blocks=blocks), expected, atol=1e-5)
+        assert torch.allclose(crit.embed_summary(crit.summary(e_zero, blocks)), expected, atol=1e-5)
+
+
 def test_shared_step_bounds_its_test():
     """A shared step scores each block on at most TEST_SCORES / (J * 256) test rows (>= 256), against 256 columns."""
     from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, TEST_SCORES, test_rows
