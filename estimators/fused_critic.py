@@ -25,7 +25,8 @@ __all__ = ["infonce_with_gradients", "separable_infonce"]
 # scores per chunk on CPU. 2 MiB (one core's L2) had been chosen; measured 2026-12-02 on this 2-core CPU, training
 # step of P problems x 128 rows (the same bits at any size): the default run's level 0 (1 321 blocks, 64 sites)
 # 82 -> 70 ms with 8 MiB (16 MiB 56, 32 MiB 86), 256 Ising blocks 18.3 -> 14.0 ms, estimate_mi's P = 1 000 critic
-# 73 -> 63 ms (16 MiB 73, 32 MiB 80): beyond the scores, a chunk also holds its activations, so 8 MiB.
+# 73 -> 63 ms (16 MiB 73, 32 MiB 80): beyond the scores, a chunk also holds its activations, so 8 MiB. (An earlier,
+# faster VM had found it neutral for estimate_mi and 4 % slower for the flow: README, issue 20.)
 SCORE_CHUNK_BYTES = 1 << 23
 
 # the gradient through an activation, ``backward(act, grad_out, u, act(u))``, for each of
