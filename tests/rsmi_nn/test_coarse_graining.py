@@ -406,7 +406,8 @@ def test_keyed_critic_reads_environments_through_its_keys_whatever_the_pads_hold
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(300, 4, generator=gen) @ torch.randn(4, 30, generator=gen) + torch.randn(300, 30, generator=gen)
     z = (x - x.mean(0)) / x.std(0)
-    regions = make_regions(build_graph(x, k=5), partition(build_graph(x, k=5), 3), buffer=1, env=1)
+    graph = build_graph(x, k=5)
+    regions = make_regions(graph, partition(graph, 3), buffer=1, env=1)
     env = regions.environment
     assert bool((env < 0).any())
     dev = (regions.visible, regions.visible_mask.float(), env, regions.environment_mask.float())
