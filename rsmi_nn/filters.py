@@ -255,14 +255,23 @@ def decide_binarize(opts, x: torch.Tensor):
     return opts.replace(binarize="straight-through" if _two_valued(x) else None)
 
 
-def _two_valued(x: torch.Tensor, head: int = 256, chunk: int = 4096) -> bool:
+def _two_valued(x: torch.Tensor, head: int = 256, chunk_elements: int = 1 << 18) -> bool:
     """Whether every column of ``x [N, U]`` takes at most two values. Continuous data fail on the first
-    ``head`` rows; only two-valued ones cost a pass over all rows."""
+    ``head`` rows; two-valued ones cost one pass over cache-sized chunks: each chunk lies within its own columns'
+    minimum and maximum, and the chunks' extremes within theirs (exact). L = 64 Ising, ``[20 000, 4 096]``: 0.28-0.31
+    -> 0.20-0.21 s against a global min / max and a second pass (this 2-core CPU)."""
     def within(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> bool:
         return bool(((rows == lo) | (rows == hi)).all())
 
     top = x[:head]
     if not within(top, top.amin(0), top.amax(0)):
         return False
-    lo, hi = x.amin(0), x.amax(0)
-    return all(within(x[a:a + chunk], lo, hi) for a in range(0, x.shape[0], chunk))
+    rows, ends = max(1, chunk_elements // max(1, x.shape[1])), []
+    for a in range(0, x.shape[0], rows):
+        part = x[a:a + rows]
+        lo, hi = part.amin(0), part.amax(0)
+        if not within(part, lo, hi):
+            return False
+        ends.append(torch.stack([lo, hi]))
+    ends = torch.cat(ends)
+    return within(ends, ends.amin(0), ends.amax(0))

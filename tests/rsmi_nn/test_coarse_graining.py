@@ -102,6 +102,12 @@ def test_binarize_auto_reads_the_inputs():
     assert decide_binarize(StepOptions(binarize=None), spins).binarize is None
     assert decide_binarize(StepOptions(binarize=False), spins).binarize is None
     assert decide_binarize(StepOptions(binarize="anneal"), spins).binarize == "anneal"
+    from rsmi_nn.filters import _two_valued
+
+    shifted = (spins + 1) / 2  # each chunk of 1 000 rows two-valued, the whole three-valued: {0, 1} then {1, 2}
+    shifted[3000:, 4] += 1.0
+    assert _two_valued(spins, chunk_elements=6000) and not _two_valued(shifted, chunk_elements=6000)
+    assert not _two_valued(late, chunk_elements=6000)
 
 
 def _two_problem_regions():
