@@ -81,3 +81,48 @@ def test_columns_score_each_row_within_its_group(name):
     torch.testing.assert_close(same[0], heldout_bound(critic, x, y, name)[0])
     with pytest.raises(ValueError, match="columns=1"):
         heldout_bound(critic, x, y, name, columns=1)
+
+
+@pytest.mark.parametrize("hidden", [1, 2, 3])
+@pytest.mark.parametrize("columns", [None, 16])
+def test_binary_columns_are_scored_against_their_values_only(hidden, columns, monkeypatch):
+    # a binarised H takes 2^h values: each row's logsumexp over the columns is one over those values weighted by
+    # their counts in the row's group; the same InfoNCE as the full (grouped) score matrix
+    import estimators.heldout
+
+    monkeypatch.setattr(estimators.heldout, "EMBED_ROWS", 7)
+    gen = torch.Generator().manual_seed(4)
+    critic = SeparableCritic(3, 2, hidden, hidden=8, embed=4, generator=gen)
+    x = torch.randn(3, 50, 2, generator=gen)
+    y = torch.where(x[..., :1] + 0.7 * torch.randn(3, 50, hidden, generator=gen) >= 0, 1.0, -1.0)
+    y[2, :20] = 1.0  # the first column group of problem 2 takes one value only
+    mask = torch.tensor([[True] * hidden, [True] * hidden, [True] + [False] * (hidden - 1)])
+    embedded = []
+    real = critic.embed_y
+    monkeypatch.setattr(critic, "embed_y", lambda t, m=None: embedded.append(t.shape[1]) or real(t, m))
+    value, stderr = heldout_bound(critic, x, y, "infonce", y_mask=mask, columns=columns)
+    assert embedded == [2 ** hidden]  # the values, not the 50 columns
+    groups = estimators.heldout.group_edges(50, columns)
+    with torch.no_grad():
+        parts = [get_bound("infonce").estimate(critic(x[:, a:b], y[:, a:b], None, mask)) * (b - a)
+                 for a, b in zip(groups[:-1], groups[1:])]
+    torch.testing.assert_close(value, sum(parts) / 50, rtol=1e-5, atol=1e-5)
+    assert stderr.shape == (3,) and bool((stderr > 0).all())
+    other = y.clone()
+    other[0] = 1.0  # a problem's numbers do not depend on the others' columns
+    assert torch.equal(heldout_bound(critic, x, other, "infonce", y_mask=mask, columns=columns)[0][1:], value[1:])
+
+
+def test_three_valued_or_wide_columns_take_the_full_matrix(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    for y in (torch.randint(-1, 2, (2, 30, 1), generator=gen).float(),  # three values
+              torch.where(torch.randn(2, 30, 5, generator=gen) >= 0, 1.0, -1.0)):  # 2^5 > MAX_CODES values
+        critic = SeparableCritic(2, 2, y.shape[2], hidden=8, embed=4, generator=gen)
+        x = torch.randn(2, 30, 2, generator=gen)
+        embedded = []
+        real = critic.embed_y
+        monkeypatch.setattr(critic, "embed_y", lambda t, m=None, seen=embedded, f=real: seen.append(t.shape[1]) or f(t, m))
+        value, _ = heldout_bound(critic, x, y, "infonce")
+        assert embedded == [30]
+        with torch.no_grad():
+            torch.testing.assert_close(value, get_bound("infonce").estimate(critic(x, y)), rtol=1e-5, atol=1e-5)
