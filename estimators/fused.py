@@ -14,13 +14,15 @@ as ``infonce(torch.bmm(a, b.transpose(1, 2)))`` to float32 rounding (tested).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from estimators.bounds import InfoNCEBound
 from estimators.critics import SeparableCritic
 from estimators.fused_critic import SCORE_CHUNK_BYTES, infonce_with_gradients, separable_infonce
 
-__all__ = ["critic_objective", "infonce_separable"]
+__all__ = ["critic_objective", "infonce_coded", "infonce_separable"]
 
 
 class _InfoNCESeparable(torch.autograd.Function):
@@ -53,6 +55,46 @@ def infonce_separable(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"InfoNCE needs a batch of at least 2 pairs, got B={a.shape[1]}")
     grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
     return _InfoNCESeparable.apply(a, b, grad)
+
+
+class _InfoNCECoded(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
+        n = a.shape[1]
+        hot = torch.nn.functional.one_hot(codes, k).to(a.dtype)  # [P, B, K]
+        counts = hot.sum(dim=1, keepdim=True)  # [P, 1, K]
+        e = torch.bmm(hot.transpose(1, 2), b) / counts.transpose(1, 2).clamp_min(1.0)  # [P, K, d]: each value's b
+        t = torch.bmm(a, e.transpose(1, 2))  # [P, B, K]: every score of row i is one of these
+        diag = (t * hot).sum(dim=2)
+        t.add_(counts.log())
+        lse = torch.logsumexp(t, dim=2, keepdim=True)
+        ctx.save_for_backward(a, e, hot, counts, t.sub_(lse).exp_())  # softmax mass on each value [P, B, K]
+        return (diag - lse.squeeze(2)).mean(dim=1) + math.log(n)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, e, hot, counts, mass = ctx.saved_tensors
+        w = grad.view(-1, 1, 1) / a.shape[1]
+        grad_a = torch.bmm(hot - mass, e) * w
+        per_column = torch.bmm(mass.transpose(1, 2), a) / counts.transpose(1, 2).clamp_min(1.0)  # [P, K, d]
+        grad_b = (a - torch.bmm(hot, per_column)) * w
+        return grad_a, grad_b, None, None
+
+
+def infonce_coded(a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`infonce_separable` ``[P]`` when the y side takes ``k`` distinct values: ``codes [P, B]`` (in
+    ``0..k-1``) says which one each row is, and rows of one code have one embedding ``b`` (a binarised H: k = 2^h).
+
+    A row's scores against the B columns are then k numbers, each repeated ``n_c`` times, so the InfoNCE and
+    its gradients cost ``B x k`` scores instead of ``B x B``; ``b``'s gradient is each column's own, as
+    autograd on the full scores gives it.
+    """
+    if a.ndim != 3 or a.shape != b.shape or codes.shape != a.shape[:2]:
+        raise ValueError(f"a and b must be [P, B, d] of one shape and codes [P, B], got {tuple(a.shape)}, "
+                         f"{tuple(b.shape)} and {tuple(codes.shape)}")
+    if a.shape[1] < 2:
+        raise ValueError(f"InfoNCE needs a batch of at least 2 pairs, got B={a.shape[1]}")
+    return _InfoNCECoded.apply(a, b, codes, k)
 
 
 def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from torch import nn
 from estimators.batched import BatchedMLP
 
 __all__ = ["CCA_RIDGE", "LinearFilter", "MLPFilter", "canonical_directions", "decide_binarize", "hard_sign",
-           "principal_directions"]
+           "principal_directions", "spin_codes"]
 
 # ridge added to the standardised environment's covariance in the canonical start (the V-side directions moved by
 # < 0.01 in |corr| with the planted latent between 0.01 and 1 on the planted hierarchies measured)
@@ -87,6 +87,23 @@ def canonical_directions(cvv: torch.Tensor, cve: torch.Tensor, cee: torch.Tensor
     return (top / top.norm(dim=1, keepdim=True).clamp_min(1e-30)).float()
 
 
+def spin_codes(h: torch.Tensor) -> torch.Tensor:
+    """Which of the ``2^h`` spin patterns each row of a binarised ``H [J, B, h]`` (entries ±1) is: ``[J, B]``."""
+    return ((h > 0).long() << torch.arange(h.shape[-1], device=h.device)).sum(dim=-1)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """The sampled spin forward, exactly ±1; the gradient of its mean ``soft`` backward."""
+
+    @staticmethod
+    def forward(ctx, noisy: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        return hard_sign(noisy)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, grad
+
+
 class _Filter(nn.Module):
     """Common part: binarisation state (τ as a buffer) and the forward contract."""
 
@@ -121,6 +138,11 @@ class _Filter(nn.Module):
             return torch.randn((self.total_blocks, *pre.shape[1:]), generator=self.generator)[rows.cpu()]
         return torch.randn(pre.shape, generator=self.generator, device="cpu")
 
+    @property
+    def spins(self) -> bool:
+        """Whether :meth:`forward` gives exactly ±1 now (a binarised H in evaluation, or straight-through)."""
+        return self.binarize == "straight-through" or (self.binarize is not None and self.frozen)
+
     def preactivation(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -153,7 +175,7 @@ class _Filter(nn.Module):
             # forward: the sampled spin; backward: the gradient of its mean tanh(pre / noise)
             # (of tanh(pre / τ) when there is no noise)
             soft = torch.tanh(pre / self.noise) if self.noise > 0 else torch.tanh(pre / self.tau)
-            return hard_sign(noisy).detach() + soft - soft.detach()
+            return _StraightThrough.apply(noisy, soft)
         return torch.tanh(noisy / self.tau)
 
 

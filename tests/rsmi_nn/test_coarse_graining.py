@@ -82,6 +82,29 @@ def test_a_shared_step_needs_a_larger_gain_to_go_on_by_default(ising_tc, monkeyp
     assert seen == [0.01, 1e-3, 0.002]
 
 
+@pytest.mark.parametrize("noise", [0.0, 2.0])
+def test_straight_through_spin_is_exactly_binary_with_the_gradient_of_its_mean(noise):
+    # forward: the sampled spin, exactly +-1 (so a binarised H's columns take 2^h values: estimators.infonce_coded);
+    # backward: the gradient of tanh(pre / noise), or of tanh(pre / tau) without noise
+    from rsmi_nn.filters import LinearFilter, spin_codes
+
+    gen = torch.Generator().manual_seed(0)
+    filt = LinearFilter(3, 4, 2, torch.ones(3, 4, dtype=torch.bool), binarize="straight-through", noise=noise,
+                        generator=gen)
+    v = torch.randn(3, 50, 4, generator=gen)
+    h = filt(v)
+    assert filt.spins and bool((h.abs() == 1).all())
+    assert torch.equal(spin_codes(h), (h[..., 0] > 0).long() + 2 * (h[..., 1] > 0).long())
+    up = torch.randn(h.shape, generator=gen)
+    (grad,) = torch.autograd.grad((h * up).sum(), filt.weight)
+    pre = filt.preactivation(v)
+    soft = torch.tanh(pre / (noise if noise > 0 else filt.tau))
+    (expected,) = torch.autograd.grad((soft * up).sum(), filt.weight)
+    torch.testing.assert_close(grad, expected)
+    filt.binarize = "anneal"
+    assert not filt.spins  # tanh(pre / tau): real-valued in training
+
+
 def test_binarize_auto_reads_the_inputs():
     """``binarize="auto"``: straight-through when every unit takes at most two values, real-valued otherwise."""
     from rsmi_nn.filters import decide_binarize
