@@ -220,7 +220,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     regions_dev = (regions.visible.to(dev), regions.visible_mask.to(dev).float(),
                    regions.environment.to(dev), regions.environment_mask.to(dev).float())
     settings = TrainSettings(batch_size=opts.batch_size, max_steps=opts.steps, lr=opts.lr,
-                             eval_every=opts.validation_steps, patience=opts.patience, min_delta=opts.stopping_delta,
+                             eval_every=opts.validation_steps, patience=opts.stopping_patience,
+                             min_delta=opts.stopping_delta,
                              description="RSMI blocks",
                              warmup_steps=opts.anneal_steps if opts.binarize == "anneal" else 0, progress=progress)
     keyed = _keyed(opts, bound)

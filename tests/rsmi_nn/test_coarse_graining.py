@@ -64,7 +64,8 @@ def test_a_shared_step_validates_twice_as_often_by_default(ising_tc):
 
 def test_a_shared_step_needs_a_larger_gain_to_go_on_by_default(ising_tc, monkeypatch):
     """``min_delta`` left unset: 0.01 nats for a shared filter (its validation wobbles with its critic), 0.001 per
-    block; a value given is kept. Read where the step hands its settings to the training loop."""
+    block; ``patience`` 5 evaluations for a shared filter, 10 per block; a value given is kept. Read where the
+    step hands its settings to the training loop."""
     import rsmi_nn.shared_step as shared_step
     import rsmi_nn.training as training
 
@@ -72,14 +73,14 @@ def test_a_shared_step_needs_a_larger_gain_to_go_on_by_default(ising_tc, monkeyp
     for module in (shared_step, training):
         loop = module.train_problems
         monkeypatch.setattr(module, "train_problems",
-                            lambda *a, _loop=loop, **k: seen.append(a[5].min_delta) or _loop(*a, **k))
+                            lambda *a, _loop=loop, **k: seen.append((a[5].min_delta, a[5].patience)) or _loop(*a, **k))
     x, regions = ising_tc
     sub = regions.select(list(range(0, 64, 4)))
     fast = {"steps": 25, "refit_critic": False, "seed": 0}
     coarse_grain(x, sub, shared=True, **fast)
     coarse_grain(x, sub, shared=False, **fast)
-    coarse_grain(x, sub, shared=True, min_delta=0.002, **fast)
-    assert seen == [0.01, 1e-3, 0.002]
+    coarse_grain(x, sub, shared=True, min_delta=0.002, patience=7, **fast)
+    assert seen == [(0.01, 5), (1e-3, 10), (0.002, 7)]
 
 
 @pytest.mark.parametrize("noise", [0.0, 2.0])
