@@ -132,6 +132,7 @@ def _two_valued_codes(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | No
     return torch.where(table.bool(), hi, lo).to(y.dtype).expand(p, -1, -1), codes
 
 
+@torch.no_grad()
 def _coded_row_statistics(critic, x_rows, coded, y_mask, edges: list[int], x_mask) -> dict[str, torch.Tensor]:
     """``diag`` and ``lse`` of :func:`row_statistics` for columns that take K distinct values, each row scored
     against the columns of its group (``edges``: the groups' start rows and M, :func:`group_edges`).

@@ -126,3 +126,13 @@ def test_three_valued_or_wide_columns_take_the_full_matrix(monkeypatch):
         assert embedded == [30]
         with torch.no_grad():
             torch.testing.assert_close(value, get_bound("infonce").estimate(critic(x, y)), rtol=1e-5, atol=1e-5)
+
+
+def test_binary_columns_build_no_graph():
+    # heldout_bound's short cut for a binarised H runs without autograd, as the full pass does
+    gen = torch.Generator().manual_seed(6)
+    critic = SeparableCritic(2, 2, 1, hidden=8, embed=4, generator=gen)
+    x = torch.randn(2, 30, 2, generator=gen)
+    y = torch.where(torch.randn(2, 30, 1, generator=gen) >= 0, 1.0, -1.0)
+    value, stderr = heldout_bound(critic, x, y, "infonce", columns=10)
+    assert not value.requires_grad and not stderr.requires_grad
