@@ -122,7 +122,7 @@ def _comparable(config: dict) -> dict:
     if created is not None:
         options = created.to_dict()
         # a value equal to what its unset default decides for this flow trains the same way: runs written before the
-        # default was decided per mode (eval_every, min_delta: 2026-12-01) recorded it explicitly
+        # default was decided per mode (eval_every, min_delta: 2026-12-01; patience: 2026-12-02) recorded it explicitly
         options.update({key: None for key, value in created.decided_defaults().items() if options[key] == value})
     options.pop("levels", None)
     return {**config, "options": options}
