@@ -22,7 +22,11 @@ from estimators.bounds import InfoNCEBound
 from estimators.critics import SeparableCritic
 from estimators.fused_critic import SCORE_CHUNK_BYTES, infonce_with_gradients, separable_infonce
 
-__all__ = ["critic_objective", "infonce_coded", "infonce_separable"]
+__all__ = ["MAX_CODES", "critic_objective", "infonce_coded", "infonce_separable"]
+
+#: the most distinct values a y side may take to be scored by its values (:func:`infonce_coded`, and the held-out
+#: pass of :mod:`estimators.heldout`): a binarised H of up to 4 hidden variables
+MAX_CODES = 16
 
 
 class _InfoNCESeparable(torch.autograd.Function):

@@ -21,6 +21,7 @@ import math
 import torch
 
 from estimators.bounds import Bound, get_bound
+from estimators.fused import MAX_CODES
 
 __all__ = ["bound_with_stderr", "chunk_rows", "group_edges", "heldout_bound", "row_statistics"]
 
@@ -33,9 +34,6 @@ SCORE_BUDGET = 1 << 22
 #: SCORE_BUDGET at a time): with hundreds of problems a score chunk is a few rows, and embedding a few rows per
 #: batched matmul ran the RSMI validation at a fifth of the training steps' FLOP rate
 EMBED_ROWS = 256
-#: held-out columns that take at most this many distinct values (a binarised H of up to 4 hidden variables) are
-#: scored against those values only (:func:`_coded_row_statistics`)
-MAX_CODES = 16
 
 
 @torch.no_grad()
@@ -118,7 +116,7 @@ def _coded(critic, y: torch.Tensor, keys, clip) -> tuple[torch.Tensor, torch.Ten
 def _two_valued_codes(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(values [P, K, h], codes [P, M])`` when every entry of ``y [P, M, h]`` is one of two values (a binarised
     H) and ``K = 2^h <= MAX_CODES``: ``values`` the K distinct rows y can take, ``codes`` which one each row is.
-    None otherwise (three passes over y, against the M x columns scores a full pass forms)."""
+    None otherwise (a few passes over y, against the M x columns scores a full pass forms)."""
     p, _, h = y.shape
     if (1 << h) > MAX_CODES or y.numel() == 0 or not y.is_floating_point():
         return None

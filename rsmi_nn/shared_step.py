@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from estimators.critics import SeparableCritic
-from estimators.fused import infonce_coded, infonce_separable
+from estimators.fused import MAX_CODES, infonce_coded, infonce_separable
 from estimators.training import TrainSettings, TrainState, train_problems
 from rsmi_nn.filters import spin_codes
 from rsmi_nn.training import UnitMajor, evaluate, gather
@@ -36,7 +36,6 @@ VALIDATION_BLOCKS = 16
 # 2.4e-3 nats at 0.48): at most TEST_SCORES scores in all (J = 256 blocks: 1 024 rows each), at least 256 rows.
 SHARED_TEST_COLUMNS = 256
 TEST_SCORES = 1 << 26
-MAX_CODED_HIDDEN = 4  # a binary H of up to 4 variables trains through infonce_coded (B x 2^h scores, not B x B)
 KEY_ROWS = 2048  # training rows the keys' correlations are measured on (s.e. ~0.02 each)
 _CENTRES = (0.0, 1 / 3, 2 / 3, 1.0)
 _WIDTH = 0.25
@@ -183,7 +182,7 @@ def train_shared(filt, opts, bound, z_train: torch.Tensor, z_val: torch.Tensor, 
         z = z_train[rows]
         h = filt(_columns(z, vis_any[blocks]))
         a, b = crit.embed_x(_columns(z, env_any[blocks]), blocks=blocks), crit.embed_y(h)
-        if filt.spins and h.shape[2] <= MAX_CODED_HIDDEN:  # a binary H: 2^h distinct columns
+        if filt.spins and (1 << h.shape[2]) <= MAX_CODES:  # a binary H: B x 2^h scores, not B x B
             return infonce_coded(a, b, spin_codes(h), 1 << h.shape[2]).mean().unsqueeze(0)
         return infonce_separable(a, b).mean().unsqueeze(0)
 
