@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-__all__ = ["flow_figure", "graph_figure", "image_grid_png", "lattice_weights_png", "to_picture"]
+__all__ = ["flow_figure", "graph_figure", "image_grid_png", "lattice_weights_png", "spring_components", "to_picture"]
 
 
 def _pyplot():
@@ -119,6 +119,34 @@ def _neighbouring_blocks(graph, blocks: np.ndarray, max_nodes: int, seed: int) -
     return chosen
 
 
+def spring_components(G, *, seed: int = 0) -> dict:
+    """Positions of ``G``'s nodes: its largest connected component by a seeded spring layout, in ``[-1, 1]²``, and
+    every other component laid out alone, shrunk into a cell of a grid in the band below it. A spring layout of the
+    whole graph pushes components apart without bound: one node the drawn blocks left without an edge squeezed the
+    default run's level-1 drawing into a corner."""
+    import networkx as nx
+
+    parts = sorted(nx.connected_components(G), key=lambda c: (-len(c), min(c)))
+    if not parts:
+        return {}
+
+    def spring(nodes) -> dict:
+        if len(nodes) == 1:
+            return {next(iter(nodes)): np.zeros(2)}
+        return nx.spring_layout(G.subgraph(nodes), seed=seed, weight="weight", iterations=60)
+
+    pos = spring(parts[0])
+    rest = parts[1:]
+    cols = max(4, math.ceil(math.sqrt(2 * len(rest))))
+    cell = 2.0 / cols
+    for i, part in enumerate(rest):
+        row, col = divmod(i, cols)
+        centre = np.array([-1.0 + cell * (col + 0.5), -1.1 - cell * (row + 0.5)])
+        small = spring(part)
+        pos.update({v: centre + 0.35 * cell * np.asarray(xy) for v, xy in small.items()})
+    return pos
+
+
 def graph_figure(graph, blocks, *, seed: int = 0, max_nodes: int = 400, title: str = "") -> tuple[bytes, str]:
     """Draw ``graph`` with nodes coloured by block (spring layout, seeded).
 
@@ -144,7 +172,7 @@ def graph_figure(graph, blocks, *, seed: int = 0, max_nodes: int = 400, title: s
         L = int(lat["L"])
         pos = {i: (i % L, -(i // L)) for i in G.nodes}
     else:
-        pos = nx.spring_layout(G, seed=seed, weight="weight", iterations=60)
+        pos = spring_components(G, seed=seed)
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
     cmap = plt.get_cmap("tab20")
     colors = [cmap((2 * int(blocks[i])) % 20 + (int(blocks[i]) // 10) % 2) for i in G.nodes]

@@ -162,3 +162,24 @@ def test_text_examples_mark_the_token_and_escape_the_rest():
     # a literal "[[...]]" earlier in the text is not mistaken for the marker
     assert _mark_text("x[[1]] then [[tok]]", "tok") == "x[[1]] then <mark>tok</mark>"
     assert _mark_text("no marker & more") == "no marker &amp; more"
+
+
+def test_graph_drawings_keep_small_components_close():
+    """A node the drawn blocks leave without an edge (or a small fragment) sits in a band under the main component,
+    not wherever a whole-graph spring layout pushes it (it had squeezed the default run's level-1 drawing)."""
+    import networkx as nx
+    import numpy as np
+
+    from rsmi_nn.app.plots import spring_components
+
+    G = nx.complete_graph(30)
+    G.add_node(99)  # isolated
+    G.add_edges_from([(100, 101), (101, 102)])  # a small fragment
+    pos = spring_components(G, seed=0)
+    assert set(pos) == set(G.nodes)
+    main = np.array([pos[v] for v in range(30)])
+    assert np.abs(main).max() <= 1.0 + 1e-6 and np.abs(main).max() > 0.9  # the main component fills [-1, 1]²
+    rest = np.array([pos[v] for v in (99, 100, 101, 102)])
+    assert (rest[:, 1] < main[:, 1].min()).all() and (rest[:, 1] > -2.0).all() and (np.abs(rest[:, 0]) <= 1).all()
+    assert np.linalg.norm(rest[1] - rest[3]) > 0  # a fragment keeps its own shape
+    assert spring_components(nx.Graph()) == {}
