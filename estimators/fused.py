@@ -14,13 +14,11 @@ as ``infonce(torch.bmm(a, b.transpose(1, 2)))`` to float32 rounding (tested).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from estimators.bounds import InfoNCEBound
 from estimators.critics import SeparableCritic
-from estimators.fused_critic import SCORE_CHUNK_BYTES, infonce_with_gradients, separable_infonce
+from estimators.fused_critic import SCORE_CHUNK_BYTES, coded_infonce_with_gradients, infonce_with_gradients, separable_infonce
 
 __all__ = ["MAX_CODES", "critic_objective", "infonce_coded", "infonce_separable"]
 
@@ -63,26 +61,17 @@ def infonce_separable(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class _InfoNCECoded(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
-        n = a.shape[1]
-        hot = torch.nn.functional.one_hot(codes, k).to(a.dtype)  # [P, B, K]
-        counts = hot.sum(dim=1, keepdim=True)  # [P, 1, K]
-        e = torch.bmm(hot.transpose(1, 2), b) / counts.transpose(1, 2).clamp_min(1.0)  # [P, K, d]: each value's b
-        t = torch.bmm(a, e.transpose(1, 2))  # [P, B, K]: every score of row i is one of these
-        diag = (t * hot).sum(dim=2)
-        t.add_(counts.log())
-        lse = torch.logsumexp(t, dim=2, keepdim=True)
-        ctx.save_for_backward(a, e, hot, counts, t.sub_(lse).exp_())  # softmax mass on each value [P, B, K]
-        return (diag - lse.squeeze(2)).mean(dim=1) + math.log(n)
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int, grad: bool) -> torch.Tensor:
+        value, ctx.da, ctx.db = coded_infonce_with_gradients(a, b, codes, k, 1.0, grad)
+        return value
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        a, e, hot, counts, mass = ctx.saved_tensors
-        w = grad.view(-1, 1, 1) / a.shape[1]
-        grad_a = torch.bmm(hot - mass, e) * w
-        per_column = torch.bmm(mass.transpose(1, 2), a) / counts.transpose(1, 2).clamp_min(1.0)  # [P, K, d]
-        grad_b = (a - torch.bmm(hot, per_column)) * w
-        return grad_a, grad_b, None, None
+        if ctx.da is None:
+            raise RuntimeError("infonce_coded's value was computed without gradients; call it again with grad "
+                               "mode on to differentiate it")
+        w = grad.view(-1, 1, 1)
+        return ctx.da * w, ctx.db * w, None, None, None
 
 
 def infonce_coded(a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
@@ -98,19 +87,25 @@ def infonce_coded(a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int)
                          f"{tuple(b.shape)} and {tuple(codes.shape)}")
     if a.shape[1] < 2:
         raise ValueError(f"InfoNCE needs a batch of at least 2 pairs, got B={a.shape[1]}")
-    return _InfoNCECoded.apply(a, b, codes, k)
+    grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+    return _InfoNCECoded.apply(a, b, codes, k, grad)
 
 
-def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None) -> torch.Tensor:
+def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None, *,
+                     codes: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
     """``bound.objective(critic(x, y))`` ``[P]``, through :func:`infonce_separable` when that is the same thing.
 
     That is: a separable critic (``embed_x`` / ``embed_y``) and InfoNCE's own objective (a subclass
     overriding ``objective`` keeps its override); a :class:`estimators.SeparableCritic` goes through
     :func:`estimators.fused_critic.separable_infonce` (value and gradient in one pass, chunked over problems).
+    ``codes`` : ``(codes [P, B], K)`` when each problem's y rows take at most K distinct values (a binarised H):
+    the separable paths then score each row against those values only (:func:`infonce_coded`); other critics and
+    bounds ignore it.
     """
     own = isinstance(bound, InfoNCEBound) and type(bound).objective is InfoNCEBound.objective
     if own and isinstance(critic, SeparableCritic):
-        return separable_infonce(critic, x, y, x_mask, y_mask)
+        return separable_infonce(critic, x, y, x_mask, y_mask, codes=codes)
     if own and hasattr(critic, "embed_x"):
-        return infonce_separable(critic.embed_x(x, x_mask), critic.embed_y(y, y_mask))
+        a, b = critic.embed_x(x, x_mask), critic.embed_y(y, y_mask)
+        return infonce_separable(a, b) if codes is None else infonce_coded(a, b, *codes)
     return bound.objective(critic(x, y, x_mask, y_mask))

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["infonce_with_gradients", "separable_infonce"]
+__all__ = ["coded_infonce_with_gradients", "infonce_with_gradients", "separable_infonce"]
 
 # scores per chunk on CPU. 2 MiB (one core's L2) had been chosen; measured 2026-12-02 on this 2-core CPU, training
 # step of P problems x 128 rows (the same bits at any size): the default run's level 0 (1 321 blocks, 64 sites)
@@ -125,9 +125,35 @@ def infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, scale2: float, grad
     return value, torch.bmm(s, b).mul_(scale2), torch.bmm(s.transpose(1, 2), a)
 
 
+def coded_infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, num_codes: int, scale2: float,
+                                 grad: bool):
+    """:func:`infonce_with_gradients` when the columns take ``num_codes`` distinct embeddings: ``codes [c, B]`` says
+    which one each row's ``b`` is (rows of one code share it, as a binarised H's do). A row's B scores are then
+    ``num_codes`` numbers repeated ``n_k`` times: ``B x num_codes`` of them instead of ``B x B``, and ``b``'s
+    gradient is still each column's own."""
+    n = a.shape[1]
+    if scale2 != 1.0:
+        a = a * scale2
+    hot = torch.nn.functional.one_hot(codes, num_codes).to(a.dtype)  # [c, B, K]
+    counts = hot.sum(dim=1, keepdim=True)  # [c, 1, K]
+    per_code = counts.transpose(1, 2).clamp_min(1.0)
+    e = torch.bmm(hot.transpose(1, 2), b) / per_code  # [c, K, d]: each value's embedding
+    t = torch.bmm(a, e.transpose(1, 2))  # [c, B, K]
+    diag = (t * hot).sum(dim=2)
+    t.add_(counts.log())
+    lse = torch.logsumexp(t, dim=2, keepdim=True)
+    value = (diag - lse.squeeze(2)).mean(dim=1) + math.log(n)
+    if not grad:
+        return value, None, None
+    mass = t.sub_(lse).exp_()  # each row's softmax mass on each value
+    grad_a = torch.bmm(hot - mass, e).mul_(scale2 / n)
+    grad_b = (a - torch.bmm(hot, torch.bmm(mass.transpose(1, 2), a) / per_code)).div_(n)
+    return value, grad_a, grad_b
+
+
 class _SeparableInfoNCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, critic, grad: bool, x, y, x_mask, y_mask, *params):
+    def forward(ctx, critic, grad: bool, codes, x, y, x_mask, y_mask, *params):
         p, n = x.shape[0], x.shape[1]
         step = max(1, SCORE_CHUNK_BYTES // (x.element_size() * n * n)) if x.device.type == "cpu" else p
         need_x, need_y = grad and x.requires_grad, grad and y.requires_grad
@@ -143,8 +169,11 @@ class _SeparableInfoNCE(torch.autograd.Function):
             e = slice(start, start + step)
             weights = [t[c] for t in params_at]
             g, k = _Embedding(critic.g, weights[:n_g]), _Embedding(critic.k, weights[n_g:])
-            value, da, db = infonce_with_gradients(g.forward(_masked(x, x_mask, e)), k.forward(_masked(y, y_mask, e)),
-                                           critic._scale ** 2, grad)
+            a, b = g.forward(_masked(x, x_mask, e)), k.forward(_masked(y, y_mask, e))
+            if codes is None:
+                value, da, db = infonce_with_gradients(a, b, critic._scale ** 2, grad)
+            else:
+                value, da, db = coded_infonce_with_gradients(a, b, codes[0][e], codes[1], critic._scale ** 2, grad)
             values.append(value)
             if grad:
                 slots = [t[c] for t in grads_at]
@@ -167,17 +196,19 @@ class _SeparableInfoNCE(torch.autograd.Function):
             return None if t is None else t.mul_(grad_value.view(-1, *([1] * (t.ndim - 1))))
 
         grads, ctx.grads = ctx.grads, []
-        return (None, None, scaled(ctx.dx), scaled(ctx.dy), None, None, *(scaled(t) for t in grads))
+        return (None, None, None, scaled(ctx.dx), scaled(ctx.dy), None, None, *(scaled(t) for t in grads))
 
 
 def separable_infonce(critic, x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | None = None,
-                      y_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      y_mask: torch.Tensor | None = None, *,
+                      codes: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
     """InfoNCE ``[P]`` (nats) of ``critic(x, y, x_mask, y_mask)``, differentiable in the critic's weights and in
     ``x``, ``y``; equals ``infonce(critic(x, y, x_mask, y_mask))``.
 
     ``critic`` : a :class:`estimators.SeparableCritic`; ``x : [P, B, x_dim]``, ``y : [P, B, y_dim]`` (positives on
     the diagonal, B >= 2); masks ``[P, d]`` bool or None. The gradient is formed during the call when grad mode
-    is on and anything requires it (training), else only the value.
+    is on and anything requires it (training), else only the value. ``codes`` : ``(codes [P, B], K)`` when every
+    problem's y rows take at most K distinct values (a binarised H: :func:`coded_infonce_with_gradients`).
     """
     from estimators.critics import _check_inputs
 
@@ -186,4 +217,4 @@ def separable_infonce(critic, x: torch.Tensor, y: torch.Tensor, x_mask: torch.Te
         raise ValueError(f"x and y must hold the same B >= 2 paired rows, got {tuple(x.shape)} and {tuple(y.shape)}")
     params = [*critic.g.parameters(), *critic.k.parameters()]
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, *params))
-    return _SeparableInfoNCE.apply(critic, grad, x, y, x_mask, y_mask, *params)
+    return _SeparableInfoNCE.apply(critic, grad, codes, x, y, x_mask, y_mask, *params)

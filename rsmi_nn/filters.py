@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from estimators.batched import BatchedMLP
+from estimators.fused import MAX_CODES
 
 __all__ = ["CCA_RIDGE", "LinearFilter", "MLPFilter", "canonical_directions", "decide_binarize", "hard_sign",
            "principal_directions", "spin_codes"]
@@ -142,6 +143,14 @@ class _Filter(nn.Module):
     def spins(self) -> bool:
         """Whether :meth:`forward` gives exactly ±1 now (a binarised H in evaluation, or straight-through)."""
         return self.binarize == "straight-through" or (self.binarize is not None and self.frozen)
+
+    def codes(self, h: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """``(spin_codes(h), 2^h)`` for this filter's ``H [J, B, h]`` when it is made of spins and 2^h is at most
+        :data:`estimators.fused.MAX_CODES`, the form :func:`estimators.fused.critic_objective` scores a binary H in
+        (B x 2^h scores a row instead of B x B); None otherwise."""
+        if not self.spins or (1 << h.shape[-1]) > MAX_CODES:
+            return None
+        return spin_codes(h), 1 << h.shape[-1]
 
     def preactivation(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from estimators.critics import SeparableCritic
-from estimators.fused import MAX_CODES, infonce_coded, infonce_separable
+from estimators.fused import infonce_coded, infonce_separable
 from estimators.training import TrainSettings, TrainState, train_problems
-from rsmi_nn.filters import spin_codes
 from rsmi_nn.training import UnitMajor, evaluate, gather
 
 __all__ = ["BLOCKS_PER_STEP", "SHARED_TEST_COLUMNS", "KeyedCritic", "VALIDATION_BLOCKS", "environment_keys", "spread_blocks",
@@ -181,10 +180,9 @@ def train_shared(filt, opts, bound, z_train: torch.Tensor, z_val: torch.Tensor, 
         blocks = torch.randperm(n_blocks, generator=generator)[:per_step].to(vis.device)
         z = z_train[rows]
         h = filt(_columns(z, vis_any[blocks]))
-        a, b = crit.embed_x(_columns(z, env_any[blocks]), blocks=blocks), crit.embed_y(h)
-        if filt.spins and (1 << h.shape[2]) <= MAX_CODES:  # a binary H: B x 2^h scores, not B x B
-            return infonce_coded(a, b, spin_codes(h), 1 << h.shape[2]).mean().unsqueeze(0)
-        return infonce_separable(a, b).mean().unsqueeze(0)
+        a, b, codes = crit.embed_x(_columns(z, env_any[blocks]), blocks=blocks), crit.embed_y(h), filt.codes(h)
+        # a binary H: B x 2^h scores, not B x B
+        return (infonce_separable(a, b) if codes is None else infonce_coded(a, b, *codes)).mean().unsqueeze(0)
 
     pick = spread_blocks(n_blocks, vis.device)
     val_regions = tuple(t[pick] for t in regions_dev)

@@ -149,7 +149,8 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, settings: Tra
         vis, _, env, _ = live["regions"]
         z = UnitMajor.from_rows(z_train[rows])  # one transpose for both gathers
         h = filt(gather(z, vis))
-        return critic_objective(critic, bound, gather(z, env), h)  # never forms [J, B, B]; pads are zeros
+        # never forms [J, B, B] (a binary H: [J, B, 2^h]); pads are zeros
+        return critic_objective(critic, bound, gather(z, env), h, codes=filt.codes(h))
 
     def restrict(keep: torch.Tensor) -> None:
         live["regions"] = tuple(t[keep] for t in full)

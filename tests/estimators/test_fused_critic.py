@@ -47,6 +47,39 @@ def test_value_and_gradients_match_autograd(p, b, x_dim, y_dim, layers, x_layers
         torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(("p", "b", "x_dim", "y_dim", "layers", "x_layers", "activation", "skip", "masked"), CASES)
+def test_binary_y_scored_by_its_codes_matches_autograd(p, b, x_dim, y_dim, layers, x_layers, activation, skip, masked,
+                                                       monkeypatch):
+    # y rows of +-1 (a binarised H) passed with their codes: B x 2^h scores a row, the same value and gradients
+    # (those in y included: the straight-through path) as autograd on the full score matrix
+    monkeypatch.setattr(fused_critic, "SCORE_CHUNK_BYTES", 8 * b * b * 2)
+    g = torch.Generator().manual_seed(p * 10 + b)
+    critic = SeparableCritic(p, x_dim, y_dim, hidden=8, embed=5, layers=layers, x_layers=x_layers,
+                             activation=activation, skip=skip, generator=g).double()
+    x = torch.randn(p, b, x_dim, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.where(torch.randn(p, b, y_dim, generator=g) >= 0, 1.0, -1.0).double().requires_grad_()
+    y_mask = torch.rand(p, y_dim, generator=g) > 0.3 if masked else None
+    if masked:
+        y_mask[:, 0] = True
+    codes = ((y.detach() > 0).long() << torch.arange(y_dim)).sum(dim=2)  # which of the 2^h rows each is
+    weights = torch.randn(p, generator=g, dtype=torch.float64)
+    leaves = [*critic.parameters(), x, y]
+
+    def value_and_grads(fn):
+        for t in leaves:
+            t.grad = None
+        value = fn()
+        (value * weights).sum().backward()
+        return value.detach(), [t.grad.clone() for t in leaves]
+
+    mine, mine_grads = value_and_grads(lambda: separable_infonce(critic, x, y, None, y_mask,
+                                                                 codes=(codes, 1 << y_dim)))
+    ref, ref_grads = value_and_grads(lambda: infonce(critic(x, y, None, y_mask)))
+    torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
+    for a, r in zip(mine_grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
+
+
 def test_without_gradients_only_the_value():
     g = torch.Generator().manual_seed(0)
     critic = SeparableCritic(3, 2, 1, hidden=8, embed=4, generator=g)
