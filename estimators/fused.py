@@ -38,11 +38,16 @@ class _InfoNCESeparable(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if ctx.grads is None:
-            raise RuntimeError("infonce_separable's value was computed without gradients; call it again with grad "
-                               "mode on to differentiate it")
-        w = grad.view(-1, 1, 1)
-        return ctx.grads[0] * w, ctx.grads[1] * w, None
+        return (*_scaled(ctx.grads, grad, "infonce_separable"), None)
+
+
+def _scaled(grads: tuple[torch.Tensor, torch.Tensor] | None, grad: torch.Tensor, name: str):
+    """The gradients in ``a`` and ``b`` stored by a forward pass, each problem's scaled by its upstream ``grad [P]``."""
+    if grads is None:
+        raise RuntimeError(f"{name}'s value was computed without gradients; call it again with grad mode on to "
+                           "differentiate it")
+    w = grad.view(-1, 1, 1)
+    return grads[0] * w, grads[1] * w
 
 
 def infonce_separable(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -62,16 +67,13 @@ def infonce_separable(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _InfoNCECoded(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int, grad: bool) -> torch.Tensor:
-        value, ctx.da, ctx.db = coded_infonce_with_gradients(a, b, codes, k, 1.0, grad)
+        value, da, db = coded_infonce_with_gradients(a, b, codes, k, 1.0, grad)
+        ctx.grads = (da, db) if grad else None
         return value
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if ctx.da is None:
-            raise RuntimeError("infonce_coded's value was computed without gradients; call it again with grad "
-                               "mode on to differentiate it")
-        w = grad.view(-1, 1, 1)
-        return ctx.da * w, ctx.db * w, None, None, None
+        return (*_scaled(ctx.grads, grad, "infonce_coded"), None, None, None)
 
 
 def infonce_coded(a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
