@@ -42,6 +42,9 @@ def _worker(rank: int, world: int, port: int, fn, args, out_dir: str) -> None:
         result = ("error", err, traceback.format_exc())
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     if dist.is_initialized():
+        # leave together: rank 1 once died with SIGABRT in teardown ("terminate called without an active exception")
+        # while rank 0, the store's host, was already leaving (1 run in ~20; 2026-12-02)
+        dist.barrier()
         dist.destroy_process_group()
 
 
