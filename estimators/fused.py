@@ -20,16 +20,26 @@ from estimators.bounds import InfoNCEBound
 from estimators.critics import SeparableCritic
 from estimators.fused_critic import SCORE_CHUNK_BYTES, coded_infonce_with_gradients, infonce_with_gradients, separable_infonce
 
-__all__ = ["MAX_CODES", "critic_objective", "infonce_coded", "infonce_separable"]
+__all__ = ["MAX_CODES", "bit_codes", "critic_objective", "infonce_separable"]
 
-#: the most distinct values a y side may take to be scored by its values (:func:`infonce_coded`, and the held-out
-#: pass of :mod:`estimators.heldout`): a binarised H of up to 4 hidden variables
+#: the most distinct values a y side may take to be scored by its values (:func:`infonce_separable`'s ``codes``,
+#: and the held-out pass of :mod:`estimators.heldout`): a binarised H of up to 4 hidden variables
 MAX_CODES = 16
+
+
+def bit_codes(bits: torch.Tensor) -> torch.Tensor:
+    """Which of the ``2^h`` patterns each row of a boolean ``bits [..., h]`` is: ``[...]`` in ``0..2^h - 1``
+    (the codes of a two-valued y side: which entries hold the larger value)."""
+    return (bits.long() << torch.arange(bits.shape[-1], device=bits.device)).sum(dim=-1)
 
 
 class _InfoNCESeparable(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, grad: bool) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, codes, grad: bool) -> torch.Tensor:
+        if codes is not None:  # B x K scores: small whatever P
+            value, da, db = coded_infonce_with_gradients(a, b, *codes, 1.0, grad)
+            ctx.grads = (da, db) if grad else None
+            return value
         p, n = a.shape[0], a.shape[1]
         step = max(1, SCORE_CHUNK_BYTES // (4 * n * n))
         parts = [infonce_with_gradients(a[s:s + step], b[s:s + step], 1.0, grad) for s in range(0, p, step)]
@@ -38,59 +48,34 @@ class _InfoNCESeparable(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return (*_scaled(ctx.grads, grad, "infonce_separable"), None)
+        if ctx.grads is None:
+            raise RuntimeError("infonce_separable's value was computed without gradients; call it again with grad "
+                               "mode on to differentiate it")
+        w = grad.view(-1, 1, 1)
+        return ctx.grads[0] * w, ctx.grads[1] * w, None, None
 
 
-def _scaled(grads: tuple[torch.Tensor, torch.Tensor] | None, grad: torch.Tensor, name: str):
-    """The gradients in ``a`` and ``b`` stored by a forward pass, each problem's scaled by its upstream ``grad [P]``."""
-    if grads is None:
-        raise RuntimeError(f"{name}'s value was computed without gradients; call it again with grad mode on to "
-                           "differentiate it")
-    w = grad.view(-1, 1, 1)
-    return grads[0] * w, grads[1] * w
-
-
-def infonce_separable(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def infonce_separable(a: torch.Tensor, b: torch.Tensor, *, codes: tuple[torch.Tensor, int] | None = None
+                      ) -> torch.Tensor:
     """InfoNCE ``[P]`` (nats) of the scores ``a @ bᵀ`` for ``a, b : [P, B, d]``; differentiable in both.
 
     ``a[p, i]`` and ``b[p, i]`` are the embeddings of the i-th pair of problem p (positives on the
     diagonal), as from :class:`estimators.SeparableCritic` ``embed_x`` / ``embed_y``.
+
+    ``codes`` : ``(codes [P, B], K)`` when the y side takes at most K distinct values (a binarised H: K = 2^h),
+    ``codes`` saying which one each row is; rows of one code must have one embedding ``b``. A row's scores against
+    the B columns are then K numbers, each repeated ``n_k`` times, so the InfoNCE and its gradients cost ``B x K``
+    scores instead of ``B x B`` (:func:`estimators.fused_critic.coded_infonce_with_gradients`); ``b``'s gradient is
+    still each column's own, as autograd on the full scores gives it.
     """
     if a.ndim != 3 or a.shape != b.shape:
         raise ValueError(f"a and b must both be [P, B, d] of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if codes is not None and codes[0].shape != a.shape[:2]:
+        raise ValueError(f"codes must be [P, B] = {tuple(a.shape[:2])}, got {tuple(codes[0].shape)}")
     if a.shape[1] < 2:
         raise ValueError(f"InfoNCE needs a batch of at least 2 pairs, got B={a.shape[1]}")
     grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
-    return _InfoNCESeparable.apply(a, b, grad)
-
-
-class _InfoNCECoded(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int, grad: bool) -> torch.Tensor:
-        value, da, db = coded_infonce_with_gradients(a, b, codes, k, 1.0, grad)
-        ctx.grads = (da, db) if grad else None
-        return value
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return (*_scaled(ctx.grads, grad, "infonce_coded"), None, None, None)
-
-
-def infonce_coded(a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
-    """:func:`infonce_separable` ``[P]`` when the y side takes ``k`` distinct values: ``codes [P, B]`` (in
-    ``0..k-1``) says which one each row is, and rows of one code have one embedding ``b`` (a binarised H: k = 2^h).
-
-    A row's scores against the B columns are then k numbers, each repeated ``n_c`` times, so the InfoNCE and
-    its gradients cost ``B x k`` scores instead of ``B x B``; ``b``'s gradient is each column's own, as
-    autograd on the full scores gives it.
-    """
-    if a.ndim != 3 or a.shape != b.shape or codes.shape != a.shape[:2]:
-        raise ValueError(f"a and b must be [P, B, d] of one shape and codes [P, B], got {tuple(a.shape)}, "
-                         f"{tuple(b.shape)} and {tuple(codes.shape)}")
-    if a.shape[1] < 2:
-        raise ValueError(f"InfoNCE needs a batch of at least 2 pairs, got B={a.shape[1]}")
-    grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
-    return _InfoNCECoded.apply(a, b, codes, k, grad)
+    return _InfoNCESeparable.apply(a, b, codes, grad)
 
 
 def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None, *,
@@ -101,13 +86,12 @@ def critic_objective(critic, bound, x: torch.Tensor, y: torch.Tensor, x_mask=Non
     overriding ``objective`` keeps its override); a :class:`estimators.SeparableCritic` goes through
     :func:`estimators.fused_critic.separable_infonce` (value and gradient in one pass, chunked over problems).
     ``codes`` : ``(codes [P, B], K)`` when each problem's y rows take at most K distinct values (a binarised H):
-    the separable paths then score each row against those values only (:func:`infonce_coded`); other critics and
-    bounds ignore it.
+    the separable paths then score each row against those values only (see :func:`infonce_separable`); other
+    critics and bounds ignore it.
     """
     own = isinstance(bound, InfoNCEBound) and type(bound).objective is InfoNCEBound.objective
     if own and isinstance(critic, SeparableCritic):
         return separable_infonce(critic, x, y, x_mask, y_mask, codes=codes)
     if own and hasattr(critic, "embed_x"):
-        a, b = critic.embed_x(x, x_mask), critic.embed_y(y, y_mask)
-        return infonce_separable(a, b) if codes is None else infonce_coded(a, b, *codes)
+        return infonce_separable(critic.embed_x(x, x_mask), critic.embed_y(y, y_mask), codes=codes)
     return bound.objective(critic(x, y, x_mask, y_mask))

@@ -21,7 +21,7 @@ import math
 import torch
 
 from estimators.bounds import Bound, get_bound
-from estimators.fused import MAX_CODES
+from estimators.fused import MAX_CODES, bit_codes
 
 __all__ = ["bound_with_stderr", "chunk_rows", "group_edges", "heldout_bound", "row_statistics"]
 
@@ -124,10 +124,8 @@ def _two_valued_codes(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | No
     is_hi = y == hi
     if not bool((is_hi | (y == lo)).all()):
         return None
-    bits = torch.arange(h, device=y.device)
-    codes = (is_hi.long() << bits).sum(dim=2)
-    table = (torch.arange(1 << h, device=y.device).unsqueeze(1) >> bits) & 1  # [K, h]: code -> bits
-    return torch.where(table.bool(), hi, lo).to(y.dtype).expand(p, -1, -1), codes
+    table = (torch.arange(1 << h, device=y.device).unsqueeze(1) >> torch.arange(h, device=y.device)) & 1  # [K, h]
+    return torch.where(table.bool(), hi, lo).to(y.dtype).expand(p, -1, -1), bit_codes(is_hi)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from estimators.batched import BatchedMLP
-from estimators.fused import MAX_CODES
+from estimators.fused import MAX_CODES, bit_codes
 
 __all__ = ["CCA_RIDGE", "LinearFilter", "MLPFilter", "canonical_directions", "decide_binarize", "hard_sign",
            "principal_directions", "spin_codes"]
@@ -90,7 +90,7 @@ def canonical_directions(cvv: torch.Tensor, cve: torch.Tensor, cee: torch.Tensor
 
 def spin_codes(h: torch.Tensor) -> torch.Tensor:
     """Which of the ``2^h`` spin patterns each row of a binarised ``H [J, B, h]`` (entries ±1) is: ``[J, B]``."""
-    return ((h > 0).long() << torch.arange(h.shape[-1], device=h.device)).sum(dim=-1)
+    return bit_codes(h > 0)
 
 
 class _StraightThrough(torch.autograd.Function):

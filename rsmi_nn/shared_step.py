@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from estimators.critics import SeparableCritic
-from estimators.fused import infonce_coded, infonce_separable
+from estimators.fused import infonce_separable
 from estimators.training import TrainSettings, TrainState, train_problems
 from rsmi_nn.training import UnitMajor, evaluate, gather
 
@@ -181,8 +181,7 @@ def train_shared(filt, opts, bound, z_train: torch.Tensor, z_val: torch.Tensor, 
         z = z_train[rows]
         h = filt(_columns(z, vis_any[blocks]))
         a, b, codes = crit.embed_x(_columns(z, env_any[blocks]), blocks=blocks), crit.embed_y(h), filt.codes(h)
-        # a binary H: B x 2^h scores, not B x B
-        return (infonce_separable(a, b) if codes is None else infonce_coded(a, b, *codes)).mean().unsqueeze(0)
+        return infonce_separable(a, b, codes=codes).mean().unsqueeze(0)  # a binary H: B x 2^h scores, not B x B
 
     pick = spread_blocks(n_blocks, vis.device)
     val_regions = tuple(t[pick] for t in regions_dev)

@@ -58,8 +58,6 @@ def test_critic_objective_equals_the_bound_on_the_scores(critic_name, bound_name
 def test_coded_value_and_gradient_match_autograd(p, b, k):
     # columns taking k distinct embeddings (a binarised H): the same InfoNCE and gradients as the full scores,
     # including a code no column takes and a problem whose columns all take one value
-    from estimators.fused import infonce_coded
-
     g = torch.Generator().manual_seed(p * 100 + k)
     codes = torch.randint(0, max(1, k - 1), (p, b), generator=g)  # code k - 1 unused
     if p > 1:
@@ -69,7 +67,7 @@ def test_coded_value_and_gradient_match_autograd(p, b, k):
     b1 = torch.gather(table, 1, codes.unsqueeze(-1).expand(-1, -1, 4)).requires_grad_()
     a2, b2 = a1.detach().clone().requires_grad_(), b1.detach().clone().requires_grad_()
     weights = torch.randn(p, generator=g, dtype=torch.float64)
-    mine = infonce_coded(a1, b1, codes, k)
+    mine = infonce_separable(a1, b1, codes=(codes, k))
     ref = infonce(torch.bmm(a2, b2.transpose(1, 2)))
     (mine * weights).sum().backward()
     (ref * weights).sum().backward()
@@ -79,9 +77,7 @@ def test_coded_value_and_gradient_match_autograd(p, b, k):
 
 
 def test_coded_bad_shapes():
-    from estimators.fused import infonce_coded
-
     with pytest.raises(ValueError, match="codes"):
-        infonce_coded(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.zeros(2, 3, dtype=torch.long), 2)
+        infonce_separable(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), codes=(torch.zeros(2, 3, dtype=torch.long), 2))
     with pytest.raises(ValueError, match="at least 2"):
-        infonce_coded(torch.zeros(2, 1, 3), torch.zeros(2, 1, 3), torch.zeros(2, 1, dtype=torch.long), 2)
+        infonce_separable(torch.zeros(2, 1, 3), torch.zeros(2, 1, 3), codes=(torch.zeros(2, 1, dtype=torch.long), 2))

@@ -85,7 +85,7 @@ def test_a_shared_step_needs_a_larger_gain_to_go_on_by_default(ising_tc, monkeyp
 
 @pytest.mark.parametrize("noise", [0.0, 2.0])
 def test_straight_through_spin_is_exactly_binary_with_the_gradient_of_its_mean(noise):
-    # forward: the sampled spin, exactly +-1 (so a binarised H's columns take 2^h values: estimators.infonce_coded);
+    # forward: the sampled spin, exactly +-1 (so a binarised H's columns take 2^h values: estimators.infonce_separable's codes);
     # backward: the gradient of tanh(pre / noise), or of tanh(pre / tau) without noise
     from rsmi_nn.filters import LinearFilter, spin_codes
 
