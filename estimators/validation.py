@@ -52,8 +52,10 @@ def check_samples(
     dtype: torch.dtype = torch.float32,
     device=None,
     sample_dim: int = -2,
-) -> torch.Tensor:
-    """Validate a sample matrix and return it as a tensor.
+    return_range: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Validate a sample matrix and return it as a tensor (with ``return_range``: and its minima and maxima along
+    ``sample_dim``, ``(t, (lo, hi))``, which the check measures anyway).
 
     Parameters
     ----------
@@ -101,7 +103,7 @@ def check_samples(
                 f"{name} has {len(cols)} zero-variance column(s) (index {shown}); "
                 "drop constant columns, they carry no information"
             )
-    return t
+    return (t, (lo, hi)) if return_range else t
 
 
 def _all_finite(hi: torch.Tensor, lo: torch.Tensor) -> bool:

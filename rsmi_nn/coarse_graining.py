@@ -202,8 +202,8 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         overrides.pop("hidden")
     opts = (options or StepOptions()).replace(**overrides)
     seed = check_positive_int(seed, name="seed", minimum=0)
-    x = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant)
-    opts = decide_binarize(opts, x)
+    x, extremes = check_samples(x, name="x", min_samples=4, allow_constant=allow_constant, return_range=True)
+    opts = decide_binarize(opts, x, extremes)
     if auto:
         from rsmi_nn.relevance import auto_coarse_grain
 

@@ -277,32 +277,31 @@ class MLPFilter(_Filter):
             self.sign.mul_(sign.unsqueeze(1))
 
 
-def decide_binarize(opts, x: torch.Tensor):
+def decide_binarize(opts, x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None):
     """The step's options ``opts`` with ``binarize="auto"`` decided from its samples ``x [N, U]``: straight-through
     when every unit takes at most two values (spins, bits; see :class:`rsmi_nn.options.StepOptions`), real-valued
-    (None) otherwise."""
+    (None) otherwise. ``extremes`` : the columns' minima and maxima ``([U], [U])`` where known (``check_samples``'s
+    ``return_range``), which saves measuring them again."""
     if opts.binarize != "auto":
         return opts
-    return opts.replace(binarize="straight-through" if _two_valued(x) else None)
+    return opts.replace(binarize="straight-through" if _two_valued(x, extremes) else None)
 
 
-def _two_valued(x: torch.Tensor, head: int = 256, chunk_elements: int = 1 << 18) -> bool:
-    """Whether every column of ``x [N, U]`` takes at most two values. Continuous data fail on the first
-    ``head`` rows; two-valued ones cost one pass over cache-sized chunks: each chunk lies within its own columns'
-    minimum and maximum, and the chunks' extremes within theirs (exact). L = 64 Ising, ``[20 000, 4 096]``: 0.28-0.31
-    -> 0.20-0.21 s against a global min / max and a second pass (this 2-core CPU)."""
+def _two_valued(x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | None = None, head: int = 256,
+                chunk_elements: int = 1 << 18) -> bool:
+    """Whether every column of ``x [N, U]`` (finite) takes at most two values: every entry equals its column's
+    minimum or maximum, i.e. ``min(x - lo, hi - x)`` is 0 everywhere — exact in floating point, where the
+    difference of two finite floats is 0 only when they are equal (unless denormals are flushed to zero). One pass
+    over cache-sized chunks; continuous data fail on the first ``head`` rows (or chunk) without the extremes being
+    measured. L = 64 Ising, ``[20 000, 4 096]``, this 2-core CPU: 174 -> 96 ms with the extremes given, where two
+    comparisons per entry and a boolean reduction cost 137 ms."""
     def within(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> bool:
-        return bool(((rows == lo) | (rows == hi)).all())
+        return not bool(torch.minimum(rows - lo, hi - rows).any())
 
-    top = x[:head]
-    if not within(top, top.amin(0), top.amax(0)):
-        return False
-    rows, ends = max(1, chunk_elements // max(1, x.shape[1])), []
-    for a in range(0, x.shape[0], rows):
-        part = x[a:a + rows]
-        lo, hi = part.amin(0), part.amax(0)
-        if not within(part, lo, hi):
+    if extremes is None:
+        top = x[:head]
+        if not within(top, top.amin(0), top.amax(0)):
             return False
-        ends.append(torch.stack([lo, hi]))
-    ends = torch.cat(ends)
-    return within(ends, ends.amin(0), ends.amax(0))
+        extremes = (x.amin(0), x.amax(0))
+    rows = max(1, chunk_elements // max(1, x.shape[1]))
+    return all(within(x[a:a + rows], *extremes) for a in range(0, x.shape[0], rows))

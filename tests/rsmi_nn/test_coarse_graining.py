@@ -132,6 +132,17 @@ def test_binarize_auto_reads_the_inputs():
     shifted[3000:, 4] += 1.0
     assert _two_valued(spins, chunk_elements=6000) and not _two_valued(shifted, chunk_elements=6000)
     assert not _two_valued(late, chunk_elements=6000)
+    from estimators.validation import check_samples
+
+    for x in (spins, shifted, late, torch.randn(5000, 6, generator=gen)):  # the extremes check_samples measured
+        t, extremes = check_samples(x, allow_constant=True, return_range=True)
+        assert _two_valued(t, extremes, chunk_elements=6000) == _two_valued(x, chunk_elements=6000)
+    near = spins.clone()  # a third value one float from an extreme, or one denormal above 0, still counts
+    near[2500, 1] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+    assert not _two_valued(near) and not _two_valued(near, (near.amin(0), near.amax(0)))
+    tiny = (spins + 1) / 2
+    tiny[10, 3] = torch.finfo(torch.float32).tiny / 4  # a denormal between 0 and 1
+    assert not _two_valued(tiny, (tiny.amin(0), tiny.amax(0)))
 
 
 def _two_problem_regions():
