@@ -27,6 +27,8 @@ from datetime import timedelta
 
 import torch
 
+from estimators.device import settle_cpu_threads
+
 __all__ = ["RankFailed", "agreed", "all_gather_objects", "all_gather_tensors", "band_owners", "barrier", "broadcast_object",
            "init_from_env", "is_active", "is_writer", "on_writer", "rank", "share", "strict_blas", "world_size"]
 
@@ -249,3 +251,4 @@ def band_owners(costs: Sequence[float], parts: int | None = None) -> list[int]:
 
 
 strict_blas(quiet=True)  # before the first matrix product of a process that imports the engine (see above)
+settle_cpu_threads()  # then the first exp of every thread (estimators.device.settle_cpu_threads)
