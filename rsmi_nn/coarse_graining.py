@@ -230,6 +230,7 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         warm_start(filt, opts, z_train, regions_dev)
         with agreed("the RSMI step's training"):
             crit, state = train_shared(filt, opts, bound, z_train, z_val, regions_dev, settings, gen)
+            filt.snap_near_uniform()
             if refits_critic(opts):
                 with frozen(filt):
                     crit, refit = train_shared(filt, opts, bound, z_train, z_val, regions_dev,
@@ -242,6 +243,7 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
         blocks = block_share(regions.num_blocks, coupled=opts.shared)  # this rank's share; None: all (one process)
         with agreed("the RSMI step's training"):
             state = train_blocks(filt, crit, bound, z_train, z_val, regions_dev, settings, gen, blocks)
+            filt.snap_near_uniform()
             if refits_critic(opts):
                 regen = refit_generator(seed)  # the training critic, each block at its best checkpoint, goes on
                 with frozen(filt):
