@@ -14,7 +14,9 @@ decayed inside the training step (so it really falls; a Python float would be fr
 compiled step — the trap of the reference code), ``"straight-through"`` uses ``sign(pre)`` in
 the forward pass and the ``tanh`` gradient backwards. Evaluation and ``transform`` always use
 the hard value ``+1 if pre >= 0 else -1``, so a binarised H is exactly ±1. ``binarize="auto"`` (the
-default) is decided from the step's samples by :func:`decide_binarize`: binary on spins and bits.
+default) is decided from the step's samples by :func:`decide_binarize`: binary on spins and bits. After
+training, a binarised linear filter within :data:`UNIFORM_SPREAD` of uniform is made exactly uniform, so tied
+configurations (a 2x2 block's 2-2 spins) share one side of the threshold instead of being split by noise.
 """
 
 from __future__ import annotations
