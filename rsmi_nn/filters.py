@@ -15,8 +15,9 @@ compiled step — the trap of the reference code), ``"straight-through"`` uses `
 the forward pass and the ``tanh`` gradient backwards. Evaluation and ``transform`` always use
 the hard value ``+1 if pre >= 0 else -1``, so a binarised H is exactly ±1. ``binarize="auto"`` (the
 default) is decided from the step's samples by :func:`decide_binarize`: binary on spins and bits. After
-training, a binarised linear filter within :data:`UNIFORM_SPREAD` of uniform is made exactly uniform, so tied
-configurations (a 2x2 block's 2-2 spins) share one side of the threshold instead of being split by noise.
+training, a binarised linear filter of one component within :data:`UNIFORM_SPREAD` of uniform is made exactly
+uniform, so tied configurations (a 2x2 block's 2-2 spins) share one side of the threshold instead of being split
+by noise.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ __all__ = ["CCA_RIDGE", "LinearFilter", "MLPFilter", "UNIFORM_SPREAD", "canonica
 # ridge added to the standardised environment's covariance in the canonical start (the V-side directions moved by
 # < 0.01 in |corr| with the planted latent between 0.01 and 1 on the planted hierarchies measured)
 CCA_RIDGE = 0.1
-# A binarised linear filter whose |weights| all lie within this fraction of the largest is made exactly uniform in
-# magnitude (LinearFilter.snap_near_uniform). Sub-resolution differences between near-equal weights decide the sign
-# of every tied configuration (a 2x2 block's 2-2 spins) by chance; a rule depending only on the weighted sum reads
-# more: 2x2 Ising blocks, L = 32, one classifier q(block | environment) scoring every tie rule on the same fresh
-# rows, I(H;E) lower bound: ties all to one side 0.0323 against the learnt filters' 0.0312-0.0315 at T = 3.0
-# (+3 %), 0.3767 against 0.3728 at T_c (+1 %). Learnt spreads, per-block filters: T_c at most 0.14, T = 3.0 99 % of
-# blocks within 0.26 (largest 0.32); a 4x4 block's boundary pattern (corners 0.34, interior 0.14) is far outside.
+# A binarised linear filter of one component whose |weights| all lie within this fraction of the largest is made
+# exactly uniform in magnitude (LinearFilter.snap_near_uniform). Sub-resolution differences between near-equal
+# weights decide the sign of every tied configuration (a 2x2 block's 2-2 spins) by chance; a rule depending only on
+# the weighted sum reads more: 2x2 Ising blocks, L = 32, one classifier q(block | environment) scoring every tie
+# rule on the same fresh rows, I(H;E) lower bound: ties all to one side 0.0323 against the learnt filters'
+# 0.0312-0.0315 at T = 3.0 (+3 %), 0.3767 against 0.3728 at T_c (+1 %). Learnt spreads, per-block filters: T_c at
+# most 0.14, T = 3.0 99 % of blocks within 0.26 (largest 0.32); a 4x4 block's boundary pattern (corners 0.34,
+# interior 0.14) is far outside.
 UNIFORM_SPREAD = 0.3
 
 
@@ -248,10 +250,12 @@ class LinearFilter(_Filter):
         return w.expand(self.n_blocks, -1, -1).clone() if self.shared else w.clone()
 
     def snap_near_uniform(self) -> None:
-        """A binarised H: each column whose |weights| on the block's units all lie within :data:`UNIFORM_SPREAD`
-        of the largest becomes exactly uniform in magnitude (signs kept), so tied configurations share one side
-        of the threshold (``pre >= 0`` on the spins as they are; on standardised ones the units' means decide)."""
-        if self.binarize is None:
+        """One binarised component (``hidden`` 1): a block's filter whose |weights| on its units all lie within
+        :data:`UNIFORM_SPREAD` of the largest becomes exactly uniform in magnitude (signs kept), so tied
+        configurations share one side of the threshold (``pre >= 0`` on the spins as they are; on standardised ones
+        the units' means decide). Not with two or more components: their sign patterns split the ties jointly
+        (2x2 Ising, ``hidden=2``: snapping the near-uniform column lost 0.458 -> 0.433 nats at T_c)."""
+        if self.binarize is None or self.weight.shape[-1] != 1:
             return
         with torch.no_grad():
             w = self.weight * self.mask

@@ -20,18 +20,28 @@ def _filter(weight: torch.Tensor, mask: torch.Tensor, binarize: str | None = "st
     return filt
 
 
-def test_near_uniform_columns_snap_with_their_signs_and_others_stay():
-    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+def test_near_uniform_filters_snap_with_their_signs_and_others_stay():
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False], [True, True, True, True]])
     near = 1.0 - 0.99 * UNIFORM_SPREAD  # just inside the spread
-    weight = torch.tensor([[[0.5, 0.9], [-0.45, 0.1], [0.55, 0.5], [-0.52, 0.5]],
-                           [[0.6, 1.0], [0.6 * near, 1.0 - 1.01 * UNIFORM_SPREAD], [0.58, 1.0], [7.0, 7.0]]])
+    weight = torch.tensor([[[0.5], [-0.45], [0.55], [-0.52]],
+                           [[0.6], [0.6 * near], [0.58], [7.0]],  # the pad's weight is not read
+                           [[1.0], [1.0 - 1.01 * UNIFORM_SPREAD], [1.0], [1.0]]])  # just outside
     filt = _filter(weight, mask)
     before = filt.unit_weight().clone()
     filt.snap_near_uniform()
     after = filt.unit_weight()
     torch.testing.assert_close(after[0, :, 0], torch.tensor([0.5, -0.5, 0.5, -0.5]))
     torch.testing.assert_close(after[1, :, 0], torch.tensor([1.0, 1.0, 1.0, 0.0]) / 3 ** 0.5)  # the pad stays 0
-    torch.testing.assert_close(after[:, :, 1], before[:, :, 1])  # spreads 0.89 and just over UNIFORM_SPREAD
+    torch.testing.assert_close(after[2], before[2])
+
+
+def test_two_components_are_left_as_learnt():
+    """Their sign patterns split the ties jointly: snapping a near-uniform column of two lost I(H;E) (README)."""
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    filt = _filter(torch.tensor([[[0.5, 0.23], [0.47, 0.7], [0.54, 0.11], [0.49, 0.66]]]), mask)
+    before = filt.unit_weight().clone()
+    filt.snap_near_uniform()
+    assert torch.equal(filt.unit_weight(), before)
 
 
 def test_a_real_valued_filter_is_left_as_learnt_and_a_shared_one_snaps():
