@@ -33,7 +33,7 @@ from estimators.validation import check_positive_int, check_samples
 from graphs.distributed import agreed
 from graphs.moments import ShiftedSums
 from rsmi_nn.distributed import block_share, gather_blocks, gather_values, only_blocks
-from rsmi_nn.filters import LinearFilter, MLPFilter, decide_binarize, hard_sign
+from rsmi_nn.filters import LinearFilter, MLPFilter, decide_binarize, hard_sign, uniform_blocks
 from rsmi_nn.options import StepOptions
 from rsmi_nn.shared_step import SHARED_TEST_COLUMNS, test_rows, train_shared
 from rsmi_nn.training import (
@@ -79,6 +79,10 @@ class CoarseGrainResult:
     mean, std : Tensor of shape (n_units,)
         The standardisation applied before the filters.
     visible, visible_mask : the regions' visible indices and mask ``[n_blocks, max_visible]``.
+    info : dict
+        How it trained: ``steps_run``, ``history``, ``critic_refit_steps``, ``collapsed_blocks``, the splits' sizes,
+        and ``uniform_blocks``: the blocks whose binarised one-component filter was made exactly uniform after
+        training (:meth:`rsmi_nn.filters.LinearFilter.snap_near_uniform`).
     hidden_per_block : LongTensor of shape (n_blocks,), or None
         With ``hidden="auto"``: the components block ``j`` keeps (its filter columns ``h_j …`` are zero, so
         those coarse variables are constant 0 and a flow drops them); None when every block has ``hidden``.
@@ -269,9 +273,11 @@ def coarse_grain(x, regions, options: StepOptions | None = None, *, seed: int = 
     filt.eval()
     info = {"steps_run": state.steps_run, "collapsed_blocks": state.collapsed, "history": state.history,
             "critic_refit_steps": refit.steps_run if refits_critic(opts) else 0,
+            "uniform_blocks": uniform_blocks(w, regions.visible_mask) if opts.binarize and opts.filter == "linear" else 0,
             "n_train": n_train, "n_validation": n_val, "n_test": n_test, "tau_final": float(filt.tau)}
-    log.info("coarse_grain: %d blocks, %d steps, held-out MI mean %.4f nats (ceiling %.3f)",
-             regions.num_blocks, state.steps_run, float(mi.mean()), ceiling)
+    log.info("coarse_grain: %d blocks, %d steps, held-out MI mean %.4f nats (ceiling %.3f)%s",
+             regions.num_blocks, state.steps_run, float(mi.mean()), ceiling,
+             f"; {info['uniform_blocks']} binarised filter(s) made exactly uniform" if info["uniform_blocks"] else "")
     return CoarseGrainResult(
         filters=w.contiguous(), mi=mi.cpu(), mi_stderr=mi_stderr.cpu(), mi_validation=state.best_val.cpu(),
         mi_ceiling=ceiling, mean=mean.float(), std=std.float(),

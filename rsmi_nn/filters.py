@@ -29,7 +29,7 @@ from estimators.batched import BatchedMLP
 from estimators.fused import MAX_CODES, bit_codes
 
 __all__ = ["CCA_RIDGE", "LinearFilter", "MLPFilter", "UNIFORM_SPREAD", "canonical_directions", "decide_binarize",
-           "hard_sign", "principal_directions", "spin_codes"]
+           "hard_sign", "principal_directions", "spin_codes", "uniform_blocks"]
 
 # ridge added to the standardised environment's covariance in the canonical start (the V-side directions moved by
 # < 0.01 in |corr| with the planted latent between 0.01 and 1 on the planted hierarchies measured)
@@ -201,6 +201,18 @@ class _Filter(nn.Module):
             soft = torch.tanh(pre / self.noise) if self.noise > 0 else torch.tanh(pre / self.tau)
             return _StraightThrough.apply(noisy, soft)
         return torch.tanh(noisy / self.tau)
+
+
+def uniform_blocks(w: torch.Tensor, visible_mask: torch.Tensor) -> int:
+    """How many blocks' one-component filters ``w [J, max_visible, 1]`` are exactly uniform in magnitude on their
+    units ``visible_mask [J, max_visible]`` (as :meth:`LinearFilter.snap_near_uniform` leaves them); 0 for more
+    components."""
+    if w.shape[-1] != 1:
+        return 0
+    mag, real = w[..., 0].abs(), visible_mask.bool()
+    largest = torch.where(real, mag, torch.zeros_like(mag)).amax(dim=1)
+    smallest = torch.where(real, mag, torch.full_like(mag, torch.inf)).amin(dim=1)
+    return int((largest == smallest).sum())
 
 
 class LinearFilter(_Filter):

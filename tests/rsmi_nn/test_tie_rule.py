@@ -1,13 +1,14 @@
-"""A binarised filter within ``UNIFORM_SPREAD`` of uniform is made exactly uniform, so tied configurations share a
-side: every 2-2 configuration of a 2x2 Ising block gets one H (measured: more I(H;E) than any learnt tie pattern)."""
+"""A binarised one-component filter within ``UNIFORM_SPREAD`` of uniform is made exactly uniform, so tied configurations
+share a side: every 2-2 configuration of a 2x2 Ising block gets one H (measured: more I(H;E) than any learnt tie
+pattern)."""
 
 import pytest
 import torch
 
 from experiments.ising2d import T_CRITICAL, sample_ising
-from graphs import lattice_blocks, lattice_graph, make_regions
+from graphs import lattice_blocks, lattice_graph, make_regions, partition
 from rsmi_nn import coarse_grain
-from rsmi_nn.filters import UNIFORM_SPREAD, LinearFilter
+from rsmi_nn.filters import UNIFORM_SPREAD, LinearFilter, uniform_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,6 +55,18 @@ def test_a_real_valued_filter_is_left_as_learnt_and_a_shared_one_snaps():
     shared = _filter(weight, mask)
     shared.snap_near_uniform()
     assert torch.equal(shared.linear_weights(), torch.full((3, 4, 1), 0.5))
+    assert uniform_blocks(shared.linear_weights(), mask) == 3
+    assert uniform_blocks(real.linear_weights(), mask) == 0
+
+
+def test_a_real_valued_step_reports_no_uniform_blocks():
+    """On continuous data (a Gaussian field) nothing is snapped, and ``info`` says so."""
+    from experiments.gaussian_field import gaussian_field
+
+    graph, _, x = gaussian_field(60, 2000, seed=0)
+    regions = make_regions(graph, partition(graph, 4, seed=0), buffer=1, env=2)
+    res = coarse_grain(x, regions, seed=0, steps=50)
+    assert res.binarize is None and res.info["uniform_blocks"] == 0
 
 
 def test_ising_blocks_send_every_tie_to_one_side():
@@ -65,7 +78,7 @@ def test_ising_blocks_send_every_tie_to_one_side():
     regions = make_regions(lattice_graph(L), lattice_blocks(L, 2), buffer=1, env=1).select(list(range(0, 64, 4)))
     res = coarse_grain(x, regions, shared=False, seed=0)
     assert res.binarize == "straight-through"
-    assert torch.equal(res.filters[..., 0], torch.full((16, 4), 0.5))
+    assert torch.equal(res.filters[..., 0], torch.full((16, 4), 0.5)) and res.info["uniform_blocks"] == 16
     h = res.transform(x)
     spins = x[:, regions.visible]  # [n, 16, 4]
     tie = spins.sum(-1) == 0
