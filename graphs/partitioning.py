@@ -43,8 +43,14 @@ log = logging.getLogger(__name__)
 # coupling (0.6-0.8); 0.9 leaves room for sampling noise (~0.01 on a |corr| of 0.2 from 8 000 samples)
 NATURAL_RATIO = 0.9
 # with the affinities' standard errors (partition's edge_stderr), a cluster separated from everything else by more
-# than NATURAL_RATIO and CLOSING_Z standard errors on each side takes no more merges (see partition)
+# than a closing ratio (NATURAL_RATIO unless said) and CLOSING_Z standard errors on each side takes no more merges
 CLOSING_Z = 2.0
+# the flow's default level >= 1 partition closes groups off only at a decisive gap (its coarse_partition "loading"):
+# best outside connection at most this fraction of the forming affinity, beyond the errors. On the default MiniLM
+# run's level 1 (1 321 variables, block_size 8) 18 pairs and a few larger groups close (172 -> 190 blocks; at
+# NATURAL_RATIO 222 groups close, 325 blocks); a binary planted tree's pairs close at coupling 0.6 (gap c^2 = 0.36,
+# or 0.52 with family latents), not at 0.8 (see README, issue 15).
+DECISIVE_GAP = 0.6
 
 
 def _cluster_graph(src, dst, w, labels, num_clusters, var=None):
@@ -60,13 +66,13 @@ def _cluster_graph(src, dst, w, labels, num_clusters, var=None):
     return uniq // num_clusters, uniq % num_clusters, weight, np.bincount(inv, weights=var[cross], minlength=uniq.size)
 
 
-def _closed(a, score, score_se, height, height_se):
+def _closed(a, score, score_se, height, height_se, ratio):
     """``[C]``: clusters closed off by a gap beyond their noise — even ``CLOSING_Z`` standard errors up, their best
-    connection to any other cluster is at most ``NATURAL_RATIO`` of the affinity that formed them, taken
-    ``CLOSING_Z`` standard errors down. Single nodes are never closed."""
+    connection to any other cluster is at most ``ratio`` of the affinity that formed them, taken ``CLOSING_Z``
+    standard errors down. Single nodes are never closed."""
     best = np.full(height.size, -np.inf)
     np.maximum.at(best, a, score + CLOSING_Z * score_se)
-    return np.isfinite(height) & (best <= NATURAL_RATIO * (height - CLOSING_Z * height_se))
+    return np.isfinite(height) & (best <= ratio * (height - CLOSING_Z * height_se))
 
 
 def _best_partner(a, b, score, num_clusters, value, ok):
@@ -126,13 +132,13 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
     normalised connection ``w(a, b) / (|a| |b|)``, ``height[c]`` the score of the merge that formed cluster
     ``c``, inf for a single node). A cluster whose best partner is not ``allowed`` (same arguments) waits: it
     takes no further part in this phase. ``lone_wait``: two single nodes do not pair across a gap
-    (:func:`_no_lone_pair_across_a_gap`). ``noise``: ``(edge variance [2E], height_se [C])`` — clusters closed
-    off by a gap beyond their noise (:func:`_closed`) take no part. Returns ``(labels, sizes, height)`` once no
+    (:func:`_no_lone_pair_across_a_gap`). ``noise``: ``(edge variance [2E], height_se [C], closing ratio)`` —
+    clusters closed off by a gap beyond their noise (:func:`_closed`) take no part. Returns ``(labels, sizes, height)`` once no
     allowed pair is left (and ``height_se`` with ``noise``).
     """
     num_clusters = sizes.size
     waiting = np.zeros(num_clusters, dtype=bool)
-    var, height_se = noise if noise is not None else (None, None)
+    var, height_se, ratio = noise if noise is not None else (None, None, None)
     while True:  # one contraction per round
         a, b, cw, *cv = _cluster_graph(src, dst, w, labels, num_clusters, var)
         score = cw / (sizes[a] * sizes[b])
@@ -140,7 +146,7 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
         keep = considered(*pairs) & ~waiting[a] & ~waiting[b]
         if noise is not None:
             score_se = np.sqrt(cv[0]) / (sizes[a] * sizes[b])
-            closed = _closed(a, score, score_se, height, height_se)
+            closed = _closed(a, score, score_se, height, height_se, ratio)
             keep &= ~closed[a] & ~closed[b]
         if lone_wait:
             keep &= _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters)
@@ -192,7 +198,7 @@ def _relabel(labels):
 
 
 def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
-              edge_stderr: torch.Tensor | None = None) -> torch.Tensor:
+              edge_stderr: torch.Tensor | None = None, closing_ratio: float = NATURAL_RATIO) -> torch.Tensor:
     """Cut ``graph`` into connected blocks of about ``block_size`` nodes, keeping heavy edges inside.
 
     Parameters
@@ -208,9 +214,12 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     edge_stderr : Tensor ``[num_edges]``, optional
         The standard error of each edge weight (aligned with ``graph.edge_index``). Given, a cluster closed off by a
         gap beyond its noise takes no more merges, though smaller than ``block_size``, and is never absorbed: its
-        best connection to any other cluster, ``CLOSING_Z`` standard errors up, is at most ``NATURAL_RATIO`` of the
+        best connection to any other cluster, ``CLOSING_Z`` standard errors up, is at most ``closing_ratio`` of the
         affinity that formed it, ``CLOSING_Z`` standard errors down (a binary tree's level-1 pairs with
         ``block_size=4``).
+    closing_ratio : float in (0, 1], default ``NATURAL_RATIO``
+        The gap that closes a cluster off when ``edge_stderr`` is given (:data:`DECISIVE_GAP` for the flow's
+        default).
 
     Returns
     -------
@@ -226,6 +235,8 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     if block_size > n:
         raise ValueError(f"block_size={block_size} exceeds the graph's num_nodes={n}; choose block_size <= {n}")
     seed = check_positive_int(seed, name="seed", minimum=0)
+    if not 0.0 < closing_ratio <= 1.0:
+        raise ValueError(f"closing_ratio must lie in (0, 1], got {closing_ratio}")
     check_affinities(graph)
     labels = np.arange(n, dtype=np.int64)
     if block_size == 1:
@@ -261,17 +272,17 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     # a cluster whose best partner is a natural merge past block_size waits for it (phase 2) rather than
     # pairing with a weaker partner: the leftovers of two groups of 5 (block_size 4) paired across groups
     # a lone node that waits is absorbed at the end only where blocks of one are undersized (block_size >= 3)
-    noise = None if var is None else (var, np.zeros(n))
+    noise = None if var is None else (var, np.zeros(n), closing_ratio)
     out = _agglomerate(src, dst, w, labels, sizes, height, jitter, lambda *args: fits(*args) | natural(*args), fits,
                        lone_wait=block_size >= 3, noise=noise)
-    noise = None if var is None else (var, out[3])
+    noise = None if var is None else (var, out[3], closing_ratio)
     out = _agglomerate(src, dst, w, *out[:3], jitter, natural, natural, noise=noise)
     labels, sizes, height = out[:3]
     whole = None
     if var is not None:  # a cluster closed off by a gap stays as it is
         a, b, cw, cv = _cluster_graph(src, dst, w, labels, sizes.size, var)
         norm = sizes[a] * sizes[b]
-        whole = _closed(a, cw / norm, np.sqrt(cv) / norm, height, out[3])
+        whole = _closed(a, cw / norm, np.sqrt(cv) / norm, height, out[3], closing_ratio)
     labels = _absorb_small(src, dst, w, labels, sizes, max(1, (block_size + 1) // 2), whole)
     return torch.from_numpy(_relabel(labels))
 

@@ -251,10 +251,12 @@ def _identity(setting: _Setting, x: torch.Tensor) -> dict:
 
 def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     """The level's ``(blocks, regions)``, or the reason (str) why the flow stops here. ``x`` : the level's samples
-    (a level >= 1 graph rebuilt from them is partitioned on loading affinities when ``coarse_partition`` says; with
-    ``"loading-gaps"`` a group closed off by a gap beyond the affinities' standard errors is kept whole)."""
+    (a level >= 1 graph rebuilt from them is partitioned on loading affinities when ``coarse_partition`` says, a
+    group closed off by a gap beyond the affinities' standard errors kept whole: a decisive gap (``DECISIVE_GAP``)
+    with ``"loading"``, any natural one (``NATURAL_RATIO``) with ``"loading-gaps"``)."""
     from graphs import lattice_blocks, partition
     from graphs.loadings import loading_graph
+    from graphs.partitioning import DECISIVE_GAP, NATURAL_RATIO
 
     opts, s = setting.options, level_seed(setting.seed, level)
     if graph.num_nodes < opts.min_nodes or graph.num_nodes < 2 * opts.block_size:
@@ -269,7 +271,8 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     else:
         loading = level > 0 and opts.coarse_partition != "corr" and "metric" in graph.metadata
         g, se = loading_graph(x, graph.names, fallback=graph, with_stderr=True) if loading else (graph, None)
-        blocks = partition(g, opts.block_size, seed=s, edge_stderr=se if opts.coarse_partition == "loading-gaps" else None)
+        gap = NATURAL_RATIO if opts.coarse_partition == "loading-gaps" else DECISIVE_GAP
+        blocks = partition(g, opts.block_size, seed=s, edge_stderr=se, closing_ratio=gap)
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "

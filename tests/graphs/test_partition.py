@@ -192,6 +192,21 @@ def test_clusters_closed_off_by_a_gap_beyond_their_noise_stay_whole(block_size):
     assert torch.equal(partition(g, block_size, edge_stderr=torch.full((g.num_edges,), 0.3)), joined)
 
 
+def test_the_closing_ratio_sets_how_deep_a_gap_must_be():
+    """Pairs at affinity 1 with 0.7 across: a gap at ``NATURAL_RATIO`` (0.9) closes them, not a decisive one
+    (``DECISIVE_GAP`` 0.6, the flow's default); at 0.5 across both close them. A ratio outside (0, 1] is refused."""
+    from graphs.partitioning import DECISIVE_GAP
+
+    pairs, se = torch.arange(8) // 2, lambda g: torch.full((g.num_edges,), 0.01)
+    shallow, deep = _pairs_graph(across=0.7), _pairs_graph(across=0.5)
+    assert torch.equal(partition(shallow, 4, edge_stderr=se(shallow)), pairs)
+    assert torch.equal(partition(shallow, 4, edge_stderr=se(shallow), closing_ratio=DECISIVE_GAP), partition(shallow, 4))
+    assert torch.equal(partition(deep, 4, edge_stderr=se(deep), closing_ratio=DECISIVE_GAP), pairs)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="closing_ratio"):
+            partition(deep, 4, edge_stderr=se(deep), closing_ratio=bad)
+
+
 def test_edge_stderr_needs_one_finite_nonnegative_value_per_edge():
     g = _pairs_graph()
     for bad in (torch.full((3,), 0.1), torch.full((g.num_edges,), -0.1), torch.full((g.num_edges,), float("nan"))):
