@@ -17,8 +17,8 @@ are kept whole; on graphs without such gaps the blocks are those of the first ph
 pair fits any more, clusters smaller than ``block_size / 2`` are absorbed into their
 best-connected neighbour. Given the edges' standard errors (``edge_stderr``), a cluster
 closed off by a gap beyond its noise takes no more merges and is never absorbed, however
-small: a binary tree's level-1 groups of two with ``block_size=4`` (the flow's
-``coarse_partition="loading-gaps"``).
+small: a binary tree's level-1 groups of two with ``block_size=4`` (the flow's level >= 1 partition closes at a
+decisive gap, ``DECISIVE_GAP``, by default and at any natural gap with ``coarse_partition="loading-gaps"``).
 Merges only follow edges, so every block is connected; blocks of a component smaller
 than ``block_size`` (or an isolated node) stay whole and undersized.
 Edge weights enter as ``max(w, 0)`` plus a tiny seeded jitter that breaks ties.
@@ -133,8 +133,8 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
     ``c``, inf for a single node). A cluster whose best partner is not ``allowed`` (same arguments) waits: it
     takes no further part in this phase. ``lone_wait``: two single nodes do not pair across a gap
     (:func:`_no_lone_pair_across_a_gap`). ``noise``: ``(edge variance [2E], height_se [C], closing ratio)`` —
-    clusters closed off by a gap beyond their noise (:func:`_closed`) take no part. Returns ``(labels, sizes, height)`` once no
-    allowed pair is left (and ``height_se`` with ``noise``).
+    clusters closed off by a gap beyond their noise (:func:`_closed`) take no part. Returns ``(labels, sizes,
+    height)`` once no allowed pair is left (and ``height_se`` with ``noise``).
     """
     num_clusters = sizes.size
     waiting = np.zeros(num_clusters, dtype=bool)
