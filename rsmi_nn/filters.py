@@ -204,15 +204,15 @@ class _Filter(nn.Module):
 
 
 def uniform_blocks(w: torch.Tensor, visible_mask: torch.Tensor) -> int:
-    """How many blocks' one-component filters ``w [J, max_visible, 1]`` are exactly uniform in magnitude on their
-    units ``visible_mask [J, max_visible]`` (as :meth:`LinearFilter.snap_near_uniform` leaves them); 0 for more
-    components."""
+    """How many blocks of two or more units have a one-component filter ``w [J, max_visible, 1]`` exactly uniform in
+    magnitude on their units ``visible_mask [J, max_visible]`` (as :meth:`LinearFilter.snap_near_uniform` leaves
+    them); 0 for more components."""
     if w.shape[-1] != 1:
         return 0
     mag, real = w[..., 0].abs(), visible_mask.bool()
     largest = torch.where(real, mag, torch.zeros_like(mag)).amax(dim=1)
     smallest = torch.where(real, mag, torch.full_like(mag, torch.inf)).amin(dim=1)
-    return int((largest == smallest).sum())
+    return int(((largest == smallest) & (real.sum(dim=1) > 1)).sum())
 
 
 class LinearFilter(_Filter):

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import torch
 
+from rsmi_nn.filters import uniform_blocks
 from rsmi_nn.options import StepOptions
 
 __all__ = ["AUTO_MAX_HIDDEN", "AUTO_TOLERANCE", "auto_coarse_grain", "choose_hidden", "gaussian_ceiling"]
@@ -94,9 +95,12 @@ def auto_coarse_grain(x, regions, options: StepOptions, *, seed: int = 0, device
     pick = (per_block - 1)[:, None]
     chosen = {name: torch.stack([getattr(r, name) for r in results], 1).gather(1, pick).squeeze(1)
               for name in ("mi", "mi_stderr", "mi_validation")}
+    one = per_block == 1  # their filters are the h = 1 step's, snapped there if binarised and near uniform
+    snapped = uniform_blocks(filters[one][..., :1], regions.visible_mask[one]) if results[0].info["uniform_blocks"] else 0
     info = {**results[h_max - 1].info, "relevance_spectrum": spectrum, "relevance_stderr": stderr,
             "mi_ceiling_gaussian": ceiling, "steps_run": max(r.info["steps_run"] for r in results),
-            "collapsed_blocks": sorted({b for r in results for b in r.info["collapsed_blocks"]})}
+            "collapsed_blocks": sorted({b for r in results for b in r.info["collapsed_blocks"]}),
+            "uniform_blocks": snapped}
     log.info("hidden='auto': components per block %s (spectrum h = 1..%d)",
              torch.bincount(per_block, minlength=k + 1)[1:].tolist(), k)
     return replace(results[h_max - 1], filters=filters, hidden=h_max, hidden_per_block=per_block, info=info,

@@ -86,3 +86,16 @@ def test_ising_blocks_send_every_tie_to_one_side():
         assert int(tie[:, j].sum()) > 100
         assert h[tie[:, j], j].unique().numel() == 1, j
         torch.testing.assert_close(h[~tie[:, j], j], spins[~tie[:, j], j].sum(-1).sign())  # the majority elsewhere
+
+
+def test_auto_hidden_counts_the_snapped_one_component_blocks():
+    """``hidden="auto"`` on spins: the blocks that keep one component carry the h = 1 step's snapped filter, and
+    ``info["uniform_blocks"]`` counts them (blocks with more components are left as learnt)."""
+    L = 16
+    x = sample_ising(L, T_CRITICAL, 3000, seed=0)
+    regions = make_regions(lattice_graph(L), lattice_blocks(L, 2), buffer=1, env=1).select(list(range(0, 64, 4)))
+    res = coarse_grain(x, regions, hidden="auto", seed=0)
+    one = res.hidden_per_block == 1
+    assert res.binarize == "straight-through" and 0 < int(one.sum()) < 16  # measured: 2 blocks keep one component
+    assert res.info["uniform_blocks"] == int(one.sum())
+    assert torch.equal(res.filters[one, :, 0].abs(), torch.full((int(one.sum()), 4), 0.5))
