@@ -314,10 +314,14 @@ def train_problems(
 
 
 class _Adam:
-    """Adam (Kingma & Ba; betas 0.9, 0.999, eps 1e-8) computed as ``torch.optim.Adam``'s for-loop implementation
-    computes it on a CPU (the same operations in the same order, so the same bits), without importing
-    ``torch.optim``: its first use in a process imports ``torch._dynamo``, 1.7 s on the 2-core CPU (measured),
-    longer than a whole shared RSMI step. ``state[t]`` holds ``exp_avg`` / ``exp_avg_sq`` (cut by :func:`_compact`)."""
+    """Adam (Kingma & Ba; betas 0.9, 0.999, eps 1e-8) computed as ``torch.optim.Adam(fused=True)`` computes it,
+    without importing ``torch.optim``: its first use in a process imports ``torch._dynamo``, 1.7 s on the 2-core
+    CPU (measured), longer than a whole shared RSMI step. One fused kernel reads each element once where the
+    for-loop's formula made seven passes (the default run's flow at the earlier settings 27.4 -> 25.8 s on the 2-core
+    CPU, ``estimate_mi`` and its loop ~4 % faster alike), and every element goes through its vector lanes
+    (:meth:`_fused_step`), so a problem's numbers do not depend on which others share the batch. On a device or
+    dtype without the kernel: ``torch.optim.Adam``'s for-loop operations. ``state[t]`` holds ``exp_avg`` /
+    ``exp_avg_sq`` (cut by :func:`_compact`)."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params, self.lr, (self.beta1, self.beta2), self.eps = params, float(lr), betas, eps
@@ -329,7 +333,6 @@ class _Adam:
 
     @torch.no_grad()
     def step(self) -> None:
-        b1, b2 = self.beta1, self.beta2
         groups: dict[float, list[torch.Tensor]] = {}  # by step count (a parameter without a gradient skips a step)
         for t in self.params:
             if t.grad is None:
@@ -339,16 +342,52 @@ class _Adam:
                 st.update(step=0.0, exp_avg=torch.zeros_like(t), exp_avg_sq=torch.zeros_like(t))
             st["step"] += 1.0
             groups.setdefault(st["step"], []).append(t)
-        for step, ts in groups.items():  # the for-loop's operations, a few kernels for all parameters
-            grads = [t.grad for t in ts]
-            ms, vs = [self.state[t]["exp_avg"] for t in ts], [self.state[t]["exp_avg_sq"] for t in ts]
-            torch._foreach_lerp_(ms, grads, 1 - b1)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_div_(denom, (1 - b2 ** step) ** 0.5)
-            torch._foreach_add_(denom, self.eps)
-            torch._foreach_addcdiv_(ts, ms, denom, value=-self.lr / (1 - b1 ** step))
+        for step, ts in groups.items():
+            tensors = (ts, [t.grad for t in ts], [self.state[t]["exp_avg"] for t in ts],
+                       [self.state[t]["exp_avg_sq"] for t in ts])
+            fused = (ts[0].device.type in _FUSED_ADAM_DEVICES and ts[0].dtype in _FUSED_ADAM_DTYPES
+                     and all(u.is_contiguous() for group in tensors for u in group))
+            (self._fused_step if fused else self._foreach_step)(*tensors, step)
+
+    def _fused_step(self, ts, grads, ms, vs, step: float) -> None:
+        """One ``torch._fused_adam_`` over the tensors' first ``numel - numel % LANES`` elements, one over their
+        remainders packed together and zero-padded to a multiple of :data:`_FUSED_ADAM_LANES`: the CPU kernel
+        computes a tensor's last ``numel % width`` elements in a scalar loop whose roundings differ from its vector
+        lanes', which would make a problem's bits depend on how many problems share its tensors."""
+        count = torch.tensor(step, dtype=torch.float32, device=ts[0].device)  # the kernel reads it only
+        options = {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "weight_decay": 0.0, "eps": self.eps,
+                   "amsgrad": False, "maximize": False}
+        flat = [[u.view(-1) for u in group] for group in (ts, grads, ms, vs)]
+        cut = [u.numel() - u.numel() % _FUSED_ADAM_LANES for u in flat[0]]
+        heads = [[u[:c] for u, c in zip(group, cut) if c] for group in flat]
+        if heads[0]:
+            torch._fused_adam_(*heads, [], [count] * len(heads[0]), **options)
+        tails = [[u[c:] for u, c in zip(group, cut) if c < u.numel()] for group in flat]
+        if tails[0]:
+            sizes = [u.numel() for u in tails[0]]
+            pad = -sum(sizes) % _FUSED_ADAM_LANES
+            packed = [torch.cat([*group, group[0].new_zeros(pad)]) for group in tails]  # zeros: no update, no NaN
+            torch._fused_adam_(*([u] for u in packed), [], [count], **options)
+            for i in (0, 2, 3):  # parameters and moments back; the gradients were read only
+                torch._foreach_copy_(tails[i], list(packed[i][:sum(sizes)].split(sizes)))
+
+    def _foreach_step(self, ts, grads, ms, vs, step: float) -> None:
+        """``torch.optim.Adam``'s for-loop operations, a few kernels for all parameters."""
+        b1, b2 = self.beta1, self.beta2
+        torch._foreach_lerp_(ms, grads, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, (1 - b2 ** step) ** 0.5)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(ts, ms, denom, value=-self.lr / (1 - b1 ** step))
+
+
+# where ``torch._fused_adam_`` has a kernel (torch.optim's fused Adam supports these)
+_FUSED_ADAM_DEVICES = ("cpu", "cuda")
+_FUSED_ADAM_DTYPES = (torch.float32, torch.float64)
+# elements: a multiple of every width the CPU kernel's vector lanes take (float32: 16 with AVX-512, 8 with AVX2)
+_FUSED_ADAM_LANES = 16
 
 
 def _in(batch: torch.Tensor, p: int) -> torch.Tensor:

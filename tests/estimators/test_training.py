@@ -69,13 +69,19 @@ def test_objective_of_wrong_length_is_an_error():
                                 torch.Generator().manual_seed(0), training.TrainSettings(batch_size=4, max_steps=2))
 
 
-def test_adam_is_torch_optim_adam_to_the_bit():
-    """The loop's Adam (a few foreach kernels for all parameters) computes what torch.optim.Adam's for-loop computes,
-    bit for bit, including a parameter that skips steps (no gradient: its own step count)."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_is_torch_optim_adam_to_the_bit(fused, monkeypatch):
+    """The loop's Adam computes what torch.optim.Adam computes, bit for bit, including a parameter that skips steps
+    (no gradient: its own step count): the fused kernel where it has one (tensors of whole vector lanes, where
+    torch's own call uses no scalar remainder loop either), else the for-loop's operations (any shapes)."""
+    if not fused:
+        monkeypatch.setattr(training, "_FUSED_ADAM_DEVICES", ())
     g = torch.Generator().manual_seed(0)
-    ours = [torch.randn(3, 4, generator=g, requires_grad=True), torch.randn(5, generator=g, requires_grad=True)]
+    shapes = [(4, 8), (48,)] if fused else [(3, 4), (5,)]
+    ours = [torch.randn(*s, generator=g, requires_grad=True) for s in shapes]
     theirs = [t.detach().clone().requires_grad_(True) for t in ours]
-    opt, ref = training._Adam(ours, 1e-2), torch.optim.Adam(theirs, lr=1e-2, foreach=False)
+    opt = training._Adam(ours, 1e-2)
+    ref = torch.optim.Adam(theirs, lr=1e-2, fused=True) if fused else torch.optim.Adam(theirs, lr=1e-2, foreach=False)
     for i in range(12):
         for params, o in ((ours, opt), (theirs, ref)):
             o.zero_grad(set_to_none=True)
@@ -83,3 +89,23 @@ def test_adam_is_torch_optim_adam_to_the_bit():
             loss.backward()
             o.step()
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_adam_bits_of_a_problem_do_not_depend_on_the_others():
+    """Problem p's slices get the same bits whether 1, 2, ... or all 64 problems share the tensors (the
+    compacted batch and a distributed rank's share rely on it), whatever the remainders of their sizes."""
+    shapes = [(1,), (3, 5), (7, 1), (2, 2, 3), (16,)]
+
+    def train(p: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        params = [torch.randn(64, *s, generator=g)[:p].clone() for s in shapes]
+        opt = training._Adam(params, 1e-2)
+        for _ in range(20):
+            for t, s in zip(params, shapes):
+                t.grad = torch.randn(64, *s, generator=g)[:p].clone()
+            opt.step()
+        return params
+
+    everyone = train(64)
+    for p in (1, 3, 17, 63):
+        assert all(torch.equal(a[:p], b) for a, b in zip(everyone, train(p))), p
