@@ -91,21 +91,22 @@ def test_adam_is_torch_optim_adam_to_the_bit(fused, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
-def test_adam_bits_of_a_problem_do_not_depend_on_the_others():
-    """Problem p's slices get the same bits whether 1, 2, ... or all 64 problems share the tensors (the
-    compacted batch and a distributed rank's share rely on it), whatever the remainders of their sizes."""
-    shapes = [(1,), (3, 5), (7, 1), (2, 2, 3), (16,)]
+@pytest.mark.parametrize("n_problems, shapes", [(64, [(1,), (3, 5), (7, 1), (2, 2, 3), (16,)]),
+                                                 (600, [(64, 32), (1, 8), (25, 1)])])  # large: split over threads
+def test_adam_bits_of_a_problem_do_not_depend_on_the_others(n_problems, shapes):
+    """Problem p's slices get the same bits whether 1, 3, ... or all problems share the tensors (the compacted
+    batch and a distributed rank's share rely on it), whatever the remainders of their sizes."""
 
     def train(p: int) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(0)
-        params = [torch.randn(64, *s, generator=g)[:p].clone() for s in shapes]
+        params = [torch.randn(n_problems, *s, generator=g)[:p].clone() for s in shapes]
         opt = training._Adam(params, 1e-2)
-        for _ in range(20):
+        for _ in range(8):
             for t, s in zip(params, shapes):
-                t.grad = torch.randn(64, *s, generator=g)[:p].clone()
+                t.grad = torch.randn(n_problems, *s, generator=g)[:p].clone()
             opt.step()
         return params
 
-    everyone = train(64)
-    for p in (1, 3, 17, 63):
+    everyone = train(n_problems)
+    for p in (1, 3, 17, n_problems - 1):
         assert all(torch.equal(a[:p], b) for a, b in zip(everyone, train(p))), p
