@@ -314,14 +314,15 @@ def train_problems(
 
 
 class _Adam:
-    """Adam (Kingma & Ba; betas 0.9, 0.999, eps 1e-8) computed as ``torch.optim.Adam(fused=True)`` computes it,
-    without importing ``torch.optim``: its first use in a process imports ``torch._dynamo``, 1.7 s on the 2-core
-    CPU (measured), longer than a whole shared RSMI step. One fused kernel reads each element once where the
-    for-loop's formula made seven passes (the default run's flow at the earlier settings 27.4 -> 25.8 s on the 2-core
-    CPU, ``estimate_mi`` and its loop ~4 % faster alike), and every element goes through its vector lanes
+    """Adam (Kingma & Ba; betas 0.9, 0.999, eps 1e-8) by torch's fused kernel (the bits of
+    ``torch.optim.Adam(fused=True)`` on tensors of whole vector lanes), without importing ``torch.optim``: its first
+    use in a process imports ``torch._dynamo``, 1.7 s on the 2-core CPU (measured), longer than a whole shared RSMI
+    step. The kernel reads each element once where the for-loop's formula made seven passes (2-core CPU: the default
+    run's flow at the earlier settings 26.8 / 24.0 -> 23.5 / 23.4 s, ``estimate_mi``'s P = 1 000 batch 37.8 / 35.6 ->
+    34.8 / 33.5 s, its one-problem loop unchanged), and every element goes through its vector lanes
     (:meth:`_fused_step`), so a problem's numbers do not depend on which others share the batch. On a device or
-    dtype without the kernel: ``torch.optim.Adam``'s for-loop operations. ``state[t]`` holds ``exp_avg`` /
-    ``exp_avg_sq`` (cut by :func:`_compact`)."""
+    dtype without the kernel, or non-contiguous tensors: ``torch.optim.Adam``'s for-loop operations. ``state[t]``
+    holds ``exp_avg`` / ``exp_avg_sq`` (cut by :func:`_compact`)."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params, self.lr, (self.beta1, self.beta2), self.eps = params, float(lr), betas, eps
