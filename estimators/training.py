@@ -36,6 +36,7 @@ instead of ``min_delta`` gave the same estimates but stopped RSMI blocks early (
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -346,7 +347,8 @@ class _Adam:
         for step, ts in groups.items():
             tensors = (ts, [t.grad for t in ts], [self.state[t]["exp_avg"] for t in ts],
                        [self.state[t]["exp_avg_sq"] for t in ts])
-            fused = (ts[0].device.type in _FUSED_ADAM_DEVICES and ts[0].dtype in _FUSED_ADAM_DTYPES
+            kind = ts[0].device.type
+            fused = (kind in _FUSED_ADAM_DEVICES and ts[0].dtype in _FUSED_ADAM_DTYPES and _fused_adam_runs(kind)
                      and all(u.is_contiguous() for group in tensors for u in group))
             (self._fused_step if fused else self._foreach_step)(*tensors, step)
 
@@ -389,6 +391,19 @@ _FUSED_ADAM_DEVICES = ("cpu", "cuda")
 _FUSED_ADAM_DTYPES = (torch.float32, torch.float64)
 # elements: a multiple of every width the CPU kernel's vector lanes take (float32: 16 with AVX-512, 8 with AVX2)
 _FUSED_ADAM_LANES = 16
+
+
+@functools.cache
+def _fused_adam_runs(device_type: str) -> bool:
+    """Whether this torch has ``torch._fused_adam_`` for ``device_type`` (its CPU kernel came with torch 2.4; the
+    package accepts torch >= 2.1): one update of ``_FUSED_ADAM_LANES`` zeros, tried once per process."""
+    try:
+        t = torch.zeros(_FUSED_ADAM_LANES, device=device_type)
+        torch._fused_adam_([t], [t.clone()], [t.clone()], [t.clone()], [], [torch.ones((), device=device_type)],
+                           lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return False
+    return True
 
 
 def _in(batch: torch.Tensor, p: int) -> torch.Tensor:
