@@ -322,8 +322,8 @@ class _Adam:
     run's flow at the earlier settings 26.8 / 24.0 -> 23.5 / 23.4 s, ``estimate_mi``'s P = 1 000 batch 37.8 / 35.6 ->
     34.8 / 33.5 s, its one-problem loop unchanged), and every element goes through its vector lanes
     (:meth:`_fused_step`), so a problem's numbers do not depend on which others share the batch. On a device or
-    dtype without the kernel, or non-contiguous tensors: ``torch.optim.Adam``'s for-loop operations. ``state[t]``
-    holds ``exp_avg`` / ``exp_avg_sq`` (cut by :func:`_compact`)."""
+    dtype without the kernel, non-contiguous tensors or mixed ones: ``torch.optim.Adam``'s for-loop operations.
+    ``state[t]`` holds ``exp_avg`` / ``exp_avg_sq`` (cut by :func:`_compact`)."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params, self.lr, (self.beta1, self.beta2), self.eps = params, float(lr), betas, eps
@@ -347,9 +347,11 @@ class _Adam:
         for step, ts in groups.items():
             tensors = (ts, [t.grad for t in ts], [self.state[t]["exp_avg"] for t in ts],
                        [self.state[t]["exp_avg_sq"] for t in ts])
-            kind = ts[0].device.type
-            fused = (kind in _FUSED_ADAM_DEVICES and ts[0].dtype in _FUSED_ADAM_DTYPES and _fused_adam_runs(kind)
-                     and all(u.is_contiguous() for group in tensors for u in group))
+            first = ts[0]
+            fused = (first.device.type in _FUSED_ADAM_DEVICES and first.dtype in _FUSED_ADAM_DTYPES
+                     and _fused_adam_runs(first.device.type)
+                     and all(u.is_contiguous() and u.dtype == first.dtype and u.device == first.device
+                             for group in tensors for u in group))
             (self._fused_step if fused else self._foreach_step)(*tensors, step)
 
     def _fused_step(self, ts, grads, ms, vs, step: float) -> None:
