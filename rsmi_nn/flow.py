@@ -113,7 +113,7 @@ def run_flow(x, graph, options: FlowOptions | None = None, *, graph_options: Gra
             log.info("flow stops: %s", planned)
             break
         blocks, regions = planned
-        saved = _saved_level(out, level)
+        saved = _saved_level(out, level, blocks)
         t0 = time.time()
         if saved is None:
             if out is not None:  # later levels were computed from this one: they go too
@@ -179,12 +179,18 @@ def _on_writer(what: str, write, *args, **kwargs) -> None:
             write(*args, **kwargs)
 
 
-def _saved_level(out, level: int):
-    """``(record, coarse samples)`` of a finished level in ``out`` read by rank 0 and sent to every rank, or None."""
+def _saved_level(out, level: int, blocks: torch.Tensor):
+    """``(record, coarse samples)`` of a finished level in ``out`` read by rank 0 and sent to every rank, or None;
+    None too (logged) when its blocks are not the ``blocks`` planned now (a folder written by an earlier version of
+    the partition): the level is recomputed rather than read against another partition."""
     if out is None:
         return None
     with agreed(f"reading level {level}"):
         saved = rundir.read_level(rundir.level_dir(out, level)) if is_writer() else None
+        if saved is not None and not rundir.same_blocks(rundir.level_dir(out, level), blocks):
+            log.warning("level %d in %s was partitioned otherwise than this version plans it; it is recomputed",
+                        level, out)
+            saved = None
     return broadcast_object(saved)
 
 
@@ -197,7 +203,7 @@ def check_flow(x, graph, options: FlowOptions | None = None, *, graph_options: G
 
 def _first_level(x: torch.Tensor, graph, setting: _Setting):
     """Level 0's ``(blocks, regions)``, checked against the samples before anything is written."""
-    planned = _plan(0, graph, setting)
+    planned = _plan(0, graph, setting, x)
     if isinstance(planned, str):
         raise ValueError(f"the flow cannot start: {planned}; use a smaller block_size")
     check_step(x.shape[0], x.shape[1], planned[1], setting.options.step_options())
@@ -253,10 +259,12 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     """The level's ``(blocks, regions)``, or the reason (str) why the flow stops here. ``x`` : the level's samples
     (a level >= 1 graph rebuilt from them is partitioned on loading affinities when ``coarse_partition`` says, a
     group closed off by a gap beyond the affinities' standard errors kept whole: a decisive gap (``DECISIVE_GAP``)
-    with ``"loading"``, any natural one (``NATURAL_RATIO``) with ``"loading-gaps"``)."""
+    with ``"loading"``, any natural one (``NATURAL_RATIO``) with ``"loading-gaps"``; level 0's partition into blocks of
+    at most ``MAX_SWAP_BLOCK_SIZE`` is then refined by Pareto swaps, :func:`graphs.swaps.pareto_swaps`)."""
     from graphs import lattice_blocks, partition
     from graphs.loadings import loading_graph
     from graphs.partitioning import DECISIVE_GAP, NATURAL_RATIO
+    from graphs.swaps import MAX_SWAP_BLOCK_SIZE, pareto_swaps
 
     opts, s = setting.options, level_seed(setting.seed, level)
     if graph.num_nodes < opts.min_nodes or graph.num_nodes < 2 * opts.block_size:
@@ -273,6 +281,8 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
         g, se = loading_graph(x, graph.names, fallback=graph, with_stderr=True) if loading else (graph, None)
         gap = NATURAL_RATIO if opts.coarse_partition == "loading-gaps" else DECISIVE_GAP
         blocks = partition(g, opts.block_size, seed=s, edge_stderr=se, closing_ratio=gap)
+        if level == 0 and x is not None and opts.block_size <= MAX_SWAP_BLOCK_SIZE:
+            blocks = pareto_swaps(x, blocks, graph)
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "

@@ -47,6 +47,7 @@ __all__ = [
     "read_flow",
     "read_json",
     "read_level",
+    "same_blocks",
     "write_flow",
     "write_level",
 ]
@@ -229,6 +230,12 @@ def read_level(path: Path) -> tuple[dict, torch.Tensor] | None:
         log.warning("%s is damaged (%s); the level is recomputed", path, err)
         return None
     return record, coarse
+
+
+def same_blocks(path: Path, blocks: torch.Tensor) -> bool:
+    """Whether the level in ``path`` was trained on the partition ``blocks [U]`` (its ``regions.safetensors``)."""
+    stored = load_tensors(path / "regions.safetensors")["blocks"]
+    return stored.shape == blocks.shape and bool(torch.equal(stored.cpu(), blocks.cpu()))
 
 
 def check_safetensors(path: Path) -> None:

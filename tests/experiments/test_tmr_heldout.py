@@ -52,6 +52,19 @@ def test_the_issues_call_meets_the_targets_on_a_weakly_coupled_spin_tree():
     assert len(res["levels"]) == 2 and all(lv["ari"] == 1.0 for lv in res["levels"])
 
 
+def test_a_weak_nuisance_is_met_after_pareto_swaps(monkeypatch):
+    """Nuisance pairs of strength 1 (random signs: a pair's nuisance can cancel its shared signal), spin coupling
+    0.8: the partition puts two sibling groups' pairs into shared blocks (level-0 ARI 0.84); the Pareto swaps after
+    it restore the planted groups and the issue's targets."""
+    weak = {"latent": "spin", "branching": 3, "nuisance": "pairs", "coupling": 0.8, "amplitude": 1.0}
+    res = run_construction(weak, n_fit=6000, n_test=2000)
+    assert res["met"] and res["levels"][0]["ari"] == 1.0, res["levels"]
+    import graphs.swaps
+
+    monkeypatch.setattr(graphs.swaps, "pareto_swaps", lambda x, blocks, graph, **kw: blocks)
+    assert run_construction(weak, n_fit=6000, n_test=2000)["levels"][0]["ari"] < 0.9
+
+
 def test_a_binary_trees_level_one_pairs_are_kept_whole():
     """Branching 2, groups of 4, ``block_size=4``: level 1's planted groups are pairs of coarse variables. At coupling
     0.6 their gap to the rest (c² = 0.36) is decisive and the default partition keeps each pair whole; at 0.8 (0.64)

@@ -72,6 +72,28 @@ def test_resume_after_interruption_is_identical(ising_flow, tmp_path):
         run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=4, **FAST)
 
 
+def test_a_level_partitioned_otherwise_is_recomputed(ising_flow, tmp_path, caplog):
+    """A folder whose level was trained on another partition than this version plans (an earlier partition rule)
+    is not read against the new blocks: that level is recomputed, with a warning, to the bytes of a fresh run."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    x, full_out, _ = ising_flow
+    out = tmp_path / "other"
+    shutil.copytree(full_out, out)
+    path = out / "levels/001/regions.safetensors"
+    tensors = load_file(path)
+    tensors["blocks"] = torch.roll(tensors["blocks"], 1)  # the same sizes, other members
+    save_file(tensors, path)
+    with caplog.at_level("WARNING", logger="rsmi_nn.flow"):
+        resumed = run_flow(x, lattice_graph(16), levels=2, block_size=4, out=out, seed=3, **FAST)
+    assert resumed.results[0] is None and resumed.results[1] is not None  # level 1 retrained
+    assert "level 1 in" in caplog.text and "recomputed" in caplog.text
+    assert (out / "levels/001/regions.safetensors").read_bytes() == (full_out / "levels/001/regions.safetensors").read_bytes()
+    assert (out / "flow.json").read_bytes() == (full_out / "flow.json").read_bytes()
+
+
 def test_run_written_before_options_were_declared_once_resumes(ising_flow, tmp_path):
     """Regression (issue 12): flow_config.json of earlier versions kept the step options passed, not all."""
     import shutil

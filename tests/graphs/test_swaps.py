@@ -1,0 +1,63 @@
+"""Pareto swaps between adjacent blocks (:mod:`graphs.swaps`)."""
+
+import numpy as np
+import pytest
+import torch
+
+from graphs import build_graph
+from graphs.swaps import MAX_SWAP_NODES, pareto_swaps, unit_r2
+
+
+def _sibling_pairs(n: int = 8000, seed: int = 0) -> torch.Tensor:
+    """Two groups of 4 units reading latents that correlate 0.6, each group two pairs sharing a nuisance of the
+    latent's size with opposite signs (it cancels in the pair's sum, as a random-sign nuisance may): units 0-3 read
+    z1 (pairs 0-1, 2-3), units 4-7 read z2 (pairs 4-5, 6-7)."""
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, generator=g)
+    z2 = 0.6 * z1 + 0.8 * torch.randn(n, generator=g)
+    nuisance = torch.randn(n, 4, generator=g)
+    cols = []
+    for unit in range(8):
+        z = z1 if unit < 4 else z2
+        cols.append(z + (-1) ** unit * nuisance[:, unit // 2] + 0.7 * torch.randn(n, generator=g))
+    return torch.stack(cols, dim=1)
+
+
+def test_unit_r2_is_the_regression_r2():
+    x = _sibling_pairs(4000).double()
+    corr = torch.corrcoef(x.T)
+    members = torch.tensor([0, 1, 4])
+    z = ((x - x.mean(0)) / x.std(0)).numpy()
+    for i, u in enumerate(members.tolist()):
+        others = [v for v in members.tolist() if v != u]
+        coef, *_ = np.linalg.lstsq(z[:, others], z[:, u], rcond=None)
+        r2 = 1 - np.mean((z[:, u] - z[:, others] @ coef) ** 2) / np.var(z[:, u])
+        assert abs(float(unit_r2(corr, members)[i]) - r2) < 1e-3
+    assert unit_r2(corr, torch.tensor([3])).tolist() == [0.0]
+
+
+def test_sibling_halves_are_swapped_back_into_their_groups():
+    x = _sibling_pairs()
+    graph = build_graph(x)  # 8 units: the complete graph
+    mixed = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0])  # each block: a pair of each group
+    out = pareto_swaps(x, mixed, graph)
+    assert len(set(out[:4].tolist())) == 1 and len(set(out[4:].tolist())) == 1 and out[0] != out[4], out
+    corr = torch.corrcoef(x.double().T)
+    for block in (0, 1):  # the swap lowered no unit's R² (Pareto) and raised their sum
+        before = unit_r2(corr, torch.nonzero(mixed == block).flatten())
+        assert float(before.sum()) < float(unit_r2(corr, torch.nonzero(out == block).flatten()).sum())
+    assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
+
+
+def test_bad_or_too_large_inputs():
+    x = _sibling_pairs(500)
+    graph = build_graph(x)
+    with pytest.raises(ValueError, match="same units"):
+        pareto_swaps(x[:, :7], torch.zeros(8, dtype=torch.long), graph)
+    wide = torch.randn(20, MAX_SWAP_NODES + 1)
+
+    class _Graph:  # only the size is read before the limit
+        num_nodes = MAX_SWAP_NODES + 1
+
+    blocks = torch.arange(MAX_SWAP_NODES + 1) // 4
+    assert pareto_swaps(wide, blocks, _Graph()) is blocks
