@@ -16,7 +16,9 @@ the model in each process; ``same_store_samples`` checks the three stores hold t
 
 Ratios: ``one_process`` / ``two_ranks`` (what a user gains by launching two ranks instead of threads) and
 ``one_thread`` / ``two_ranks`` (the scaling of the sharded work), for the whole run and for the graph and
-flow stages (from each run's ``timings.json``); ``same_flow_json`` checks that all three wrote the same bytes.
+flow stages (from each run's ``timings.json``); ``same_flow_json`` checks that all three wrote the same bytes,
+``one_thread_flow_json_as_two_ranks`` the two of one thread per process (the only pair that must agree where
+``graphs.distributed.thread_count_free_blas`` is False: MKL's products there depend on the thread count).
 
 ``python -m benchmarks.bench_distributed [--quick]``  (quick: L = 24, 1 024 samples, 60 steps — about a minute)
 """
@@ -131,11 +133,14 @@ def run(quick: bool = False) -> dict:
         runs = {"one_thread": _run(one, 1, workdir / "one_thread"),
                 "one_process": _run(one, cores, workdir / "one_process"),
                 "two_ranks": _run(two, 1, workdir / "two_ranks")}
-        flows = {(workdir / name / "flow.json").read_bytes() for name in runs}
+        flows = {name: (workdir / name / "flow.json").read_bytes() for name in runs}
         record = _record(p, cores, workdir)
+    from graphs.distributed import thread_count_free_blas
     job = {k: v for k, v in p.items() if k not in ("texts", "text_batch")}
     result = {"job": {**job, "units": p["L"] ** 2, "levels": 2, "block_size": 4}, "cpu_count": cores, "runs": runs,
-              "same_flow_json": len(flows) == 1, "record": record}
+              "same_flow_json": len(set(flows.values())) == 1,
+              "one_thread_flow_json_as_two_ranks": flows["one_thread"] == flows["two_ranks"],
+              "thread_count_free_blas": thread_count_free_blas(), "record": record}
     for base in ("one_process", "one_thread"):
         for key in ("wall_s", *(f"{s}_s" for s in STAGES)):
             result[f"{base}_over_two_ranks_{key[:-2]}"] = round(runs[base][key] / max(runs["two_ranks"][key], 1e-9), 2)
@@ -143,7 +148,9 @@ def run(quick: bool = False) -> dict:
         print(f"  {name:<12} wall {r['wall_s']:7.1f} s   graph {r['graph_s']:6.2f} s   flow {r['flow_s']:7.1f} s",
               flush=True)
     print(f"  one process / two ranks: wall {result['one_process_over_two_ranks_wall']}x, flow "
-          f"{result['one_process_over_two_ranks_flow']}x; same flow.json: {result['same_flow_json']}", flush=True)
+          f"{result['one_process_over_two_ranks_flow']}x; same flow.json: {result['same_flow_json']} (one thread and two "
+          f"ranks: {result['one_thread_flow_json_as_two_ranks']}; products free of the thread count on this CPU: "
+          f"{result['thread_count_free_blas']})", flush=True)
     return result
 
 

@@ -19,6 +19,7 @@ and ``torchrun`` names it. Only rank 0 writes files (:func:`is_writer`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,8 @@ import torch
 from estimators.device import settle_cpu_threads
 
 __all__ = ["RankFailed", "agreed", "all_gather_objects", "all_gather_tensors", "band_owners", "barrier", "broadcast_object",
-           "init_from_env", "is_active", "is_writer", "on_writer", "rank", "share", "strict_blas", "world_size"]
+           "init_from_env", "is_active", "is_writer", "on_writer", "rank", "share", "strict_blas",
+           "thread_count_free_blas", "world_size"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,10 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
     strict_blas()  # ranks of one thread each give the bits of one process of many threads
+    if not thread_count_free_blas():
+        log.warning("on this CPU, MKL's matrix products depend on the thread count even in strict mode: these ranks "
+                    "reproduce a one-process run only when each process uses the same number of threads "
+                    "(e.g. OMP_NUM_THREADS=1 for both)")
     for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
             raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {var} is not; launch with torchrun "
@@ -138,6 +144,30 @@ def strict_blas(*, quiet: bool = False) -> bool:
         log.warning("MKL was used before strict reproducibility could be set: results may depend on the thread "
                     "count; call graphs.distributed.strict_blas() (or init_from_env) before any computation")
     return ok
+
+
+@functools.cache
+def thread_count_free_blas() -> bool:
+    """Whether this process's matrix products give the same bits with one thread and with several.
+
+    :func:`strict_blas` asks MKL for it, but MKL keeps that promise only on some CPUs (measured 2026-12-02: an
+    AMD EPYC of family 26 gave other bits for ``[4..16, 64] @ [64, 12..24]`` with 2 threads than with 1, in strict
+    mode as in the default). Probes every product ``[m, 64] @ [64, n]``, m <= 16, n <= 24, with one thread and with
+    ``max(2, torch.get_num_threads())`` (~40 ms, once per process); the thread count is restored.
+    """
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 16, generator=g), torch.randn(64, 24, generator=g)
+    threads = torch.get_num_threads()
+
+    def products(num_threads: int) -> list[torch.Tensor]:
+        torch.set_num_threads(num_threads)
+        return [a[:, :m].T @ b[:, :n] for m in range(1, 17) for n in range(1, 25)]
+
+    try:
+        one, many = products(1), products(max(2, threads))
+    finally:
+        torch.set_num_threads(threads)
+    return all(torch.equal(p, q) for p, q in zip(one, many))
 
 
 def barrier() -> None:

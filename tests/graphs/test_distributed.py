@@ -88,7 +88,12 @@ def _data():
 
 def test_two_ranks_build_the_one_process_graph(tmp_path):
     x, spins = _data()
-    single = _graphs(x, spins)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: on some CPUs MKL's bits depend on the thread count (see the last test)
+    try:
+        single = _graphs(x, spins)
+    finally:
+        torch.set_num_threads(threads)
     ranks = spawn_ranks(_graphs, (x, spins), tmp_path)
     for r, result in enumerate(ranks):
         assert result[0] == "ok", result[-1]
@@ -198,3 +203,23 @@ def test_two_ranks_record_the_one_process_store(tmp_path):
         assert one[3] == two[3]
         assert one[4] == 1 and two[4] == 2  # one shard per rank
     assert single[1][3]["truncated_inputs"] > 0 and single[1][3]["special_tokens"]
+
+
+def test_the_thread_count_probe_sees_products_that_change():
+    """``thread_count_free_blas`` says False whenever some product here gives other bits with 2 threads than 1."""
+    from graphs.distributed import thread_count_free_blas
+
+    g = torch.Generator().manual_seed(1)
+    pairs = [(torch.randn(m, k, generator=g), torch.randn(k, n, generator=g))
+             for m, k, n in [(7, 400, 19), (5, 64, 12), (4, 1000, 23), (13, 32, 17), (64, 256, 64)]]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [a @ b for a, b in pairs]
+        torch.set_num_threads(2)
+        two = [a @ b for a, b in pairs]
+    finally:
+        torch.set_num_threads(threads)
+    if not all(torch.equal(p, q) for p, q in zip(one, two)):
+        assert not thread_count_free_blas()
+    assert torch.get_num_threads() == threads  # the probe restores the thread count
