@@ -213,6 +213,8 @@ def test_the_thread_count_probe_sees_products_that_change():
     pairs = [(torch.randn(m, k, generator=g), torch.randn(k, n, generator=g))
              for m, k, n in [(7, 400, 19), (5, 64, 12), (4, 1000, 23), (13, 32, 17), (64, 256, 64)]]
     threads = torch.get_num_threads()
+    free = thread_count_free_blas()
+    assert torch.get_num_threads() == threads  # the probe restores the thread count
     try:
         torch.set_num_threads(1)
         one = [a @ b for a, b in pairs]
@@ -221,5 +223,4 @@ def test_the_thread_count_probe_sees_products_that_change():
     finally:
         torch.set_num_threads(threads)
     if not all(torch.equal(p, q) for p, q in zip(one, two)):
-        assert not thread_count_free_blas()
-    assert torch.get_num_threads() == threads  # the probe restores the thread count
+        assert not free
