@@ -185,9 +185,10 @@ def _saved_level(out, level: int, blocks: torch.Tensor):
     the partition): the level is recomputed rather than read against another partition."""
     if out is None:
         return None
+    path = rundir.level_dir(out, level)
     with agreed(f"reading level {level}"):
-        saved = rundir.read_level(rundir.level_dir(out, level)) if is_writer() else None
-        if saved is not None and not rundir.same_blocks(rundir.level_dir(out, level), blocks):
+        saved = rundir.read_level(path) if is_writer() else None
+        if saved is not None and not rundir.same_blocks(path, blocks):
             log.warning("level %d in %s was partitioned otherwise than this version plans it; it is recomputed",
                         level, out)
             saved = None

@@ -88,12 +88,8 @@ def _data():
 
 def test_two_ranks_build_the_one_process_graph(tmp_path):
     x, spins = _data()
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: on some CPUs MKL's bits depend on the thread count (see the last test)
-    try:
-        single = _graphs(x, spins)
-    finally:
-        torch.set_num_threads(threads)
+    single = _graphs(x, spins)  # (conftest restores the thread count after each test)
     ranks = spawn_ranks(_graphs, (x, spins), tmp_path)
     for r, result in enumerate(ranks):
         assert result[0] == "ok", result[-1]
@@ -215,12 +211,9 @@ def test_the_thread_count_probe_sees_products_that_change():
     threads = torch.get_num_threads()
     free = thread_count_free_blas()
     assert torch.get_num_threads() == threads  # the probe restores the thread count
-    try:
-        torch.set_num_threads(1)
-        one = [a @ b for a, b in pairs]
-        torch.set_num_threads(2)
-        two = [a @ b for a, b in pairs]
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # conftest restores the thread count after the test
+    one = [a @ b for a, b in pairs]
+    torch.set_num_threads(2)
+    two = [a @ b for a, b in pairs]
     if not all(torch.equal(p, q) for p, q in zip(one, two)):
         assert not free
