@@ -1,4 +1,6 @@
-"""Pareto swaps: exchange one or two units between adjacent blocks when no unit of either is predicted worse.
+"""Pareto swaps and dissolutions: refine a partition where units are predicted better by other blocks' units.
+
+Swaps exchange one or two units between adjacent blocks when no unit of either is predicted worse.
 
 The partition's average linkage ranks pairs by raw |corr|. Where a nuisance shared by a pair of units is weak
 enough to cancel part of their common signal (random signs), pair affinities spread widely and a strong unit of
@@ -15,6 +17,16 @@ trees (spin b6 pairs c 0.9 0.92 -> 0.56). Needs every pair's correlation: up to 
 exchanges searched per pair of blocks grow as ``(b + b(b-1)/2)²`` with their size ``b``: 100 at 4, 1 296 at 8 (the
 2-core CPU: 0.8 s for 1 024 units in blocks of 4, 4.8 s for 4 096; 13 s for the tiny-lm config's 1 024 units in
 blocks of 8), so the flow searches partitions of ``block_size <=`` :data:`MAX_SWAP_BLOCK_SIZE` only.
+
+Swaps keep sizes, so they cannot undo a block of *leftovers*: at strong coupling (0.9) with nuisance triples
+orthogonal to the signal, each group of 4 is a triple and one unit of pure signal, and the lone units of sibling
+groups bind to one another more tightly than to their own triples (every link to a triple member carries its
+nuisance): they form blocks of their own while their triples stay at 3 (issue 15, ``sample_tmr`` with branching
+4-5, level-0 ARI 0.78-0.90). Given ``block_size``, a block is therefore also *dissolved* when each of its members,
+placed (weakest first) in the graph-adjacent block with room (fewer than ``block_size`` members) that predicts it
+best, is predicted better there than in its block, no member of a receiving block worse, and the blocks' summed
+``R²`` rises by more than :data:`SWAP_GAIN` (a Pareto dissolution; blocks of the lowest mean ``R²`` tried first).
+No block grows past ``block_size``, so the gain of merging (adding predictors never lowers ``R²``) cannot run away.
 """
 
 from __future__ import annotations
@@ -72,10 +84,67 @@ def _best_swap(corr: torch.Tensor, a: list[int], b: list[int], gain: float):
     return best
 
 
-def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, *, gain: float = SWAP_GAIN
-                 ) -> torch.Tensor:
-    """``blocks [U]`` (a partition of ``graph``'s nodes) after Pareto swaps judged on the samples ``x [n, U]`` (see
-    the module docstring). Above :data:`MAX_SWAP_NODES` units the partition is returned as it is (logged)."""
+def _best_dissolution(corr: torch.Tensor, s: int, members: dict, near: dict, block_size: int, gain: float):
+    """Block ``s``'s members placed into adjacent blocks with room (``{block: new member list}``) where each is
+    predicted better than in ``s``, no member of a receiving block worse, and the summed ``R²`` of the blocks
+    involved rises by more than ``gain``; None when there is no such placement. ``near[u]``: the blocks other than
+    ``s`` holding a graph neighbour of ``u``. Members are placed weakest first, each where it is predicted best."""
+    old = dict(zip(members[s], unit_r2(corr, torch.tensor(members[s])).tolist()))
+    added: dict[int, list[int]] = {}
+    for u in sorted(members[s], key=old.get):
+        room = [t for t in sorted(near[u]) if len(members[t]) + len(added.get(t, ())) < block_size]
+        r2 = [float(unit_r2(corr, torch.tensor([u] + members[t] + added.get(t, [])))[0]) for t in room]
+        if not r2 or max(r2) <= old[u]:
+            return None
+        added.setdefault(room[max(range(len(r2)), key=r2.__getitem__)], []).append(u)
+    before, after = sum(old.values()), 0.0
+    for t, extra in added.items():
+        prev, new = unit_r2(corr, torch.tensor(members[t])), unit_r2(corr, torch.tensor(members[t] + extra))
+        k = len(members[t])
+        if bool((new[:k] < prev - 1e-9).any()) or any(new[k + i] <= old[u] for i, u in enumerate(extra)):
+            return None
+        before, after = before + float(prev.sum()), after + float(new.sum())
+    return {t: members[t] + extra for t, extra in added.items()} if after - before > gain * before else None
+
+
+def _swap_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, graph: ActivationGraph, gain: float) -> int:
+    """One pass of Pareto swaps over every pair of blocks joined by an edge; returns how many were made."""
+    src, dst = graph.edge_index
+    pairs = sorted({(min(i, j), max(i, j)) for i, j in zip(out[src].tolist(), out[dst].tolist()) if i != j})
+    made = 0
+    for ja, jb in pairs:
+        swap = _best_swap(corr, members[ja], members[jb], gain)
+        if swap is not None:
+            members[ja], members[jb] = sorted(swap[0]), sorted(swap[1])
+            out[swap[0]], out[swap[1]] = ja, jb
+            made += 1
+    return made
+
+
+def _dissolve_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, neighbours: list[set[int]],
+                    block_size: int, gain: float) -> int:
+    """One pass of dissolutions (:func:`_best_dissolution`), blocks of the lowest mean ``R²`` first; returns how
+    many blocks were dissolved."""
+    mean_r2 = {j: float(unit_r2(corr, torch.tensor(m)).mean()) for j, m in members.items()}
+    gone = 0
+    for s in sorted(members, key=mean_r2.get):
+        near = {u: {int(out[v]) for v in neighbours[u]} - {s} for u in members[s]}
+        placed = _best_dissolution(corr, s, members, near, block_size, gain)
+        if placed is None:
+            continue
+        for t, new in placed.items():
+            members[t] = sorted(new)
+            out[new] = t
+        del members[s]
+        gone += 1
+    return gone
+
+
+def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, *, gain: float = SWAP_GAIN,
+                 block_size: int | None = None) -> torch.Tensor:
+    """``blocks [U]`` (a partition of ``graph``'s nodes) after Pareto swaps judged on the samples ``x [n, U]`` and,
+    given ``block_size``, Pareto dissolutions into blocks of fewer members (see the module docstring); labels
+    ``0..J-1``. Above :data:`MAX_SWAP_NODES` units the partition is returned as it is (logged)."""
     u = x.shape[1]
     if u != graph.num_nodes or blocks.shape != (u,):
         raise ValueError(f"x has {u} units, the graph {graph.num_nodes} nodes and blocks {tuple(blocks.shape)}; "
@@ -86,20 +155,17 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
     corr = StreamingMoments(u, gram=True, max_gram_units=MAX_SWAP_NODES).update(x).correlation().nan_to_num(0.0)
     out = blocks.clone()
     members = {int(j): torch.nonzero(out == j).flatten().tolist() for j in out.unique()}
-    src, dst = graph.edge_index
-    pairs = sorted({(min(i, j), max(i, j)) for i, j in zip(out[src].tolist(), out[dst].tolist()) if i != j})
-    swaps = 0
+    neighbours = [set() for _ in range(u)]
+    for i, j in graph.edge_index.T.tolist():
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    swaps = gone = 0
     for _ in range(_SWEEPS):
-        made = 0
-        for ja, jb in pairs:
-            swap = _best_swap(corr, members[ja], members[jb], gain)
-            if swap is not None:
-                members[ja], members[jb] = sorted(swap[0]), sorted(swap[1])
-                out[swap[0]], out[swap[1]] = ja, jb
-                made += 1
-        swaps += made
-        if not made:
+        made = _swap_sweep(corr, members, out, graph, gain)
+        dissolved = _dissolve_sweep(corr, members, out, neighbours, block_size, gain) if block_size else 0
+        swaps, gone = swaps + made, gone + dissolved
+        if not made and not dissolved:
             break
-    if swaps:
-        log.info("partition: %d Pareto swap(s) between adjacent blocks", swaps)
-    return out
+    if swaps or gone:
+        log.info("partition: %d Pareto swap(s) between adjacent blocks, %d block(s) dissolved", swaps, gone)
+    return torch.unique(out, return_inverse=True)[1] if gone else out

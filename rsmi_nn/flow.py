@@ -261,7 +261,7 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     (a level >= 1 graph rebuilt from them is partitioned on loading affinities when ``coarse_partition`` says, a
     group closed off by a gap beyond the affinities' standard errors kept whole: a decisive gap (``DECISIVE_GAP``)
     with ``"loading"``, any natural one (``NATURAL_RATIO``) with ``"loading-gaps"``; level 0's partition into blocks of
-    at most ``MAX_SWAP_BLOCK_SIZE`` is then refined by Pareto swaps, :func:`graphs.swaps.pareto_swaps`)."""
+    at most ``MAX_SWAP_BLOCK_SIZE`` is then refined by Pareto swaps and dissolutions, :func:`graphs.swaps.pareto_swaps`)."""
     from graphs import lattice_blocks, partition
     from graphs.loadings import loading_graph
     from graphs.partitioning import DECISIVE_GAP, NATURAL_RATIO
@@ -283,7 +283,7 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
         gap = NATURAL_RATIO if opts.coarse_partition == "loading-gaps" else DECISIVE_GAP
         blocks = partition(g, opts.block_size, seed=s, edge_stderr=se, closing_ratio=gap)
         if level == 0 and x is not None and opts.block_size <= MAX_SWAP_BLOCK_SIZE:
-            blocks = pareto_swaps(x, blocks, graph)
+            blocks = pareto_swaps(x, blocks, graph, block_size=opts.block_size)
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from graphs import build_graph
+from graphs import build_graph, partition
 from graphs.swaps import MAX_SWAP_NODES, pareto_swaps, unit_r2
 
 
@@ -47,6 +47,39 @@ def test_sibling_halves_are_swapped_back_into_their_groups():
         before = unit_r2(corr, torch.nonzero(mixed == block).flatten())
         assert float(before.sum()) < float(unit_r2(corr, torch.nonzero(out == block).flatten()).sum())
     assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
+
+
+def _lone_units(n: int = 8000, seed: int = 0) -> torch.Tensor:
+    """Four groups of 4 reading latents that correlate 0.81 (a common parent, coupling 0.9): units 3g..3g+2 share a
+    nuisance orthogonal to the signal (loadings 1, 1, -2), unit 12 + g reads group g's latent alone."""
+    g = torch.Generator().manual_seed(seed)
+    root = torch.randn(n, generator=g)
+    z = [0.9 * root + 0.19 ** 0.5 * torch.randn(n, generator=g) for _ in range(4)]
+    cols = []
+    for k in range(4):
+        nuisance = torch.randn(n, generator=g)
+        cols += [z[k] + 1.2 * w * nuisance + 0.5 * torch.randn(n, generator=g) for w in (1.0, 1.0, -2.0)]
+    cols += [z[k] + 0.5 * torch.randn(n, generator=g) for k in range(4)]
+    return torch.stack(cols, dim=1)
+
+
+def test_a_block_of_lone_units_is_dissolved_into_their_groups():
+    x = _lone_units()
+    graph = build_graph(x)
+    planted = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0, 1, 2, 3])
+    lone = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4])
+    assert partition(graph, 4).tolist() == lone.tolist()  # the lone units bind to one another
+    assert pareto_swaps(x, lone, graph).tolist() == lone.tolist()  # no size-keeping swap repairs it
+    out = pareto_swaps(x, lone, graph, block_size=4)
+    assert out.tolist() == planted.tolist()
+    corr = torch.corrcoef(x.double().T)
+    r2_lone = unit_r2(corr, torch.arange(12, 16))
+    for k in range(4):  # every unit moved is predicted better, no unit of a receiving block worse
+        triple = torch.arange(3 * k, 3 * k + 3)
+        after = unit_r2(corr, torch.cat([triple, torch.tensor([12 + k])]))
+        assert float(after[3]) > float(r2_lone[k]) and bool((after[:3] >= unit_r2(corr, triple)).all())
+    assert pareto_swaps(x, planted, graph, block_size=4).tolist() == planted.tolist()  # the planted groups stay
+    assert pareto_swaps(x, lone, graph, block_size=3).tolist() == lone.tolist()  # no block has room
 
 
 def test_bad_or_too_large_inputs():
