@@ -17,8 +17,9 @@ are kept whole; on graphs without such gaps the blocks are those of the first ph
 pair fits any more, clusters smaller than ``block_size / 2`` are absorbed into their
 best-connected neighbour. Given the edges' standard errors (``edge_stderr``), a cluster
 closed off by a gap beyond its noise takes no more merges and is never absorbed, however
-small: a binary tree's level-1 groups of two with ``block_size=4`` (the flow's level >= 1 partition closes at a
-decisive gap, ``DECISIVE_GAP``, by default and at any natural gap with ``coarse_partition="loading-gaps"``).
+small: a binary tree's level-1 groups of two with ``block_size=4`` (the flow's level >= 1 partition closes a cluster
+of at least half a block at any natural gap, a smaller one at a decisive gap, ``DECISIVE_GAP``, by default, and every
+cluster at any natural gap with ``coarse_partition="loading-gaps"``).
 Merges only follow edges, so every block is connected; blocks of a component smaller
 than ``block_size`` (or an isolated node) stay whole and undersized.
 Edge weights enter as ``max(w, 0)`` plus a tiny seeded jitter that breaks ties.
@@ -45,11 +46,12 @@ NATURAL_RATIO = 0.9
 # with the affinities' standard errors (partition's edge_stderr), a cluster separated from everything else by more
 # than a closing ratio (NATURAL_RATIO unless said) and CLOSING_Z standard errors on each side takes no more merges
 CLOSING_Z = 2.0
-# the flow's default level >= 1 partition closes groups off only at a decisive gap (its coarse_partition "loading"):
-# best outside connection at most this fraction of the forming affinity, beyond the errors. On the default MiniLM
-# run's level 1 (1 321 variables, block_size 8) 18 pairs and a few larger groups close (172 -> 190 blocks; at
-# NATURAL_RATIO 222 groups close, 325 blocks); a binary planted tree's pairs close at coupling 0.6 (gap c^2 = 0.36,
-# or 0.52 with family latents), not at 0.8 (see README, issue 15).
+# the flow's default level >= 1 partition closes clusters smaller than half a block off only at a decisive gap (its
+# coarse_partition "loading"): best outside connection at most this fraction of the forming affinity, beyond the
+# errors; clusters of at least half a block at NATURAL_RATIO. On the default MiniLM run's level 1 (1 321 variables,
+# block_size 8): 172 blocks with no closing, 190 closing every cluster at this gap, 214 with half blocks at
+# NATURAL_RATIO, 325 closing every cluster at NATURAL_RATIO; a binary planted tree's level-1 pairs (block_size 4)
+# close at coupling 0.8 and 0.9 only by the half-block rule (gap c^2 = 0.64, 0.81; see README, issue 15).
 DECISIVE_GAP = 0.6
 
 
@@ -146,7 +148,7 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
         keep = considered(*pairs) & ~waiting[a] & ~waiting[b]
         if noise is not None:
             score_se = np.sqrt(cv[0]) / (sizes[a] * sizes[b])
-            closed = _closed(a, score, score_se, height, height_se, ratio)
+            closed = _closed(a, score, score_se, height, height_se, ratio(sizes))
             keep &= ~closed[a] & ~closed[b]
         if lone_wait:
             keep &= _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters)
@@ -198,7 +200,8 @@ def _relabel(labels):
 
 
 def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
-              edge_stderr: torch.Tensor | None = None, closing_ratio: float = NATURAL_RATIO) -> torch.Tensor:
+              edge_stderr: torch.Tensor | None = None, closing_ratio: float = NATURAL_RATIO,
+              half_block_ratio: float | None = None) -> torch.Tensor:
     """Cut ``graph`` into connected blocks of about ``block_size`` nodes, keeping heavy edges inside.
 
     Parameters
@@ -220,6 +223,10 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     closing_ratio : float in (0, 1], default ``NATURAL_RATIO``
         The gap that closes a cluster off when ``edge_stderr`` is given (:data:`DECISIVE_GAP` for the flow's
         default).
+    half_block_ratio : float in (0, 1], optional
+        The gap that closes a cluster of at least half a block (``ceil(block_size / 2)`` nodes) instead, when it is
+        the shallower of the two (the flow's default: ``NATURAL_RATIO``; a group that fills half a block stays whole
+        at the same gap that continues one past ``block_size``, smaller fragments only at a decisive gap).
 
     Returns
     -------
@@ -235,8 +242,9 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     if block_size > n:
         raise ValueError(f"block_size={block_size} exceeds the graph's num_nodes={n}; choose block_size <= {n}")
     seed = check_positive_int(seed, name="seed", minimum=0)
-    if not 0.0 < closing_ratio <= 1.0:
-        raise ValueError(f"closing_ratio must lie in (0, 1], got {closing_ratio}")
+    for name, value in (("closing_ratio", closing_ratio), ("half_block_ratio", half_block_ratio)):
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must lie in (0, 1], got {value}")
     check_affinities(graph)
     labels = np.arange(n, dtype=np.int64)
     if block_size == 1:
@@ -272,17 +280,22 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     # a cluster whose best partner is a natural merge past block_size waits for it (phase 2) rather than
     # pairing with a weaker partner: the leftovers of two groups of 5 (block_size 4) paired across groups
     # a lone node that waits is absorbed at the end only where blocks of one are undersized (block_size >= 3)
-    noise = None if var is None else (var, np.zeros(n), closing_ratio)
+    def ratio(sizes):  # the closing gap of each cluster: a deeper one below half a block
+        if half_block_ratio is None:
+            return closing_ratio
+        return np.where(sizes >= (block_size + 1) // 2, max(closing_ratio, half_block_ratio), closing_ratio)
+
+    noise = None if var is None else (var, np.zeros(n), ratio)
     out = _agglomerate(src, dst, w, labels, sizes, height, jitter, lambda *args: fits(*args) | natural(*args), fits,
                        lone_wait=block_size >= 3, noise=noise)
-    noise = None if var is None else (var, out[3], closing_ratio)
+    noise = None if var is None else (var, out[3], ratio)
     out = _agglomerate(src, dst, w, *out[:3], jitter, natural, natural, noise=noise)
     labels, sizes, height = out[:3]
     whole = None
     if var is not None:  # a cluster closed off by a gap stays as it is
         a, b, cw, cv = _cluster_graph(src, dst, w, labels, sizes.size, var)
         norm = sizes[a] * sizes[b]
-        whole = _closed(a, cw / norm, np.sqrt(cv) / norm, height, out[3], closing_ratio)
+        whole = _closed(a, cw / norm, np.sqrt(cv) / norm, height, out[3], ratio(sizes))
     labels = _absorb_small(src, dst, w, labels, sizes, max(1, (block_size + 1) // 2), whole)
     return torch.from_numpy(_relabel(labels))
 

@@ -259,8 +259,9 @@ def _identity(setting: _Setting, x: torch.Tensor) -> dict:
 def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     """The level's ``(blocks, regions)``, or the reason (str) why the flow stops here. ``x`` : the level's samples
     (a level >= 1 graph rebuilt from them is partitioned on loading affinities when ``coarse_partition`` says, a
-    group closed off by a gap beyond the affinities' standard errors kept whole: a decisive gap (``DECISIVE_GAP``)
-    with ``"loading"``, any natural one (``NATURAL_RATIO``) with ``"loading-gaps"``; level 0's partition into blocks of
+    group closed off by a gap beyond the affinities' standard errors kept whole: with ``"loading"`` at any natural gap
+    (``NATURAL_RATIO``) if it fills half a block, else at a decisive one (``DECISIVE_GAP``); with ``"loading-gaps"`` at
+    any natural gap; level 0's partition into blocks of
     at most ``MAX_SWAP_BLOCK_SIZE`` is then refined by Pareto swaps and dissolutions, :func:`graphs.swaps.pareto_swaps`)."""
     from graphs import lattice_blocks, partition
     from graphs.loadings import loading_graph
@@ -280,8 +281,8 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     else:
         loading = level > 0 and opts.coarse_partition != "corr" and "metric" in graph.metadata
         g, se = loading_graph(x, graph.names, fallback=graph, with_stderr=True) if loading else (graph, None)
-        gap = NATURAL_RATIO if opts.coarse_partition == "loading-gaps" else DECISIVE_GAP
-        blocks = partition(g, opts.block_size, seed=s, edge_stderr=se, closing_ratio=gap)
+        gap, half = (NATURAL_RATIO, None) if opts.coarse_partition == "loading-gaps" else (DECISIVE_GAP, NATURAL_RATIO)
+        blocks = partition(g, opts.block_size, seed=s, edge_stderr=se, closing_ratio=gap, half_block_ratio=half)
         if level == 0 and x is not None and opts.block_size <= MAX_SWAP_BLOCK_SIZE:
             blocks = pareto_swaps(x, blocks, graph, block_size=opts.block_size)
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)

@@ -426,10 +426,11 @@ class FlowOptions(StepOptions):
                                    "corr = its top-k |corr| edges; loading = every pair's |corr| / (r_i r_j), each "
                                    "variable's loading r from its two strongest partners (issue 15: keeps a weak "
                                    "variable with its own group; above 4 096 variables, corr), and a group closed "
-                                   "off from all others by a decisive gap (best outside affinity <= 0.6 of its own, "
-                                   "beyond the standard errors) is a block however small; loading-gaps = the same at "
-                                   "any natural gap (0.9: a binary tree's pairs at coupling 0.8 with block_size 4; "
-                                   "the default MiniLM run's level 1: 325 blocks instead of 190)", kind=str,
+                                   "off from all others by a gap beyond the standard errors is a block: at a natural "
+                                   "gap (best outside affinity <= 0.9 of its own) if it fills half a block (a binary "
+                                   "tree's pairs with block_size 4), else at a decisive one (<= 0.6); loading-gaps = "
+                                   "any group at a natural gap (the default MiniLM run's level 1: 325 blocks instead "
+                                   "of 214)", kind=str,
                                    choices=("corr", "loading", "loading-gaps"))
     rebuild: str = option("auto", "next level's graph: auto (quotient lattice for a lattice, else samples), "
                           "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",

@@ -207,6 +207,23 @@ def test_the_closing_ratio_sets_how_deep_a_gap_must_be():
             partition(deep, 4, edge_stderr=se(deep), closing_ratio=bad)
 
 
+@pytest.mark.parametrize("block_size, closed", [(4, True), (3, True), (5, False), (6, False)])
+def test_a_cluster_of_half_a_block_closes_at_a_natural_gap(block_size, closed):
+    """Pairs at affinity 1 with 0.7 across (a binary tree's level 1 at coupling 0.8): past a decisive gap only, a
+    pair closes at the natural gap when it fills half a block (``ceil(block_size / 2) <= 2``) — the flow's default —
+    and is joined otherwise. A ``half_block_ratio`` outside (0, 1] is refused."""
+    from graphs.partitioning import DECISIVE_GAP, NATURAL_RATIO
+
+    g, pairs = _pairs_graph(across=0.7, n_pairs=6), torch.arange(12) // 2
+    se = torch.full((g.num_edges,), 0.01)
+    out = partition(g, block_size, edge_stderr=se, closing_ratio=DECISIVE_GAP, half_block_ratio=NATURAL_RATIO)
+    assert torch.equal(out, pairs) == closed
+    if not closed:
+        assert torch.equal(out, partition(g, block_size, edge_stderr=se, closing_ratio=DECISIVE_GAP))
+    with pytest.raises(ValueError, match="half_block_ratio"):
+        partition(g, block_size, edge_stderr=se, half_block_ratio=0.0)
+
+
 def test_edge_stderr_needs_one_finite_nonnegative_value_per_edge():
     g = _pairs_graph()
     for bad in (torch.full((3,), 0.1), torch.full((g.num_edges,), -0.1), torch.full((g.num_edges,), float("nan"))):
