@@ -134,9 +134,9 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
     normalised connection ``w(a, b) / (|a| |b|)``, ``height[c]`` the score of the merge that formed cluster
     ``c``, inf for a single node). A cluster whose best partner is not ``allowed`` (same arguments) waits: it
     takes no further part in this phase. ``lone_wait``: two single nodes do not pair across a gap
-    (:func:`_no_lone_pair_across_a_gap`). ``noise``: ``(edge variance [2E], height_se [C], closing ratio)`` —
-    clusters closed off by a gap beyond their noise (:func:`_closed`) take no part. Returns ``(labels, sizes,
-    height)`` once no allowed pair is left (and ``height_se`` with ``noise``).
+    (:func:`_no_lone_pair_across_a_gap`). ``noise``: ``(edge variance [2E], height_se [C], closing ratio of clusters
+    by size: sizes [C] -> ratio)`` — clusters closed off by a gap beyond their noise (:func:`_closed`) take no part.
+    Returns ``(labels, sizes, height)`` once no allowed pair is left (and ``height_se`` with ``noise``).
     """
     num_clusters = sizes.size
     waiting = np.zeros(num_clusters, dtype=bool)
@@ -280,10 +280,12 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     # a cluster whose best partner is a natural merge past block_size waits for it (phase 2) rather than
     # pairing with a weaker partner: the leftovers of two groups of 5 (block_size 4) paired across groups
     # a lone node that waits is absorbed at the end only where blocks of one are undersized (block_size >= 3)
+    half_block = (block_size + 1) // 2
+
     def ratio(sizes):  # the closing gap of each cluster: a deeper one below half a block
         if half_block_ratio is None:
             return closing_ratio
-        return np.where(sizes >= (block_size + 1) // 2, max(closing_ratio, half_block_ratio), closing_ratio)
+        return np.where(sizes >= half_block, max(closing_ratio, half_block_ratio), closing_ratio)
 
     noise = None if var is None else (var, np.zeros(n), ratio)
     out = _agglomerate(src, dst, w, labels, sizes, height, jitter, lambda *args: fits(*args) | natural(*args), fits,
@@ -296,7 +298,7 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
         a, b, cw, cv = _cluster_graph(src, dst, w, labels, sizes.size, var)
         norm = sizes[a] * sizes[b]
         whole = _closed(a, cw / norm, np.sqrt(cv) / norm, height, out[3], ratio(sizes))
-    labels = _absorb_small(src, dst, w, labels, sizes, max(1, (block_size + 1) // 2), whole)
+    labels = _absorb_small(src, dst, w, labels, sizes, max(1, half_block), whole)
     return torch.from_numpy(_relabel(labels))
 
 

@@ -121,14 +121,14 @@ def _swap_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, graph: Act
     return made
 
 
-def _dissolve_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, neighbours: list[set[int]],
+def _dissolve_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, neighbours: tuple[torch.Tensor, ...],
                     block_size: int, gain: float) -> int:
     """One pass of dissolutions (:func:`_best_dissolution`), blocks of the lowest mean ``R²`` first; returns how
     many blocks were dissolved."""
     mean_r2 = {j: float(unit_r2(corr, torch.tensor(m)).mean()) for j, m in members.items()}
     gone = 0
     for s in sorted(members, key=mean_r2.get):
-        near = {u: {int(out[v]) for v in neighbours[u]} - {s} for u in members[s]}
+        near = {u: set(out[neighbours[u]].tolist()) - {s} for u in members[s]}
         placed = _best_dissolution(corr, s, members, near, block_size, gain)
         if placed is None:
             continue
@@ -155,10 +155,7 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
     corr = StreamingMoments(u, gram=True, max_gram_units=MAX_SWAP_NODES).update(x).correlation().nan_to_num(0.0)
     out = blocks.clone()
     members = {int(j): torch.nonzero(out == j).flatten().tolist() for j in out.unique()}
-    neighbours = [set() for _ in range(u)]
-    for i, j in graph.edge_index.T.tolist():
-        neighbours[i].add(j)
-        neighbours[j].add(i)
+    neighbours = graph.edge_index[1].split(graph.degree().tolist())  # each node's, as graph.neighbors gives them
     swaps = gone = 0
     for _ in range(_SWEEPS):
         made = _swap_sweep(corr, members, out, graph, gain)
