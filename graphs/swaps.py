@@ -103,28 +103,29 @@ def _placement(corr: torch.Tensor, order: list[int], old: dict, members: dict, n
 
 
 def _dissolution_gain(corr: torch.Tensor, added: dict, old: dict, members: dict) -> float | None:
-    """Rise of the summed ``R²`` of the blocks involved when ``added`` is made; None when a placed unit ends no
-    better predicted than its ``old`` ``R²`` or a member of a receiving block ends worse (not Pareto)."""
-    rise = -sum(old.values())
+    """Relative rise of the summed ``R²`` of the blocks involved (the dissolved one and the receivers) when
+    ``added`` is made; None when a placed unit ends no better predicted than its ``old`` ``R²`` or a member of a
+    receiving block ends worse (not Pareto)."""
+    before, after = sum(old.values()), 0.0
     for t, extra in added.items():
         prev, new = unit_r2(corr, torch.tensor(members[t])), unit_r2(corr, torch.tensor(members[t] + extra))
         k = len(members[t])
         if bool((new[:k] < prev - 1e-9).any()) or any(new[k + i] <= old[u] for i, u in enumerate(extra)):
             return None
-        rise += float(new.sum() - prev.sum())
-    return rise
+        before, after = before + float(prev.sum()), after + float(new.sum())
+    return (after - before) / max(before, 1e-12)
 
 
 def _best_dissolution(corr: torch.Tensor, s: int, members: dict, near: set, block_size: int, gain: float):
     """Block ``s``'s members placed into adjacent blocks with room (``{block: new member list}``) where each is
     predicted better than in ``s``, no member of a receiving block worse, and the summed ``R²`` of the blocks
-    involved rises by more than ``gain`` (relative); None when there is no such placement. ``near``: the blocks
+    involved rises by more than ``gain`` (relative to it); None when there is no such placement. ``near``: the blocks
     other than ``s`` holding a graph neighbour of one of its members. Members are placed one at a time, each where
     it is predicted best, weakest first and strongest first (a weak unit may be predicted better only once a
     stronger unit of its group has joined it): the Pareto placement of the larger gain."""
     old = dict(zip(members[s], unit_r2(corr, torch.tensor(members[s])).tolist()))
     weakest_first = sorted(members[s], key=old.get)
-    best, best_rise = None, gain * sum(old.values())
+    best, best_rise = None, gain
     for order in (weakest_first, weakest_first[::-1]):
         added = _placement(corr, order, old, members, near, block_size)
         rise = None if added is None else _dissolution_gain(corr, added, old, members)
