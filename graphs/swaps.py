@@ -15,8 +15,9 @@ swaps in all, every one a repair (weak nuisance: spin c 0.8 and family c 0.6 0.8
 0.69), no other partition changed; without the Pareto condition the summed ``R²`` alone broke strongly coupled
 trees (spin b6 pairs c 0.9 0.92 -> 0.56). Needs every pair's correlation: up to :data:`MAX_SWAP_NODES` units. The
 exchanges searched per pair of blocks grow as ``(b + b(b-1)/2)²`` with their size ``b``: 100 at 4, 1 296 at 8 (the
-2-core CPU: 0.8 s for 1 024 units in blocks of 4, 4.8 s for 4 096; 13 s for the tiny-lm config's 1 024 units in
-blocks of 8), so the flow searches partitions of ``block_size <=`` :data:`MAX_SWAP_BLOCK_SIZE` only.
+2-core CPU: 0.8 s for 1 024 units in blocks of 4, 4.8 s for 4 096 — 3.6-4.3 s and 14-16 s on planted trees at
+coupling 0.9, whose blocks have more neighbours; 13 s for the tiny-lm config's 1 024 units in blocks of 8), so the
+flow searches partitions of ``block_size <=`` :data:`MAX_SWAP_BLOCK_SIZE` only.
 
 Swaps keep sizes, so they cannot undo a block of *leftovers*: at strong coupling (0.9) with nuisance triples
 orthogonal to the signal, each group of 4 is a triple and one unit of pure signal, and the lone units of sibling
