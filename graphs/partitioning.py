@@ -15,7 +15,8 @@ lone node bound more tightly (by ``1 / NATURAL_RATIO``) to a cluster it cannot j
 instead, and is absorbed at the end (see below). Planted groups of 5-7 with ``block_size=4``
 are kept whole; on graphs without such gaps the blocks are those of the first phase. When no
 pair fits any more, clusters smaller than ``block_size / 2`` are absorbed into their
-best-connected neighbour. Given the edges' standard errors (``edge_stderr``), a cluster
+best-connected neighbour. Given the edges' standard errors (``edge_stderr``), a natural merge
+compares the two affinities within their noise (``CLOSING_Z`` standard errors on each side), and a cluster
 closed off by a gap beyond its noise takes no more merges and is never absorbed, however
 small: a binary tree's level-1 groups of two with ``block_size=4`` (the flow's level >= 1 partition closes a cluster
 of at least half a block at any natural gap, a smaller one at a decisive gap, ``DECISIVE_GAP``, by default, and every
@@ -77,6 +78,15 @@ def _closed(a, score, score_se, height, height_se, ratio):
     return np.isfinite(height) & (best <= ratio * (height - CLOSING_Z * height_se))
 
 
+def _level_slack(a, b, score_se, height, height_se):
+    """``[pairs]``: how far a pair's score may sit below ``NATURAL_RATIO`` of the affinity that formed the
+    tighter of its two clusters and still count as the same level — ``CLOSING_Z`` standard errors on each side
+    (a weak pair of a planted group of 5, formed at 1.13 ± 0.11 by noise, kept the rest of its group at 0.97 out)."""
+    formed = np.where(np.isinf(height), 0.0, height)
+    tighter = np.where(formed[a] >= formed[b], a, b)
+    return CLOSING_Z * (score_se + NATURAL_RATIO * height_se[tighter])
+
+
 def _best_partner(a, b, score, num_clusters, value, ok):
     """For each cluster, the partner with the highest score among the candidate pairs (-1 if none), and
     ``value`` and ``ok`` of that pair (nan / False if none).
@@ -130,7 +140,8 @@ def _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters):
 def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed, lone_wait=False, noise=None):
     """Handshake agglomeration: each round, clusters that are each other's best partner merge.
 
-    A cluster's best partner is taken among the ``considered(a, b, score, sizes, height)`` pairs (``score`` the
+    A cluster's best partner is taken among the ``considered(a, b, score, sizes, height, outside, slack)`` pairs
+    (``outside``: :func:`_outside`; ``slack``: :func:`_level_slack` with ``noise``, else 0; ``score`` the
     normalised connection ``w(a, b) / (|a| |b|)``, ``height[c]`` the score of the merge that formed cluster
     ``c``, inf for a single node). A cluster whose best partner is not ``allowed`` (same arguments) waits: it
     takes no further part in this phase. ``lone_wait``: two single nodes do not pair across a gap
@@ -144,10 +155,13 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
     while True:  # one contraction per round
         a, b, cw, *cv = _cluster_graph(src, dst, w, labels, num_clusters, var)
         score = cw / (sizes[a] * sizes[b])
-        pairs = (a, b, score, sizes, height, _outside(a, b, score, sizes, num_clusters))
-        keep = considered(*pairs) & ~waiting[a] & ~waiting[b]
+        slack = np.zeros(score.size)
         if noise is not None:
             score_se = np.sqrt(cv[0]) / (sizes[a] * sizes[b])
+            slack = _level_slack(a, b, score_se, height, height_se)
+        pairs = (a, b, score, sizes, height, _outside(a, b, score, sizes, num_clusters), slack)
+        keep = considered(*pairs) & ~waiting[a] & ~waiting[b]
+        if noise is not None:
             closed = _closed(a, score, score_se, height, height_se, ratio(sizes))
             keep &= ~closed[a] & ~closed[b]
         if lone_wait:
@@ -215,7 +229,9 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     seed : int
         Seed of the tie-breaking jitter (same seed, same blocks).
     edge_stderr : Tensor ``[num_edges]``, optional
-        The standard error of each edge weight (aligned with ``graph.edge_index``). Given, a cluster closed off by a
+        The standard error of each edge weight (aligned with ``graph.edge_index``). Given, a natural merge past
+        ``block_size`` needs its affinity at ``NATURAL_RATIO`` of the one that formed its parts only within
+        ``CLOSING_Z`` standard errors on each side, and a cluster closed off by a
         gap beyond its noise takes no more merges, though smaller than ``block_size``, and is never absorbed: its
         best connection to any other cluster, ``CLOSING_Z`` standard errors up, is at most ``closing_ratio`` of the
         affinity that formed it, ``CLOSING_Z`` standard errors down (a binary tree's level-1 pairs with
@@ -267,14 +283,15 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     src, dst, w = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([w, w])
     sizes, height = np.ones(n, dtype=np.int64), np.full(n, np.inf)
 
-    def fits(a, b, score, sizes, height, outside):
+    def fits(a, b, score, sizes, height, outside, slack):
         return sizes[a] + sizes[b] <= block_size
 
-    def natural(a, b, score, sizes, height, outside):
-        """Past block_size: at the affinity that formed both clusters, and closing a group (a gap around it)."""
+    def natural(a, b, score, sizes, height, outside, slack):
+        """Past block_size: at the affinity that formed both clusters (within ``slack``, the noise), and closing a
+        group (a gap around it)."""
         formed = np.where(np.isinf(height), 0.0, height)
         level = np.maximum(formed[a], formed[b])
-        return ((sizes[a] + sizes[b] < 2 * block_size) & (level > 0) & (score >= NATURAL_RATIO * level)
+        return ((sizes[a] + sizes[b] < 2 * block_size) & (level > 0) & (score + slack >= NATURAL_RATIO * level)
                 & (outside <= NATURAL_RATIO * score))
 
     # a cluster whose best partner is a natural merge past block_size waits for it (phase 2) rather than

@@ -229,3 +229,34 @@ def test_edge_stderr_needs_one_finite_nonnegative_value_per_edge():
     for bad in (torch.full((3,), 0.1), torch.full((g.num_edges,), -0.1), torch.full((g.num_edges,), float("nan"))):
         with pytest.raises(ValueError, match="one finite, non-negative value per edge"):
             partition(g, 4, edge_stderr=bad)
+
+
+def _groups_of_five_with_a_noisy_pair(n_groups: int = 4):
+    """Groups of 5 nodes: affinity 1 inside, 0.5 across; in each group the two weak members (3, 4) read 1.15 to
+    each other and 0.97 to the other three, their edges with a standard error of 0.1 (0.02 elsewhere) — a planted
+    level-1 group of 5 on loading affinities, whose weak pair formed above its group by noise."""
+    n = 5 * n_groups
+    group, member = np.arange(n) // 5, np.arange(n) % 5
+    same, weak = group[:, None] == group[None, :], member >= 3
+    w = np.where(same, 1.0, 0.5)
+    w[same & (weak[:, None] ^ weak[None, :])] = 0.97
+    w[same & weak[:, None] & weak[None, :]] = 1.15
+    src, dst = (torch.from_numpy(i) for i in np.triu_indices(n, 1))
+    g = ActivationGraph([f"v{i}" for i in range(n)], torch.stack([src, dst]), torch.from_numpy(w[src, dst]).float())
+    touches_weak = torch.from_numpy(weak)[g.edge_index].any(0)
+    return g, torch.where(touches_weak, 0.1, 0.02), torch.from_numpy(group)
+
+
+def test_a_group_continues_past_block_size_at_its_level_within_the_noise():
+    """A weak pair that formed above its group's affinity by noise (1.15 ± 0.1 against 1) joins the rest of its
+    group of 5 at 0.97 (block_size 4): a natural merge compares the two affinities within their standard errors.
+    With errors ten times smaller the 0.97 is a real drop below 0.9 × 1.15 and the group is cut."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from graphs.partitioning import DECISIVE_GAP, NATURAL_RATIO
+
+    g, se, groups = _groups_of_five_with_a_noisy_pair()
+    flow = {"closing_ratio": DECISIVE_GAP, "half_block_ratio": NATURAL_RATIO}
+    assert torch.equal(partition(g, 4, edge_stderr=se, **flow), groups)
+    cut = partition(g, 4, edge_stderr=se / 10, **flow)
+    assert adjusted_rand_score(groups.numpy(), cut.numpy()) < 0.9
