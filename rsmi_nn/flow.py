@@ -226,7 +226,7 @@ def _setting(x, graph, options, graph_options, overrides, seed, device, progress
     options = (options or FlowOptions()).replace(**flow_changes)
     graph_options = (graph_options or GraphOptions()).replace(**graph_changes)
     if options.min_nodes is None:
-        options = options.replace(min_nodes=2 * options.block_size)
+        options = options.replace(min_nodes=options.block_size)
     seed = check_positive_int(seed, name="seed", minimum=0)
     if not isinstance(graph, ActivationGraph):
         raise ValueError(f"graph must be a graphs.ActivationGraph, got {type(graph).__name__}")
@@ -269,9 +269,9 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     from graphs.swaps import MAX_SWAP_BLOCK_SIZE, pareto_swaps
 
     opts, s = setting.options, level_seed(setting.seed, level)
-    if graph.num_nodes < opts.min_nodes or graph.num_nodes < 2 * opts.block_size:
-        return (f"level {level} has {graph.num_nodes} nodes, fewer than min_nodes={opts.min_nodes} "
-                f"or 2 × block_size={2 * opts.block_size}")
+    if graph.num_nodes < max(opts.min_nodes, opts.block_size, 3):
+        return (f"level {level} has {graph.num_nodes} nodes, fewer than min_nodes={opts.min_nodes}, "
+                f"block_size={opts.block_size} or 3")
     lat = _lattice_side(graph) if setting.lattice_block is not None else None
     if lat is not None:
         b = setting.lattice_block
@@ -285,6 +285,8 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
         blocks = partition(g, opts.block_size, seed=s, edge_stderr=se, closing_ratio=gap, half_block_ratio=half)
         if level == 0 and x is not None and opts.block_size <= MAX_SWAP_BLOCK_SIZE:
             blocks = pareto_swaps(x, blocks, graph, block_size=opts.block_size)
+    if int(blocks.max()) < 1:
+        return f"level {level}: its {graph.num_nodes} nodes form one block (block_size={opts.block_size})"
     regions = _regions(graph, blocks, opts, s, narrow=lat is None)
     if level > 0 and regions.empty_environment.numel():
         return (f"level {level}: {regions.empty_environment.numel()} block(s) have an empty environment "

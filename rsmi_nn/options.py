@@ -430,10 +430,11 @@ class FlowOptions(StepOptions):
                                    "gap (best outside affinity <= 0.9 of its own) if it fills half a block (a binary "
                                    "tree's pairs with block_size 4), else at a decisive one (<= 0.6); loading-gaps = "
                                    "any group at a natural gap (the default MiniLM run's level 1: 325 blocks instead "
-                                   "of 214)", kind=str,
+                                   "of 212)", kind=str,
                                    choices=("corr", "loading", "loading-gaps"))
     rebuild: str = option("auto", "next level's graph: auto (quotient lattice for a lattice, else samples), "
                           "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",
                           kind=str, choices=("auto", "samples", "quotient"))
-    min_nodes: int | None = option(None, "stop when a level has fewer nodes (default: 2 x block_size)",
+    min_nodes: int | None = option(None, "stop when a level has fewer nodes (default: block_size; at least 3); a "
+                                   "level also stops where its partition leaves one block, or a block no environment",
                                    kind=int, optional=True, minimum=1)

@@ -125,7 +125,10 @@ def _comparable(config: dict) -> dict:
         # a value equal to what its unset default decides for this flow trains the same way: runs written before the
         # default was decided per mode (eval_every, min_delta: 2026-12-01; patience: 2026-12-02) recorded it explicitly
         options.update({key: None for key, value in created.decided_defaults().items() if options[key] == value})
+    # how far a flow goes does not change a level it finished: levels, and min_nodes (2 x block_size until
+    # 2026-12-02, recorded resolved), are not compared
     options.pop("levels", None)
+    options.pop("min_nodes", None)
     return {**config, "options": options}
 
 

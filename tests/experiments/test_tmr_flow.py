@@ -62,6 +62,17 @@ def test_level_one_groups_larger_than_block_size_stay_whole_from_few_rows(seed):
     assert adjusted_rand_score(s.groups[1], flow.blocks[1][flow.blocks[0]]) == 1.0
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_binary_tree_of_depth_three_is_coarse_grained_at_both_levels(seed):
+    """16 units in 4 groups under 2 level-1 latents: level 1 has 4 nodes, which the flow used to refuse (fewer than
+    2 x block_size); it now cuts them into the planted pairs (closed off by their gap) and stops below block_size."""
+    s = sample_tmr(4000, branching=2, depth=3, coupling=0.6, seed=seed)
+    flow = run_flow(s.x, build_graph(s.x), levels=3, block_size=4, steps=300, progress=False)
+    assert len(flow.records) == 2 and flow.stopped.startswith("level 2 has 2 nodes")
+    assert adjusted_rand_score(s.groups[0], flow.blocks[0]) == 1.0
+    assert adjusted_rand_score(s.groups[1], flow.blocks[1][flow.blocks[0]]) == 1.0
+
+
 def test_lone_units_of_strongly_coupled_groups_rejoin_their_groups(monkeypatch):
     """Coupling 0.9, nuisance triples orthogonal to the signal: each group of 4 is a nuisance triple and one unit of
     pure signal, and the lone units of sibling groups (latents correlated 0.81) are bound more tightly to one another

@@ -165,6 +165,16 @@ def test_recorded_values_equal_to_what_an_unset_default_decides_compare_equal():
     assert _comparable({"options": {"shared": True, "patience": 5}}) != shared
 
 
+def test_how_far_a_flow_goes_is_not_compared_on_resume():
+    """``min_nodes`` only decides whether another level is tried (2 x block_size by default until 2026-12-02, recorded
+    resolved): a folder that recorded 8 resumes under today's default, as ``levels`` never was compared."""
+    from rsmi_nn.rundir import _comparable
+
+    unset = _comparable({"options": {}})
+    assert _comparable({"options": {"min_nodes": 8, "levels": 5}}) == unset
+    assert _comparable({"options": {"min_nodes": 8, "block_size": 9}}) != unset
+
+
 def test_two_valued_units_get_a_binary_h_on_a_lattice_only():
     """``binarize="auto"``: Ising spins on their lattice are coarse-grained into block spins; ±1 units of a planted
     hierarchy on a co-occurrence graph keep a real-valued H, which reads the group's latent as well as its best linear
