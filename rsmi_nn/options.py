@@ -436,5 +436,6 @@ class FlowOptions(StepOptions):
                           "samples (top-k graph of the coarse samples) or quotient (blocks joined by edges)",
                           kind=str, choices=("auto", "samples", "quotient"))
     min_nodes: int | None = option(None, "stop when a level has fewer nodes (default: block_size; at least 3); a "
-                                   "level also stops where its partition leaves one block, or a block no environment",
+                                   "level also stops where its partition leaves one block, or (above level 0) a block no "
+                                   "environment",
                                    kind=int, optional=True, minimum=1)
