@@ -8,7 +8,7 @@ import torch
 
 from experiments.gaussian_field import gaussian_field
 from experiments.ising2d import sample_ising
-from graphs import lattice_graph
+from graphs import build_graph, lattice_graph
 from rsmi_nn import run_flow
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,6 +147,9 @@ def test_flow_bad_inputs(tmp_path):
         run_flow(x, lattice_graph(4), block_size=3, out=tmp_path / "c")
     with pytest.raises(ValueError, match="empty environment"):
         run_flow(x, lattice_graph(4), block_size=4, buffer=2, out=tmp_path / "d")
+    one_group = torch.randn(300, 1) + 0.5 * torch.randn(300, 6)  # six units of one factor: one natural block
+    with pytest.raises(ValueError, match="its 6 nodes form one block"):
+        run_flow(one_group, build_graph(one_group), block_size=4, out=tmp_path / "e")
 
 
 def test_recorded_values_equal_to_what_an_unset_default_decides_compare_equal():
