@@ -300,7 +300,8 @@ class StepOptions(Options):
                                 kind=bool)
     init: str = option("auto", "starting filter: cca = each block's top `hidden` canonical directions against its "
                        "environment (the linear-Gaussian optimum of I(H;E)), pca = its principal components, random; "
-                       "auto = cca for a linear filter, random for an MLP", kind=str,
+                       "auto = cca for a linear filter (pca at a flow's level >= 1 reading coarse variables off a "
+                       "lattice), random for an MLP", kind=str,
                        choices=("auto", "cca", "pca", "random"))
     anneal_steps: int = _positive("steps over which binarize='anneal' decays its temperature from 1 to 0.05", 1000)
     critic: str = option("separable", "critic: separable <g(E), k(H)> or an MLP of the concatenation",
