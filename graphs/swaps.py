@@ -126,8 +126,9 @@ def _best_dissolution(corr: torch.Tensor, s: int, members: dict, near: set, bloc
     stronger unit of its group has joined it): the Pareto placement of the larger gain."""
     old = dict(zip(members[s], unit_r2(corr, torch.tensor(members[s])).tolist()))
     weakest_first = sorted(members[s], key=old.get)
+    orders = (weakest_first, weakest_first[::-1]) if len(weakest_first) > 1 else (weakest_first,)
     best, best_rise = None, gain
-    for order in (weakest_first, weakest_first[::-1]):
+    for order in orders:
         added = _placement(corr, order, old, members, near, block_size)
         rise = None if added is None else _dissolution_gain(corr, added, old, members)
         if rise is not None and rise > best_rise:
