@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from estimators.device import bmm
+
 __all__ = ["coded_infonce_with_gradients", "infonce_with_gradients", "separable_infonce"]
 
 # scores per chunk on CPU. 2 MiB (one core's L2) had been chosen; measured 2026-12-02 on this 2-core CPU, training
@@ -43,7 +45,7 @@ def _affine(v: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     """``v @ w + b`` for ``v [c, B, k]``, ``w [c, k, o]``, ``b [c, 1, o]`` (or None); a product when k = 1."""
     if v.shape[2] == 1:
         return v * w if b is None else torch.addcmul(b, v, w)
-    return torch.bmm(v, w) if b is None else torch.baddbmm(b, v, w)
+    return bmm(v, w, b)
 
 
 class _Embedding:
@@ -79,18 +81,18 @@ class _Embedding:
         skip_slot = next(slots) if self.skip is not None else None
         v = self.inputs[0]
         if skip_slot is not None:
-            torch.bmm(v.transpose(1, 2), d, out=skip_slot)
+            bmm(v.transpose(1, 2), d, out=skip_slot)
         dv = None
         if need_input and self.skip is not None:
-            dv = torch.bmm(d, self.skip.transpose(1, 2))
+            dv = bmm(d, self.skip.transpose(1, 2))
         for i in range(len(self.layers) - 1, -1, -1):
             (w, _), (gw, gb) = self.layers[i], layer_slots[i]
-            torch.bmm(self.inputs[i].transpose(1, 2), d, out=gw)
+            bmm(self.inputs[i].transpose(1, 2), d, out=gw)
             if gb is not None:
                 torch.sum(d, dim=1, keepdim=True, out=gb)
             if i == 0 and not need_input:
                 break
-            din = torch.bmm(d, w.transpose(1, 2))
+            din = bmm(d, w.transpose(1, 2))
             if i == 0:
                 dv = din if dv is None else dv.add_(din)
             else:
@@ -112,7 +114,7 @@ def infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, scale2: float, grad
     n = a.shape[1]
     if scale2 != 1.0:
         a = a * scale2
-    s = torch.bmm(a, b.transpose(1, 2))
+    s = bmm(a, b.transpose(1, 2))
     diag = s.diagonal(dim1=1, dim2=2).clone()
     top = s.amax(dim=2, keepdim=True)
     s.sub_(top).exp_()
@@ -122,7 +124,7 @@ def infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, scale2: float, grad
         return value, None, None
     s.mul_(z.reciprocal_().mul_(-1.0 / n))  # d value / d scores = (δ_ij - softmax_j) / n
     s.diagonal(dim1=1, dim2=2).add_(1.0 / n)
-    return value, torch.bmm(s, b).mul_(scale2), torch.bmm(s.transpose(1, 2), a)
+    return value, bmm(s, b).mul_(scale2), bmm(s.transpose(1, 2), a)
 
 
 def coded_infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, num_codes: int, scale2: float,
@@ -137,8 +139,8 @@ def coded_infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, codes: torch.
     hot = torch.nn.functional.one_hot(codes, num_codes).to(a.dtype)  # [c, B, K]
     counts = hot.sum(dim=1, keepdim=True)  # [c, 1, K]
     per_code = counts.transpose(1, 2).clamp_min(1.0)
-    e = torch.bmm(hot.transpose(1, 2), b) / per_code  # [c, K, d]: each value's embedding
-    t = torch.bmm(a, e.transpose(1, 2))  # [c, B, K]
+    e = bmm(hot.transpose(1, 2), b) / per_code  # [c, K, d]: each value's embedding
+    t = bmm(a, e.transpose(1, 2))  # [c, B, K]
     diag = (t * hot).sum(dim=2)
     t.add_(counts.log())
     lse = torch.logsumexp(t, dim=2, keepdim=True)
@@ -146,8 +148,8 @@ def coded_infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, codes: torch.
     if not grad:
         return value, None, None
     mass = t.sub_(lse).exp_()  # each row's softmax mass on each value
-    grad_a = torch.bmm(hot - mass, e).mul_(scale2 / n)
-    grad_b = (a - torch.bmm(hot, torch.bmm(mass.transpose(1, 2), a) / per_code)).div_(n)
+    grad_a = bmm(hot - mass, e).mul_(scale2 / n)
+    grad_b = (a - bmm(hot, bmm(mass.transpose(1, 2), a) / per_code)).div_(n)
     return value, grad_a, grad_b
 
 

@@ -275,7 +275,7 @@ def train_problems(
     step = 0
     while step < settings.max_steps:
         step += 1
-        with training_precision(device):
+        with training_precision(device, problems=p):
             obj = objective(batches.next())
             if obj.shape != (batch.numel(),):
                 raise ValueError(f"objective returned shape {tuple(obj.shape)}; expected ({batch.numel()},), one value "

@@ -1,9 +1,10 @@
-"""Device selection and the training-only TF32 switch."""
+"""Device selection and the training-only matmul precision (TF32 on CUDA, oneDNN on CPU)."""
 
 import pytest
 import torch
 
-from estimators.device import resolve_device, training_precision
+from estimators import device
+from estimators.device import ONEDNN_MIN_PROBLEMS, bmm, onednn_keeps_float32, resolve_device, training_precision
 
 
 def test_resolve_device():
@@ -14,13 +15,63 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def test_training_precision_is_tf32_on_cuda_only_and_restored():
+def test_training_precision_is_tf32_on_cuda_and_restored():
     before = torch.get_float32_matmul_precision()
-    with training_precision(torch.device("cpu")):
-        assert torch.get_float32_matmul_precision() == before
-    with training_precision(torch.device("cuda")):  # only a flag: needs no GPU to check
+    with training_precision(torch.device("cuda"), problems=1):  # only a flag: needs no GPU to check
         assert torch.get_float32_matmul_precision() == "high"
     assert torch.get_float32_matmul_precision() == before
-    with pytest.raises(RuntimeError), training_precision(torch.device("cuda")):
+    with pytest.raises(RuntimeError), training_precision(torch.device("cuda"), problems=1):
         raise RuntimeError("a failing step")
     assert torch.get_float32_matmul_precision() == before
+
+
+def test_training_products_on_cpu_keep_float32_accuracy_and_their_bits_whatever_the_batch():
+    """What a rank's share of the blocks needs to train as in one process: a problem's product is the same bits
+    alone, in any batch, in either layout and on any number of threads (oneDNN where the probe allows it)."""
+    gen = torch.Generator().manual_seed(3)
+    threads = torch.get_num_threads()
+    for m, k, n in [(128, 64, 64), (64, 64, 8), (32, 300, 8), (128, 1, 64), (128, 64, 2), (128, 8, 2), (64, 4, 8),
+                    (16, 32, 8), (32, 16, 8), (32, 32, 4), (3, 40, 128)]:
+        a, b, add = (torch.randn(9, m, k, generator=gen), torch.randn(9, k, n, generator=gen),
+                     torch.randn(9, 1, n, generator=gen))
+        exact = torch.bmm(a.double(), b.double())
+        with training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS):
+            batch, alone = bmm(a, b), bmm(a[4:5], b[4:5])
+            flipped = bmm(a[:6].transpose(1, 2).contiguous().transpose(1, 2), b[:6])
+            offset = bmm(a, b, add)
+            torch.set_num_threads(1)
+            try:
+                one_thread = bmm(a, b)
+            finally:
+                torch.set_num_threads(threads)
+        assert float((batch.double() - exact).abs().max() / exact.abs().max()) < 1e-6
+        assert torch.equal(alone[0], batch[4]) and torch.equal(flipped, batch[:6]) and torch.equal(one_thread, batch)
+        assert torch.allclose(offset, batch + add, rtol=1e-5, atol=1e-5)
+
+
+def test_training_precision_on_cpu_is_restored_after_a_failing_step():
+    backend, legacy = torch.backends.mkldnn.matmul, torch.get_float32_matmul_precision()
+    before = getattr(backend, "fp32_precision", None)
+    with training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS - 1):
+        assert not device._onednn_in_training  # a one-problem loop keeps MKL's lower cost per call
+    with pytest.raises(RuntimeError), training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS):
+        assert device._onednn_in_training == onednn_keeps_float32()
+        raise RuntimeError("a failing step")
+    assert not device._onednn_in_training and getattr(backend, "fp32_precision", None) == before
+    assert torch.get_float32_matmul_precision() == legacy
+
+
+def test_the_onednn_probe_refuses_bf16_rounding(monkeypatch):
+    def bf16_bmm(a, b):  # what oneDNN does on a CPU with bf16 kernels (Intel AMX)
+        return torch.ops.aten.bmm(a.bfloat16().float(), b.bfloat16().float())
+
+    if not hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision"):
+        pytest.skip("this torch has no per-backend matmul precision")
+    onednn_keeps_float32.cache_clear()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "bmm", lambda a, b: bf16_bmm(a, b) if a.dtype == torch.float32 else
+                          torch.ops.aten.bmm(a, b))
+            assert not onednn_keeps_float32()
+    finally:
+        onednn_keeps_float32.cache_clear()
