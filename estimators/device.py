@@ -122,9 +122,9 @@ def onednn_keeps_float32() -> bool:
     torch sends them to oneDNN instead, which rounds to bf16 only where the CPU has kernels for it (Intel AMX)
     and otherwise runs its own AVX-512 float32 code. Measured on a 2-core AMD EPYC of family 26 (Zen 5, torch
     2.13.0, 2026-12-03): ``bmm`` of the critics' shapes 1.8-3.2x faster, the same error against float64 (the
-    same bits for inner dimensions <= 128). The probe: products of a few shapes against float64; True when the
-    path exists (oneDNN built in, torch's per-backend precision, 2.9 and later) and every relative error is
-    float32's (< 1e-5; bf16 gives ~1e-3).
+    same bits as MKL's where N >= 16 and K < 256, other last bits at N = 8 or K >= 256). The probe: products
+    of a few shapes against float64; True when the path exists (oneDNN built in, torch's per-backend precision,
+    2.9 and later) and every relative error is float32's (< 1e-5; bf16 gives ~1e-3).
     """
     mkldnn = torch.backends.mkldnn
     if not (mkldnn.is_available() and hasattr(getattr(mkldnn, "matmul", None), "fp32_precision")):
