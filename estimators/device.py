@@ -19,12 +19,13 @@ _onednn_in_training = False  # inside training_precision on a CPU whose oneDNN k
 # chunk's: on the two paths the same product differs in its last bits.
 ONEDNN_MIN_PROBLEMS = 16
 
-# the smallest (M, K, N) of a product [c, M, K] @ [c, K, N] sent to oneDNN. Inside this region oneDNN's products were
-# the same bits whatever the batch (c = 1..600), the layout (either operand transposed) or the thread count (1, 2)
-# (torch 2.13.0, Zen 5, 2026-12-03: M and K in 32..256, N in 8..64); just outside it — (16, 32, 8), (32, 16, 8),
-# (32, 32, 4) — a row's bits changed with the batch, which would make a rank's share of the blocks train otherwise
-# than in one process. oneDNN gains where the inner dimension is large ([64, 64] @ [64, 8] 3.2x MKL's speed, 64
-# problems) and loses where it is small ([64, 8] @ [8, 32] 0.7x).
+# the smallest (M, K, N) of a product [c, M, K] @ [c, K, N] sent to oneDNN. torch itself sends a product there only
+# when c * M * K * N > 4096, so at M * K * N <= 4096 a problem alone went to MKL and the same problem in a batch to
+# oneDNN — other last bits, which would make a rank's share of the blocks train otherwise than in one process
+# (measured at (16, 32, 8), (32, 16, 8), (32, 32, 4)). Inside this region the bits were the same whatever the batch
+# (c = 1..600), the layout (either operand transposed) or the thread count (torch 2.13.0, Zen 5, 2026-12-03: M and K
+# in 32..1024, N in 8..128, 1-16 threads). oneDNN gains where the inner dimension is large ([64, 64] @ [64, 8] 3.2x
+# MKL's speed, 64 problems) and loses where it is small ([64, 8] @ [8, 32] 0.7x).
 ONEDNN_MIN_SHAPE = (32, 32, 8)
 
 
@@ -93,10 +94,12 @@ def bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, *,
     """``torch.bmm(a, b)`` (``torch.baddbmm(add, a, b)`` given ``add``) for ``a [c, M, K]``, ``b [c, K, N]``.
 
     Inside :func:`training_precision` on a CPU where oneDNN keeps float32, products of at least
-    :data:`ONEDNN_MIN_SHAPE` go to oneDNN (1.8-3.2x MKL's speed on AMD CPUs), others to MKL.
+    :data:`ONEDNN_MIN_SHAPE` into a contiguous ``out`` (or none) go to oneDNN (1.8-3.2x MKL's speed on AMD CPUs),
+    others to MKL. The switch is process-wide state: one training at a time per process (as the engine runs).
     """
     m, k, n = ONEDNN_MIN_SHAPE
-    if not (_onednn_in_training and a.shape[1] >= m and a.shape[2] >= k and b.shape[2] >= n):
+    if not (_onednn_in_training and a.shape[1] >= m and a.shape[2] >= k and b.shape[2] >= n
+            and (out is None or out.is_contiguous())):
         return torch.bmm(a, b, out=out) if add is None else torch.baddbmm(add, a, b, out=out)
     with _onednn_products():
         return torch.bmm(a, b, out=out) if add is None else torch.baddbmm(add, a, b, out=out)
@@ -124,7 +127,8 @@ def onednn_keeps_float32() -> bool:
     2.13.0, 2026-12-03): ``bmm`` of the critics' shapes 1.8-3.2x faster, the same error against float64 (the
     same bits as MKL's where N >= 16 and K < 256, other last bits at N = 8 or K >= 256). The probe: products
     of a few shapes against float64; True when the path exists (oneDNN built in, torch's per-backend precision,
-    2.9 and later) and every relative error is float32's (< 1e-5; bf16 gives ~1e-3).
+    2.9 and later), every relative error is float32's (< 1e-5; bf16 gives ~1e-3) and a problem alone comes out
+    in the bits it has in its batch.
     """
     mkldnn = torch.backends.mkldnn
     if not (mkldnn.is_available() and hasattr(getattr(mkldnn, "matmul", None), "fp32_precision")):
@@ -132,8 +136,14 @@ def onednn_keeps_float32() -> bool:
     gen = torch.Generator().manual_seed(0)
     shapes = [(64, 32, 32, 8), (32, 128, 64, 64), (1, 512, 1024, 256), (4, 256, 2048, 128)]  # the smallest routed first
     pairs = [(torch.randn(p, m, k, generator=gen), torch.randn(p, k, n, generator=gen)) for p, m, k, n in shapes]
-    with _onednn_products():
-        products = [torch.bmm(a, b) for a, b in pairs]
+    try:
+        with _onednn_products():
+            products = [torch.bmm(a, b) for a, b in pairs]
+            alone = torch.bmm(pairs[0][0][:1], pairs[0][1][:1])  # a problem alone: the same bits as in its batch
+    except RuntimeError:  # a build whose oneDNN path refuses the setting: MKL it is
+        return False
+    if not torch.equal(alone, products[0][:1]):
+        return False
     for (a, b), c in zip(pairs, products):
         exact = torch.bmm(a.double(), b.double())
         if not float((c.double() - exact).abs().max() / exact.abs().max()) < 1e-5:

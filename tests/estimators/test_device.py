@@ -47,6 +47,32 @@ def test_training_products_on_cpu_keep_float32_accuracy_and_their_bits_whatever_
         assert float((batch.double() - exact).abs().max() / exact.abs().max()) < 1e-6
         assert torch.equal(alone[0], batch[4]) and torch.equal(flipped, batch[:6]) and torch.equal(one_thread, batch)
         assert torch.allclose(offset, batch + add, rtol=1e-5, atol=1e-5)
+        with training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS):
+            assert torch.equal(bmm(a[4:5], b[4:5], add[4:5])[0], offset[4])
+
+
+def test_large_products_of_a_training_go_to_onednn_and_the_others_to_mkl(monkeypatch):
+    entered = []
+    products = device._onednn_products
+
+    def counting():
+        entered.append(1)
+        return products()
+
+    monkeypatch.setattr(device, "_onednn_products", counting)
+    big, small = (torch.randn(2, 64, 64), torch.randn(2, 64, 8)), (torch.randn(2, 64, 8), torch.randn(2, 8, 32))
+    strided_out = torch.empty(2, 8, 64).transpose(1, 2)
+    with training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS):
+        bmm(*big)
+        assert len(entered) == int(onednn_keeps_float32())
+        bmm(*small)
+        bmm(*big, out=strided_out)  # a strided out: MKL, as before (oneDNN's bits would depend on the layout)
+        assert len(entered) == int(onednn_keeps_float32())
+        assert torch.allclose(strided_out, torch.bmm(*big), rtol=1e-5, atol=1e-5)
+    bmm(*big)
+    with training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS - 1):
+        bmm(*big)
+    assert len(entered) == int(onednn_keeps_float32())
 
 
 def test_training_precision_on_cpu_is_restored_after_a_failing_step():
@@ -58,6 +84,10 @@ def test_training_precision_on_cpu_is_restored_after_a_failing_step():
         assert device._onednn_in_training == onednn_keeps_float32()
         raise RuntimeError("a failing step")
     assert not device._onednn_in_training and getattr(backend, "fp32_precision", None) == before
+    assert torch.get_float32_matmul_precision() == legacy
+    with pytest.raises(RuntimeError), training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS):
+        bmm(torch.randn(2, 64, 64), torch.randn(2, 32, 8))  # fails inside the oneDNN window
+    assert getattr(backend, "fp32_precision", None) == before
     assert torch.get_float32_matmul_precision() == legacy
 
 
