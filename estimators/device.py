@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -98,10 +98,9 @@ def bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, *,
     others to MKL. The switch is process-wide state: one training at a time per process (as the engine runs).
     """
     m, k, n = ONEDNN_MIN_SHAPE
-    if not (_onednn_in_training and a.shape[1] >= m and a.shape[2] >= k and b.shape[2] >= n
-            and (out is None or out.is_contiguous())):
-        return torch.bmm(a, b, out=out) if add is None else torch.baddbmm(add, a, b, out=out)
-    with _onednn_products():
+    routed = (_onednn_in_training and a.shape[1] >= m and a.shape[2] >= k and b.shape[2] >= n
+              and (out is None or out.is_contiguous()))
+    with _onednn_products() if routed else nullcontext():
         return torch.bmm(a, b, out=out) if add is None else torch.baddbmm(add, a, b, out=out)
 
 
