@@ -24,8 +24,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    """Describe the machine the figures were measured on."""
+    """Describe the machine the figures were measured on (and, first, let torch's large CPU tensors come from huge
+    pages as the engine's do: :func:`estimators.device.huge_page_allocations`)."""
     import torch
+
+    from estimators.device import huge_page_allocations
 
     info = {
         "platform": platform.platform(),
@@ -34,6 +37,7 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_huge_pages": huge_page_allocations(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": sys.version.split()[0],
     }

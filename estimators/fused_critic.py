@@ -24,12 +24,13 @@ from estimators.device import bmm
 
 __all__ = ["coded_infonce_with_gradients", "infonce_with_gradients", "separable_infonce"]
 
-# scores per chunk on CPU. 2 MiB (one core's L2) had been chosen; measured 2026-12-02 on this 2-core CPU, training
-# step of P problems x 128 rows (the same bits at any size): the default run's level 0 (1 321 blocks, 64 sites)
-# 82 -> 70 ms with 8 MiB (16 MiB 56, 32 MiB 86), 256 Ising blocks 18.3 -> 14.0 ms, estimate_mi's P = 1 000 critic
-# 73 -> 63 ms (16 MiB 73, 32 MiB 80): beyond the scores, a chunk also holds its activations, so 8 MiB. (An earlier,
-# faster VM had found it neutral for estimate_mi and 4 % slower for the flow: README, issue 20.)
-SCORE_CHUNK_BYTES = 1 << 23
+# scores per chunk on CPU (a problem's numbers do not depend on it). 2 MiB (one core's L2), then 8 MiB (2026-12-02),
+# then 4 MiB once torch's large CPU tensors came from huge pages (estimators.device.huge_page_allocations), measured
+# 2026-12-03 on this 2-core VM, a training step's forward and backward, medians of 6 x 10 alternated, 2 / 4 / 8 MiB:
+# the default run's level 0 (1 321 blocks, 64 environment sites, B = 64) 13.1 / 13.3 / 14.3 ms, its level 1 (184
+# blocks) 2.3 / 1.9 / 1.9 ms, 256 Ising blocks (128 sites, B = 128) 9.8 / 8.8 / 9.5 ms, estimate_mi's P = 1 000
+# critic (B = 128, hidden 64, embed 32) 66.9 / 53.8 / 54.3 ms. Beyond the scores a chunk holds its activations.
+SCORE_CHUNK_BYTES = 1 << 22
 
 # the gradient through an activation, ``backward(act, grad_out, u, act(u))``, for each of
 # :data:`estimators.critics.ACTIVATIONS`

@@ -1,5 +1,7 @@
 """Device selection and the training-only matmul precision (TF32 on CUDA, oneDNN on CPU)."""
 
+import sys
+
 import pytest
 import torch
 
@@ -105,3 +107,29 @@ def test_the_onednn_probe_refuses_bf16_rounding(monkeypatch):
             assert not onednn_keeps_float32()
     finally:
         onednn_keeps_float32.cache_clear()
+
+
+def _fresh_process(code: str, **env: str) -> str:
+    """``code``'s stdout in a new interpreter (torch reads THP_MEM_ALLOC_ENABLE once per process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=environ,
+                          cwd=Path(__file__).resolve().parents[2]).stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch's huge-page allocations are Linux's")
+def test_importing_the_engine_asks_torch_for_huge_pages_and_leaves_the_environment_as_it_was():
+    """Large temporaries come from huge pages (fewer page faults) when the engine is imported before any tensor;
+    children see the environment their parent was given, so a benchmark's baseline runs on torch's default."""
+    probe = ("import os, torch, graphs.distributed\n"
+             "from estimators.device import huge_page_allocations, _page_aligned_allocation\n"
+             "big = torch.empty(40 << 20, dtype=torch.uint8)\n"
+             "print(huge_page_allocations(), big.data_ptr() % 4096 == 0, os.environ.get('THP_MEM_ALLOC_ENABLE'))")
+    assert _fresh_process(probe) == ["True", "True", "None"]
+    assert _fresh_process(probe, THP_MEM_ALLOC_ENABLE="0") == ["False", "False", "0"]  # the user's choice stands
+    late = "import torch; torch.zeros(3)\n" + probe  # torch has read the setting at its first tensor: it says so
+    assert _fresh_process(late)[0] == "False"
