@@ -63,7 +63,8 @@ def huge_page_allocations() -> bool:
 
 
 def _page_aligned_allocation() -> bool:
-    """Whether torch asks for huge pages: a large CPU tensor starts on a page boundary."""
+    """Whether torch asks for huge pages: a large CPU tensor starts on a page boundary (with glibc's malloc; an
+    allocator preloaded in its place, jemalloc say, may page-align every large block and make this read True)."""
     # torch page-aligns its huge-page allocations (torch 2.13.0); otherwise a 40 MiB tensor (above glibc's largest
     # mmap threshold, so a fresh mapping) starts 64 bytes past a page boundary. Never written: no page is touched.
     return torch.empty(20 * HUGE_PAGE_BYTES, dtype=torch.uint8).data_ptr() % 4096 == 0
