@@ -43,13 +43,15 @@ def huge_page_allocations() -> bool:
 
     torch reads ``THP_MEM_ALLOC_ENABLE`` once, at the process's first CPU allocation (PyTorch 2.2, pull request
     115990), so this sets it for that read (unless the environment already says, ``0`` keeping torch's default) and
-    only takes effect before any CPU tensor exists: importing this module calls it, as importing the engine's
-    graph or flow code does first. Large temporaries (a step's gathered environments, score chunks, held-out
-    passes) are otherwise fresh ``mmap`` regions faulted in 4 KiB at a time on every call. Measured on this
-    project's 2-core VM (torch 2.13.0, 2026-12-03, the default run's flow at the benchmark's earlier step
-    settings): 2.6 M -> 0.4 M page faults, the flow stage 23.4 -> 20.9 s, every MI the same bits; a gather of
-    1 321 blocks x 25 units x 1 230 rows 143 -> 23 ms. Whether the kernel grants the pages is its own setting
-    (``/sys/kernel/mm/transparent_hugepage/enabled``: ``madvise`` or ``always``); nothing changes numerically.
+    only takes effect before any CPU tensor exists: importing this module calls it, and every entry point of the
+    three packages imports it (through :mod:`estimators.validation`, and the loaders of samples and runs) before it
+    makes a tensor; a script that makes tensors before it imports any of them keeps torch's default. Large
+    temporaries (a step's gathered environments, score chunks, held-out passes) are otherwise fresh ``mmap`` regions
+    faulted in 4 KiB at a time on every call. Measured on this project's 2-core VM (torch 2.13.0, 2026-12-03, the
+    default run's flow at the benchmark's earlier step settings): 2.6 M -> 0.4 M page faults, the flow stage 23.4 ->
+    20.9 s, every MI the same bits; a gather of 1 321 blocks x 25 units x 1 230 rows 143 -> 23 ms. Whether the
+    kernel grants the pages is its own setting (``/sys/kernel/mm/transparent_hugepage/enabled``: ``madvise`` or
+    ``always``); nothing changes numerically.
     """
     if sys.platform != "linux":  # torch's huge-page allocations are Linux's
         return False

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+import estimators.device  # noqa: F401  every entry point imports this module: torch's huge pages before any tensor
+
 __all__ = [
     "as_tensor",
     "check_samples",

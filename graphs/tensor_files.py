@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import estimators.device  # noqa: F401  a loader makes the process's first tensors: huge pages first
+
 __all__ = ["PREFERRED_KEYS", "TENSOR_SUFFIXES", "load_samples", "load_tensor"]
 
 PREFERRED_KEYS = ("samples", "x", "X", "spins")

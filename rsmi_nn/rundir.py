@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+import estimators.device  # noqa: F401  a loader makes the process's first tensors: huge pages first
 from graphs.atomic import atomic_save_tensors, atomic_write_json
 
 log = logging.getLogger(__name__)

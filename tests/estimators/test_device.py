@@ -133,3 +133,8 @@ def test_importing_the_engine_asks_torch_for_huge_pages_and_leaves_the_environme
     assert _fresh_process(probe, THP_MEM_ALLOC_ENABLE="0") == ["False", "False", "0"]  # the user's choice stands
     late = "import torch; torch.zeros(3)\n" + probe  # torch has read the setting at its first tensor: it says so
     assert _fresh_process(late)[0] == "False"
+    for first in ("from graphs import lattice_blocks, lattice_graph, make_regions\n"  # tensors before any flow code
+                  "make_regions(lattice_graph(8), lattice_blocks(8, 2), buffer=1, env=1)",
+                  "from graphs import load_samples", "from rsmi_nn import load_run"):
+        asks = first + "\nfrom estimators.device import _page_aligned_allocation\nprint(_page_aligned_allocation())"
+        assert _fresh_process(asks) == ["True"], first
