@@ -109,11 +109,10 @@ def test_the_onednn_probe_refuses_bf16_rounding(monkeypatch):
         onednn_keeps_float32.cache_clear()
 
 
-def _fresh_process(code: str, **env: str) -> str:
-    """``code``'s stdout in a new interpreter (torch reads THP_MEM_ALLOC_ENABLE once per process)."""
+def _fresh_process(code: str, **env: str) -> list[str]:
+    """The words ``code`` prints in a new interpreter (torch reads THP_MEM_ALLOC_ENABLE once per process)."""
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
