@@ -27,9 +27,9 @@ __all__ = ["bound_with_stderr", "chunk_rows", "group_edges", "heldout_bound", "r
 
 # Elements of one scores chunk: 4 M scores, 16 MiB of float32 (8 MiB until the rows' embedding was batched,
 # EMBED_ROWS below; smaller chunks tried again with huge pages, 2026-12-03: slower). With 32 MiB chunks (glibc's
-# largest dynamic mmap threshold) the held-out pass of a 4 096-block RSMI level peaked 3-13 GiB above its working set, varying
-# from run to run (L = 128 Ising flow: 4.5-14 GiB); 8 MiB: 2.2 GiB; 2 MiB: 1.9 GiB but the default run's
-# flow 35 % slower (one row per chunk: the critic runs on tiny batches). Measured on this 2-core CPU.
+# largest dynamic mmap threshold) the held-out pass of a 4 096-block RSMI level peaked 3-13 GiB above its working
+# set, varying from run to run (L = 128 Ising flow: 4.5-14 GiB); 8 MiB: 2.2 GiB; 2 MiB: 1.9 GiB but the default
+# run's flow 35 % slower (one row per chunk: the critic runs on tiny batches). Measured on this 2-core CPU.
 SCORE_BUDGET = 1 << 22
 #: a separable critic embeds the held-out rows' x side this many rows at a time (then scores them a chunk of
 #: SCORE_BUDGET at a time): with hundreds of problems a score chunk is a few rows, and embedding a few rows per
