@@ -41,11 +41,11 @@ class BatchedLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x : [P, B, in_features] -> [P, B, out_features]."""
+    def forward(self, x: torch.Tensor, problems: slice = slice(None)) -> torch.Tensor:
+        """x : [P', B, in_features] -> [P', B, out_features], the maps of ``problems`` (P' of them; default all)."""
         if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
+            return torch.bmm(x, self.weight[problems])
+        return torch.baddbmm(self.bias[problems], x, self.weight[problems])
 
     def extra_repr(self) -> str:
         return (f"n_problems={self.n_problems}, in_features={self.in_features}, "

@@ -50,14 +50,14 @@ class EmbeddingMLP(nn.Module):
         self.skip = (BatchedLinear(n_problems, in_features, out_features, bias=False, generator=generator,
                                    device=device) if skip and layers > 1 else None)
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        """v : [P, B, in_features] -> [P, B, out_features]."""
+    def forward(self, v: torch.Tensor, problems: slice = slice(None)) -> torch.Tensor:
+        """v : [P', B, in_features] -> [P', B, out_features], the MLPs of ``problems`` (P' of them; default all)."""
         h = v
         for i, layer in enumerate(self.layers):
-            h = layer(h)
+            h = layer(h, problems)
             if i < len(self.layers) - 1:
                 h = self.act(h)
-        return h if self.skip is None else h + self.skip(v)
+        return h if self.skip is None else h + self.skip(v, problems)
 
 
 def _apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -117,13 +117,16 @@ class SeparableCritic(nn.Module):
         self.k = EmbeddingMLP(n_problems, y_dim, hidden, embed, layers=self.y_layers, **opts)
         self._scale = embed ** -0.25
 
-    def embed_x(self, x: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``g(x)``: ``[P, B, x_dim] -> [P, B, embed]``."""
-        return self.g(_apply_mask(x, x_mask)) * self._scale
+    def embed_x(self, x: torch.Tensor, x_mask: torch.Tensor | None = None, problems: slice = slice(None)
+                ) -> torch.Tensor:
+        """``g(x)``: ``[P', B, x_dim] -> [P', B, embed]`` for the problems ``problems`` (default all; ``x_mask``
+        ``[P, x_dim]`` covers every problem)."""
+        return self.g(_apply_mask(x, None if x_mask is None else x_mask[problems]), problems) * self._scale
 
-    def embed_y(self, y: torch.Tensor, y_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``k(y)``: ``[P, B, y_dim] -> [P, B, embed]``."""
-        return self.k(_apply_mask(y, y_mask)) * self._scale
+    def embed_y(self, y: torch.Tensor, y_mask: torch.Tensor | None = None, problems: slice = slice(None)
+                ) -> torch.Tensor:
+        """``k(y)``: ``[P', B, y_dim] -> [P', B, embed]``, as :meth:`embed_x`."""
+        return self.k(_apply_mask(y, None if y_mask is None else y_mask[problems]), problems) * self._scale
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | None = None,
                 y_mask: torch.Tensor | None = None) -> torch.Tensor:

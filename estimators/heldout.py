@@ -15,12 +15,14 @@ groups, the bound is evaluated on each group's rows (against all columns), and
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import torch
 
 from estimators.bounds import Bound, get_bound
+from estimators.critics import SeparableCritic
 from estimators.fused import MAX_CODES, bit_codes
 
 __all__ = ["bound_with_stderr", "chunk_rows", "group_edges", "heldout_bound", "row_statistics"]
@@ -35,6 +37,12 @@ SCORE_BUDGET = 1 << 22
 #: SCORE_BUDGET at a time): with hundreds of problems a score chunk is a few rows, and embedding a few rows per
 #: batched matmul ran the RSMI validation at a fifth of the training steps' FLOP rate
 EMBED_ROWS = 256
+#: a SeparableCritic embeds and scores the held-out rows a group of problems at a time, its widest activation about
+#: this many bytes (:func:`_problem_groups`), so that the activations stay in cache rather than make a pass through
+#: main memory each: P = 1 000 critics of estimate_mi (300 validation rows, hidden 64), medians of 8 alternated on
+#: this 2-core CPU, 0.5 / 1 / 2 MiB and all problems at once: 246 / 182 / 185 / 302 ms, the same bits (a
+#: problem's numbers do not depend on the others in its batch)
+PROBLEM_GROUP_BYTES = 1 << 21
 
 
 @torch.no_grad()
@@ -62,35 +70,65 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *, clip
     coded = _coded(critic, y, keys, clip)
     if coded is not None:
         return _coded_row_statistics(critic, x_rows, coded, y_mask, [0, m], x_mask)
-    if hasattr(critic, "embed_x"):  # embed the columns once, the rows EMBED_ROWS at a time
-        ey = critic.embed_y(y, y_mask).transpose(1, 2)
-        score_rows = _embedded_rows(critic, x_rows, ey, m, chunk, x_mask)
-    else:
-        def score_rows(start: int, stop: int) -> torch.Tensor:
-            return critic(x_rows(start, stop), y, x_mask, y_mask)
+    names = ["diag", *(k for k in ("lse", "lse_off") if k in keys)] + (["lse_off_clip"] if clip is not None else [])
+    groups: dict[tuple[int, int], dict[str, list]] = {}  # per group of problems, each statistic's row chunks
+    for e, start, s in _score_chunks(critic, x_rows, y, x_mask, y_mask, m, chunk):
+        out = groups.setdefault((e.start, e.stop), {k: [] for k in names})
+        _add_statistics(out, s, start, clip)
+    return {k: torch.cat([torch.cat(out[k], dim=1) for out in groups.values()]) for k in names}
 
-    out = {"diag": [], **{k: [] for k in ("lse", "lse_off") if k in keys}}
+
+def _add_statistics(out: dict[str, list], s: torch.Tensor, start: int, clip: float | None) -> None:
+    """Append the per-row statistics ``out`` asks for of the scores ``s [P', r, M]`` of rows ``start:start + r``
+    (overwritten)."""
+    rows = torch.arange(s.shape[1], device=s.device)
+    cols = rows + start
+    out["diag"].append(s[:, rows, cols])
+    last = "lse_off" not in out and clip is None  # nothing reads the scores after the lse: reduce in place
+    if "lse" in out:
+        out["lse"].append(_logsumexp_(s) if last else torch.logsumexp(s, dim=2))
+        if last:
+            return
+    s[:, rows, cols] = -math.inf
+    if "lse_off" in out:
+        out["lse_off"].append(torch.logsumexp(s, dim=2))
     if clip is not None:
-        out["lse_off_clip"] = []
-    for start in range(0, m, chunk):
-        stop = min(m, start + chunk)
-        s = score_rows(start, stop)
-        rows = torch.arange(stop - start, device=s.device)
-        cols = rows + start
-        out["diag"].append(s[:, rows, cols])
-        last = "lse_off" not in out and clip is None  # nothing reads the scores after the lse: reduce in place
-        if "lse" in out:
-            out["lse"].append(_logsumexp_(s) if last else torch.logsumexp(s, dim=2))
-            if last:
-                continue
-        s[:, rows, cols] = -math.inf
-        if "lse_off" in out:
-            out["lse_off"].append(torch.logsumexp(s, dim=2))
-        if clip is not None:
-            c = s.clamp(-clip, clip)
-            c[:, rows, cols] = -math.inf
-            out["lse_off_clip"].append(torch.logsumexp(c, dim=2))
-    return {k: torch.cat(v, dim=1) for k, v in out.items()}
+        c = s.clamp(-clip, clip)
+        c[:, rows, cols] = -math.inf
+        out["lse_off_clip"].append(torch.logsumexp(c, dim=2))
+
+
+def _score_chunks(critic, x_rows, y: torch.Tensor, x_mask, y_mask, m: int, chunk: int):
+    """Yield ``(problems, start, scores [P', r, M])`` for every chunk of ``chunk`` rows, ``problems`` the slice of
+    the P problems the scores are of. A separable critic's columns are embedded once and its rows
+    :data:`EMBED_ROWS` at a time (a multiple of the chunk, fixed by it alone); a :class:`SeparableCritic` runs
+    on :func:`_problem_groups` of problems, whose activations stay in cache."""
+    if not hasattr(critic, "embed_x"):
+        for start in range(0, m, chunk):
+            yield slice(None), start, critic(x_rows(start, min(m, start + chunk)), y, x_mask, y_mask)
+        return
+    span = chunk * max(1, EMBED_ROWS // chunk)
+    if isinstance(critic, SeparableCritic):
+        groups = _problem_groups(critic, y.shape[0], span, y.element_size())
+        embed_x = [functools.partial(critic.embed_x, x_mask=x_mask, problems=e) for e in groups]
+        ey = [critic.embed_y(y[e], y_mask, e).transpose(1, 2) for e in groups]
+    else:  # another critic with embeddings (rsmi_nn's keyed critic): all problems at once
+        groups, embed_x = [slice(None)], [lambda v: critic.embed_x(v, x_mask)]
+        ey = [critic.embed_y(y, y_mask).transpose(1, 2)]
+    for first in range(0, m, span):
+        last = min(m, first + span)
+        xs = x_rows(first, last)
+        for e, embed, cols in zip(groups, embed_x, ey):
+            ex = embed(xs[e])
+            for start in range(first, last, chunk):
+                yield e, start, torch.bmm(ex[:, start - first:min(last, start + chunk) - first], cols)
+
+
+def _problem_groups(critic: SeparableCritic, p: int, rows: int, itemsize: int) -> list[slice]:
+    """Consecutive groups of the ``p`` problems whose widest activation on ``rows`` rows (``itemsize`` bytes an
+    entry) takes about :data:`PROBLEM_GROUP_BYTES`; the last group may be smaller."""
+    size = max(1, PROBLEM_GROUP_BYTES // (itemsize * rows * max(critic.hidden, critic.embed)))
+    return [slice(a, min(p, a + size)) for a in range(0, p, size)]
 
 
 def _embedded_rows(critic, x_rows, ey: torch.Tensor, m: int, chunk: int, x_mask):

@@ -78,3 +78,17 @@ def test_bad_shapes_raise(cls):
         c(torch.zeros(4, 4), torch.zeros(4, 5))
     with pytest.raises(ValueError, match="hidden"):
         cls(3, 4, 5, hidden=0)
+
+
+def test_embeddings_of_some_problems_are_theirs_in_the_batch():
+    # embed_x / embed_y of a slice of the problems (the held-out pass runs groups of problems) equal, bit for bit,
+    # those problems' rows of the whole batch's embedding; the masks cover every problem
+    gen = torch.Generator().manual_seed(3)
+    critic = SeparableCritic(6, 3, 2, hidden=16, embed=8, generator=gen)
+    x, y = torch.randn(6, 50, 3, generator=gen), torch.randn(6, 50, 2, generator=gen)
+    x_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]] * 2, dtype=torch.bool)
+    with torch.no_grad():
+        whole_x, whole_y = critic.embed_x(x, x_mask), critic.embed_y(y)
+        for part in (slice(0, 1), slice(1, 4), slice(4, 6)):
+            assert torch.equal(critic.embed_x(x[part], x_mask, part), whole_x[part])
+            assert torch.equal(critic.embed_y(y[part], None, part), whole_y[part])

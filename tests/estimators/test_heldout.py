@@ -121,7 +121,8 @@ def test_three_valued_or_wide_columns_take_the_full_matrix(monkeypatch):
         x = torch.randn(2, 30, 2, generator=gen)
         embedded = []
         real = critic.embed_y
-        monkeypatch.setattr(critic, "embed_y", lambda t, m=None, seen=embedded, f=real: seen.append(t.shape[1]) or f(t, m))
+        monkeypatch.setattr(critic, "embed_y",
+                            lambda t, m=None, *rest, seen=embedded, f=real: seen.append(t.shape[1]) or f(t, m, *rest))
         value, _ = heldout_bound(critic, x, y, "infonce")
         assert embedded == [30]
         with torch.no_grad():
@@ -136,3 +137,36 @@ def test_binary_columns_build_no_graph():
     y = torch.where(torch.randn(2, 30, 1, generator=gen) >= 0, 1.0, -1.0)
     value, stderr = heldout_bound(critic, x, y, "infonce", columns=10)
     assert not value.requires_grad and not stderr.requires_grad
+
+
+@pytest.mark.parametrize("name", ["infonce", "smile"])
+@pytest.mark.parametrize("columns", [None, 12])
+def test_problem_groups_change_no_bit(name, columns, monkeypatch):
+    # a separable critic's rows are embedded and scored a group of problems at a time (PROBLEM_GROUP_BYTES); how many
+    # problems a group holds changes no bit of any problem's value or standard error, masks and callable rows too
+    import estimators.heldout
+
+    gen = torch.Generator().manual_seed(6)
+    critic = SeparableCritic(7, 3, 2, hidden=8, embed=4, generator=gen)
+    x = torch.randn(7, 40, 3, generator=gen)
+    y = x[..., :2] + torch.randn(7, 40, 2, generator=gen)
+    x_mask = torch.ones(7, 3, dtype=torch.bool)
+    x_mask[2, 1:] = False
+    y_mask = torch.ones(7, 2, dtype=torch.bool)
+    y_mask[5, 1] = False
+    bound = get_bound(name, **({"clip": 0.5} if name == "smile" else {}))
+    monkeypatch.setattr(estimators.heldout, "EMBED_ROWS", 14)
+    sizes, results = [], []
+    for group_bytes in (1, 4 * 14 * 8 * 3, 1 << 40):  # one problem a group, three (the last one), all seven
+        monkeypatch.setattr(estimators.heldout, "PROBLEM_GROUP_BYTES", group_bytes)
+        sizes.append(len(estimators.heldout._problem_groups(critic, 7, 14, 4)))
+        results.append(heldout_bound(critic, lambda a, b: x[:, a:b], y, bound, x_mask, y_mask, columns=columns,
+                                     budget=7 * 40 * 7))
+    assert sizes == [7, 3, 1]
+    for value, stderr in results[:2]:
+        assert torch.equal(value, results[2][0]) and torch.equal(stderr, results[2][1])
+    with torch.no_grad():  # and it is the bound of the (column-grouped) score matrix
+        edges = estimators.heldout.group_edges(40, columns)
+        full = sum(bound.estimate(critic(x[:, a:b], y[:, a:b], x_mask, y_mask)) * (b - a)
+                   for a, b in zip(edges[:-1], edges[1:])) / 40
+    torch.testing.assert_close(results[0][0], full, rtol=1e-5, atol=1e-5)
