@@ -24,18 +24,23 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def to_jsonable(obj):
     """Convert tensors, arrays, numpy scalars and paths to plain JSON types (NaN/Inf → None)."""
+    if obj is None or isinstance(obj, (str, int)):  # the leaves first: a run's JSON holds millions (bool is an int)
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
+        t = obj.detach().cpu()
+        finite = not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all())
+        return t.tolist() if finite else to_jsonable(t.tolist())  # plain numbers already: no walk over them
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
+        plain = obj.dtype.kind in "biu" or (obj.dtype.kind == "f" and bool(np.isfinite(obj).all()))
+        return obj.tolist() if plain else to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         return to_jsonable(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
     if isinstance(obj, Path):
         return str(obj)
     return obj
