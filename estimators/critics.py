@@ -60,10 +60,12 @@ class EmbeddingMLP(nn.Module):
         return h if self.skip is None else h + self.skip(v, problems)
 
 
-def _apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _apply_mask(x: torch.Tensor, mask: torch.Tensor | None, problems: slice = slice(None)) -> torch.Tensor:
+    """``x [P', B, d]`` with the features ``mask [P, d]`` (or ``[1, d]``, every problem's) marks False zeroed, for
+    the problems ``problems``."""
     if mask is None:
         return x
-    return x * mask.to(dtype=x.dtype).unsqueeze(1)
+    return x * (mask if mask.shape[0] == 1 else mask[problems]).to(dtype=x.dtype).unsqueeze(1)
 
 
 def _check_inputs(critic, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -120,13 +122,13 @@ class SeparableCritic(nn.Module):
     def embed_x(self, x: torch.Tensor, x_mask: torch.Tensor | None = None, problems: slice = slice(None)
                 ) -> torch.Tensor:
         """``g(x)``: ``[P', B, x_dim] -> [P', B, embed]`` for the problems ``problems`` (default all; ``x_mask``
-        ``[P, x_dim]`` covers every problem)."""
-        return self.g(_apply_mask(x, None if x_mask is None else x_mask[problems]), problems) * self._scale
+        ``[P, x_dim]`` covers every problem, or ``[1, x_dim]`` each)."""
+        return self.g(_apply_mask(x, x_mask, problems), problems) * self._scale
 
     def embed_y(self, y: torch.Tensor, y_mask: torch.Tensor | None = None, problems: slice = slice(None)
                 ) -> torch.Tensor:
         """``k(y)``: ``[P', B, y_dim] -> [P', B, embed]``, as :meth:`embed_x`."""
-        return self.k(_apply_mask(y, None if y_mask is None else y_mask[problems]), problems) * self._scale
+        return self.k(_apply_mask(y, y_mask, problems), problems) * self._scale
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | None = None,
                 y_mask: torch.Tensor | None = None) -> torch.Tensor:

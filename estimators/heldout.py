@@ -15,7 +15,6 @@ groups, the bound is evaluated on each group's rows (against all columns), and
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 
@@ -37,11 +36,13 @@ SCORE_BUDGET = 1 << 22
 #: SCORE_BUDGET at a time): with hundreds of problems a score chunk is a few rows, and embedding a few rows per
 #: batched matmul ran the RSMI validation at a fifth of the training steps' FLOP rate
 EMBED_ROWS = 256
-#: a SeparableCritic embeds and scores the held-out rows a group of problems at a time, its widest activation about
-#: this many bytes (:func:`_problem_groups`), so that the activations stay in cache rather than make a pass through
-#: main memory each: P = 1 000 critics of estimate_mi (300 validation rows, hidden 64), medians of 8 alternated on
-#: this 2-core CPU, 0.5 / 1 / 2 MiB and all problems at once: 246 / 182 / 185 / 302 ms, the same bits (a
-#: problem's numbers do not depend on the others in its batch)
+#: a SeparableCritic embeds and scores the held-out rows a group of problems at a time (on the CPU), its widest
+#: activation about this many bytes (:func:`_problem_groups`), so that the activations stay in cache rather than make
+#: a pass through main memory each: P = 1 000 critics of estimate_mi (300 validation rows, hidden 64), medians of 8
+#: alternated on this 2-core CPU, 0.5 / 1 / 2 MiB and all problems at once: 246 / 182 / 185 / 302 ms, the same bits.
+#: A problem's numbers do not depend on its group for the float32 GELU critics the engine trains; torch computes the
+#: last elements of a vectorised SiLU, or of a float64 GELU, by a scalar formula an ulp away, so there which group
+#: (or batch, as problems leave it) a problem shares can move its last bits.
 PROBLEM_GROUP_BYTES = 1 << 21
 
 
@@ -75,6 +76,8 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *, clip
     for e, start, s in _score_chunks(critic, x_rows, y, x_mask, y_mask, m, chunk):
         out = groups.setdefault((e.start, e.stop), {k: [] for k in names})
         _add_statistics(out, s, start, clip)
+    if not groups:  # no problems
+        return {k: y.new_zeros(0, m) for k in names}
     return {k: torch.cat([torch.cat(out[k], dim=1) for out in groups.values()]) for k in names}
 
 
@@ -108,43 +111,28 @@ def _score_chunks(critic, x_rows, y: torch.Tensor, x_mask, y_mask, m: int, chunk
             yield slice(None), start, critic(x_rows(start, min(m, start + chunk)), y, x_mask, y_mask)
         return
     span = chunk * max(1, EMBED_ROWS // chunk)
-    if isinstance(critic, SeparableCritic):
-        groups = _problem_groups(critic, y.shape[0], span, y.element_size())
-        embed_x = [functools.partial(critic.embed_x, x_mask=x_mask, problems=e) for e in groups]
-        ey = [critic.embed_y(y[e], y_mask, e).transpose(1, 2) for e in groups]
-    else:  # another critic with embeddings (rsmi_nn's keyed critic): all problems at once
-        groups, embed_x = [slice(None)], [lambda v: critic.embed_x(v, x_mask)]
-        ey = [critic.embed_y(y, y_mask).transpose(1, 2)]
+    grouped = isinstance(critic, SeparableCritic) and y.device.type == "cpu"  # a cache's worth: a CPU's concern
+    groups = _problem_groups(critic, y.shape[0], min(span, m), y.element_size()) if grouped else [slice(None)]
+    extra = (lambda e: (e,)) if grouped else (lambda e: ())  # other critics take all problems (rsmi_nn's keyed one)
+    columns = [critic.embed_y(y[e], y_mask, *extra(e)).transpose(1, 2) for e in groups]  # [P', embed, M] each
     for first in range(0, m, span):
         last = min(m, first + span)
         xs = x_rows(first, last)
-        for e, embed, cols in zip(groups, embed_x, ey):
-            ex = embed(xs[e])
+        for e, cols in zip(groups, columns):
+            ex = critic.embed_x(xs[e], x_mask, *extra(e))
             for start in range(first, last, chunk):
                 yield e, start, torch.bmm(ex[:, start - first:min(last, start + chunk) - first], cols)
 
 
 def _problem_groups(critic: SeparableCritic, p: int, rows: int, itemsize: int) -> list[slice]:
     """Consecutive groups of the ``p`` problems whose widest activation on ``rows`` rows (``itemsize`` bytes an
-    entry) takes about :data:`PROBLEM_GROUP_BYTES`; the last group may be smaller."""
-    size = max(1, PROBLEM_GROUP_BYTES // (itemsize * rows * max(critic.hidden, critic.embed)))
-    return [slice(a, min(p, a + size)) for a in range(0, p, size)]
-
-
-def _embedded_rows(critic, x_rows, ey: torch.Tensor, m: int, chunk: int, x_mask):
-    """``score_rows(start, stop) -> [P, stop - start, K]``: a separable critic's x side embedded EMBED_ROWS rows
-    at a time (a multiple of the score chunk, fixed by it alone), scored against the embedded columns
-    ``ey [P, embed, K]``."""
-    span = chunk * max(1, EMBED_ROWS // chunk)
-    held: dict[str, object] = {"start": -1, "rows": None}
-
-    def score_rows(start: int, stop: int) -> torch.Tensor:
-        first = start - start % span
-        if held["start"] != first:
-            held["start"], held["rows"] = first, critic.embed_x(x_rows(first, min(m, first + span)), x_mask)
-        return torch.bmm(held["rows"][:, start - first:stop - first], ey)
-
-    return score_rows
+    entry) takes about :data:`PROBLEM_GROUP_BYTES`, never one problem alone where there are more: a score chunk of
+    one problem and one row is a single sum, which torch splits between threads (other rounding)."""
+    size = max(2, PROBLEM_GROUP_BYTES // (itemsize * rows * max(critic.hidden, critic.embed)))
+    starts = list(range(0, p, size))
+    if len(starts) > 1 and p - starts[-1] == 1:  # a lone last problem joins the group before it
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [p])]
 
 
 def _coded(critic, y: torch.Tensor, keys, clip) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -185,11 +173,10 @@ def _coded_row_statistics(critic, x_rows, coded, y_mask, edges: list[int], x_mas
     counts = torch.zeros(p, sizes.numel() * k, device=codes.device)
     counts.scatter_add_(1, group * k + codes, torch.ones(codes.shape, device=codes.device))
     log_counts = counts.view(p, -1, k).log()  # [P, groups, K]; -inf where no column of a group takes a value
-    score_rows = _embedded_rows(critic, x_rows, critic.embed_y(values, y_mask).transpose(1, 2), m, EMBED_ROWS,
-                                x_mask)
+    ey = critic.embed_y(values, y_mask).transpose(1, 2)  # [P, embed, K]
     diag, lse = [], []
     for start in range(0, m, EMBED_ROWS):
-        s = score_rows(start, min(m, start + EMBED_ROWS))
+        s = torch.bmm(critic.embed_x(x_rows(start, min(m, start + EMBED_ROWS)), x_mask), ey)
         rows = slice(start, start + s.shape[1])
         diag.append(s.gather(2, codes[:, rows, None]).squeeze(2))
         lse.append(torch.logsumexp(s + log_counts[:, group[rows]], dim=2))

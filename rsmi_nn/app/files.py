@@ -24,9 +24,10 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def to_jsonable(obj):
     """Convert tensors, arrays, numpy scalars and paths to plain JSON types (NaN/Inf → None)."""
-    if obj is None or isinstance(obj, (str, int)):  # the leaves first: a run's JSON holds millions (bool is an int)
+    kind = type(obj)  # the plain leaves first, by exact type (numpy's float64 and str_ subclass float and str)
+    if obj is None or kind is str or kind is int or kind is bool:
         return obj
-    if isinstance(obj, float):
+    if kind is float:
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
@@ -41,6 +42,8 @@ def to_jsonable(obj):
         return obj.tolist() if plain else to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         return to_jsonable(obj.item())
+    if isinstance(obj, float):  # a float subclass
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, Path):
         return str(obj)
     return obj

@@ -157,12 +157,12 @@ def test_problem_groups_change_no_bit(name, columns, monkeypatch):
     bound = get_bound(name, **({"clip": 0.5} if name == "smile" else {}))
     monkeypatch.setattr(estimators.heldout, "EMBED_ROWS", 14)
     sizes, results = [], []
-    for group_bytes in (1, 4 * 14 * 8 * 3, 1 << 40):  # one problem a group, three (the last one), all seven
+    for group_bytes in (1, 4 * 14 * 8 * 3, 1 << 40):  # groups of 2-3 problems, 3-4, all seven
         monkeypatch.setattr(estimators.heldout, "PROBLEM_GROUP_BYTES", group_bytes)
-        sizes.append(len(estimators.heldout._problem_groups(critic, 7, 14, 4)))
+        sizes.append([g.stop - g.start for g in estimators.heldout._problem_groups(critic, 7, 14, 4)])
         results.append(heldout_bound(critic, lambda a, b: x[:, a:b], y, bound, x_mask, y_mask, columns=columns,
                                      budget=7 * 40 * 7))
-    assert sizes == [7, 3, 1]
+    assert sizes == [[2, 2, 3], [3, 4], [7]]  # never a problem alone: a lone last one joins the group before it
     for value, stderr in results[:2]:
         assert torch.equal(value, results[2][0]) and torch.equal(stderr, results[2][1])
     with torch.no_grad():  # and it is the bound of the (column-grouped) score matrix
@@ -170,3 +170,10 @@ def test_problem_groups_change_no_bit(name, columns, monkeypatch):
         full = sum(bound.estimate(critic(x[:, a:b], y[:, a:b], x_mask, y_mask)) * (b - a)
                    for a, b in zip(edges[:-1], edges[1:])) / 40
     torch.testing.assert_close(results[0][0], full, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(estimators.heldout, "PROBLEM_GROUP_BYTES", 1)  # a [1, d] mask still covers every problem
+    shared = heldout_bound(critic, x, y, bound, x_mask[:1], y_mask[:1], columns=columns, budget=7 * 40 * 7)
+    every = heldout_bound(critic, x, y, bound, x_mask[:1].expand(7, -1), y_mask[:1].expand(7, -1), columns=columns,
+                          budget=7 * 40 * 7)
+    assert torch.equal(shared[0], every[0])
+    empty = estimators.heldout.row_statistics(critic, x[:0], y[:0], keys=("lse",))  # no problems: no rows
+    assert {k: tuple(v.shape) for k, v in empty.items()} == {"diag": (0, 40), "lse": (0, 40)}

@@ -21,5 +21,7 @@ def test_tensors_and_arrays_become_plain_lists_with_null_for_non_finite():
                    "array": [[1.5], [None]], "counts": [7], "scalars": [None, 2, True],
                    "nested": [[None, 1.0], {"p": "a/b"}], "finite": [0.0, 0.25, 0.5, 0.75, 1.0]}
     assert all(type(v) is float for v in out["finite"]) and type(out["counts"][0]) is int
+    numpy_leaves = to_jsonable([np.float64(1.5), np.str_("x"), np.float64(nan)])  # float and str subclasses
+    assert numpy_leaves == [1.5, "x", None] and [type(v) for v in numpy_leaves[:2]] == [float, str]
     text = json.dumps(out, allow_nan=False)  # strict JSON: no NaN or Infinity literal anywhere
     assert not any(word in text for word in ("NaN", "Infinity")) and math.isclose(json.loads(text)["1"][1][1], -2.5)
