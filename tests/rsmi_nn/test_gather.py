@@ -1,0 +1,52 @@
+"""Gathering blocks' rows into a reused buffer: the same values, and held-out passes that never read a stale chunk."""
+
+import pytest
+import torch
+
+from estimators.bounds import get_bound
+from graphs import lattice_blocks, lattice_graph, make_regions
+from rsmi_nn.coarse_graining import _models
+from rsmi_nn.options import StepOptions
+from rsmi_nn.training import Scratch, UnitMajor, evaluate, gather
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_a_gather_into_scratch_has_the_values_of_a_fresh_one():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(40, 9, generator=gen)
+    index = torch.tensor([[0, 3, -1], [8, 8, 2], [-1, -1, 5]])
+    scratch = Scratch()
+    for rows in (z, UnitMajor.from_rows(z), UnitMajor.from_rows(z)[5:17]):
+        assert torch.equal(gather(rows, index, scratch=scratch), gather(rows, index))
+    padded = torch.cat([z, torch.zeros(40, 1)], dim=1)  # a pad reads zeros
+    expected = padded[:, torch.where(index >= 0, index, 9)].permute(1, 0, 2)  # [J, B, m]
+    assert torch.equal(gather(z, index, scratch=scratch), expected)
+
+
+def test_scratch_hands_out_its_buffer_again_and_grows_when_asked_for_more():
+    scratch, like = Scratch(), torch.zeros(1)
+    big = scratch.take((4, 6), like)
+    small = scratch.take((2, 3), like)
+    assert small.is_contiguous() and small.data_ptr() == big.data_ptr()
+    bigger = scratch.take((5, 6), like)
+    assert bigger.shape == (5, 6) and bigger.data_ptr() != big.data_ptr()
+    assert scratch.take((2, 2), torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("binarize", [True, False])
+def test_held_out_passes_read_each_chunk_of_environments_before_the_next(binarize):
+    """Several chunks of rows (EMBED_ROWS and score chunks) through one buffer: the estimate has the bits of one
+    gathered afresh for every chunk (a chunk kept past the next gather would read the next one's rows)."""
+    L, rows = 8, 700
+    gen = torch.Generator().manual_seed(1)
+    z = UnitMajor.from_rows(torch.randn(rows, L * L, generator=gen))
+    regions = make_regions(lattice_graph(L), lattice_blocks(L, 2), buffer=1, env=2)
+    dev = (regions.visible, regions.visible_mask.float(), regions.environment, regions.environment_mask.float())
+    filt, critic = _models(StepOptions(binarize=binarize), dev, gen, torch.device("cpu"))
+    bound = get_bound("infonce")
+    fresh = evaluate(filt, critic, bound, z, dev, columns=None, rows=96,
+                     environment=lambda a, b: gather(z[a:b], dev[2]))
+    reused = evaluate(filt, critic, bound, z, dev, columns=None, rows=96)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
+    assert fresh[0].shape == (regions.num_blocks,) and fresh[0].isfinite().all()
