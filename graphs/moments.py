@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from estimators.device import Scratch
 from estimators.validation import as_tensor, check_positive_int
 
 __all__ = ["MomentTree", "ShiftedSums", "StreamingMoments"]
@@ -193,8 +194,10 @@ def _shifted_moments(x: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, t
     shift = x[0].to(torch.float64)
     s1 = torch.zeros_like(shift)
     s2 = torch.zeros_like(shift)
+    work = Scratch()
     for a in range(0, x.shape[0], chunk):
-        d = x[a : a + chunk].to(torch.float64, copy=True).sub_(shift)
+        part = x[a : a + chunk]
+        d = work.take(tuple(part.shape), shift).copy_(part).sub_(shift)
         s1 += d.sum(0)
         s2 += d.square_().sum(0)
     n = x.shape[0]
@@ -263,13 +266,14 @@ class ShiftedSums:
         self.count, self.shift = 0, None
         self.s1 = torch.zeros(num_units, dtype=torch.float64, device=device)
         self.s2 = torch.zeros(num_units, dtype=torch.float64, device=device)
+        self._work = Scratch()
 
     def update(self, batch: torch.Tensor) -> torch.Tensor:
         """Fold in a ``(b, U)`` batch (any float dtype); returns this batch's ``Σ(x - shift)²``
         per unit, which is non-finite exactly when the batch holds a NaN or an infinity."""
         if batch.ndim != 2 or batch.shape[1] != self.num_units:
             raise ValueError(f"batch must have shape (b, {self.num_units}), got {tuple(batch.shape)}")
-        d = batch.to(self.s1.device, torch.float64, copy=True)
+        d = self._work.take(tuple(batch.shape), self.s1).copy_(batch)  # one float64 chunk, reused
         if d.shape[0] == 0:
             return torch.zeros_like(self.s2)
         if self.shift is None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from estimators.device import resolve_device
+from estimators.device import Scratch, resolve_device, small_pages
 from estimators.heldout import chunk_rows
 from estimators.training import TrainSettings
 from estimators.validation import check_positive_int, check_samples
@@ -362,11 +362,13 @@ def _unit_moments(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tenso
 def _standardised_chunks(x: torch.Tensor, order: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor,
                          rows: int):
     """Yields ``(start, z_chunk)``: ``rows`` rows from ``start`` of the float32 standardised ``x``, in ``order``.
-    In place on one float64 copy per chunk: the same bits as ``((chunk.double() - mean) / std).float()`` (L = 64
-    Ising, 20 000 rows: 0.55 -> 0.31 s)."""
+    In place on one float64 buffer reused by every chunk: the same bits as ``((chunk.double() - mean) / std).float()``
+    (L = 64 Ising, 20 000 rows: 0.55 -> 0.31 s with a float64 copy per chunk; see :class:`estimators.device.Scratch`
+    for the buffer)."""
+    work = Scratch()
     for a in range(0, x.shape[0], rows):
         chunk = x[a:a + rows] if order is None else x[order[a:a + rows]]
-        yield a, chunk.to(torch.float64, copy=True).sub_(mean).div_(std).to(torch.float32)
+        yield a, work.take(tuple(chunk.shape), mean).copy_(chunk).sub_(mean).div_(std).to(torch.float32)
 
 
 def _standardise(x: torch.Tensor, order: torch.Tensor | None = None, chunk_elements: int = 2**18):
@@ -389,11 +391,12 @@ def _standardised_splits(x: torch.Tensor, order: torch.Tensor, n_train: int, n_v
                          chunk_elements: int = 2**18):
     """``(mean, std, z_train [n_train, U], z_val, z_test)``: :func:`_standardise` in split order, the held-out
     rows written unit-major (:class:`rsmi_nn.training.UnitMajor`, gathered from at every validation) rather
-    than transposed at each use; one float32 copy of ``x`` in all."""
+    than transposed at each use; one float32 copy of ``x`` in all, in small pages (written once and kept:
+    :func:`estimators.device.small_pages`)."""
     (n, u), rows = x.shape, max(1, chunk_elements // x.shape[1])
     mean, std = _unit_moments(x, rows)
-    z_train = torch.empty(n_train, u, dtype=torch.float32, device=x.device)
-    held = torch.empty(u + 1, n - n_train, dtype=torch.float32, device=x.device)
+    z_train = small_pages(torch.empty(n_train, u, dtype=torch.float32, device=x.device))
+    held = small_pages(torch.empty(u + 1, n - n_train, dtype=torch.float32, device=x.device))
     held[-1] = 0.0
     for a, part in _standardised_chunks(x, order, mean, std, rows):
         cut = min(max(n_train - a, 0), part.shape[0])  # the chunk's training rows come first

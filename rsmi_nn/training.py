@@ -27,14 +27,14 @@ default run and on Gaussian fields.)
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 
+from estimators.device import Scratch
 from estimators.fused import critic_objective
 from estimators.training import ProblemSubset, TrainSettings, TrainState, train_problems
 
-__all__ = ["TEST_COLUMNS", "Scratch", "UnitMajor", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen",
+__all__ = ["TEST_COLUMNS", "UnitMajor", "VALIDATION_COLUMNS", "after_refit", "evaluate", "frozen",
            "gather", "refit_generator", "SHARED_REFIT_PATIENCE", "refit_settings", "refits_critic", "train_blocks", "warm_start"]
 
 
@@ -90,24 +90,6 @@ def gather(z: torch.Tensor | UnitMajor, index: torch.Tensor, mask: torch.Tensor 
     flat = torch.where(index >= 0, index, u).reshape(-1)  # a UnitMajor's column slice: selected without a copy
     out = None if scratch is None else scratch.take((flat.numel(), n), z.t)
     return torch.index_select(z.t, 0, flat, out=out).view(*index.shape, n).transpose(1, 2)
-
-
-class Scratch:
-    """One buffer handed out again and again as views, grown to the largest request: a held-out pass's chunks of
-    environments (256 blocks x 128 sites x 256 rows: 33 MB) are otherwise each a fresh ``mmap`` region, above glibc's
-    32 MiB threshold, faulted in page by page (on a 2-core Zen 4 VM: 44-58 ms a gather, 14 ms without huge pages,
-    3 ms into a buffer already touched). A view is valid until the next :meth:`take`."""
-
-    def __init__(self):
-        self._flat: torch.Tensor | None = None
-
-    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """A contiguous ``shape`` view of the buffer, of ``like``'s dtype and device."""
-        n = math.prod(shape)
-        flat = self._flat
-        if flat is None or flat.numel() < n or flat.dtype != like.dtype or flat.device != like.device:
-            flat = self._flat = like.new_empty(n)
-        return flat[:n].view(shape)
 
 
 # Held-out scoring is bounded: each row is scored against ``columns`` rows of its own group, not all M

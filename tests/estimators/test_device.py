@@ -137,3 +137,34 @@ def test_importing_the_engine_asks_torch_for_huge_pages_and_leaves_the_environme
                   "from graphs import load_samples", "from rsmi_nn import load_run"):
         asks = first + "\nfrom estimators.device import _page_aligned_allocation\nprint(_page_aligned_allocation())"
         assert _fresh_process(asks) == ["True"], first
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The ``VmFlags`` of the mapping of this process that holds ``address`` (``/proc/self/smaps``)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(a, 16) for a in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps are Linux's")
+def test_small_pages_advises_the_tensors_own_pages_and_changes_nothing_else():
+    """A large tensor written once (a step's standardised samples) is kept off huge pages: its mapping says
+    ``nh`` (``MADV_NOHUGEPAGE``); the tensor is returned as it was and takes writes as before."""
+    t = torch.empty(8 << 20)  # 32 MiB
+    assert device.small_pages(t) is t
+    page = device.PAGE_BYTES
+    inner = -(-t.data_ptr() // page) * page
+    assert "nh" in _vm_flags(inner) and "nh" in _vm_flags(inner + t.numel() * 4 - 2 * page)
+    t.fill_(1.5)
+    assert float(t.sum()) == 1.5 * t.numel()
+    small = torch.ones(100)
+    assert device.small_pages(small) is small  # less than a huge page: nothing to advise, nothing done
+    assert device.small_pages(torch.empty(0)).numel() == 0
+

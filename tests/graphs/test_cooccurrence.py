@@ -269,3 +269,21 @@ def test_50k_units_within_memory_budget():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=root)
     peak_gib = float(out.stdout.strip().splitlines()[-1])
     assert peak_gib < 6.0, f"peak RSS {peak_gib:.2f} GiB"
+
+
+def test_shifted_sums_reuse_one_buffer_with_the_bits_of_a_fresh_copy_per_batch():
+    """Each batch is widened into one float64 buffer kept between updates: the sums have the bits of a fresh
+    float64 copy per batch, and nothing returned earlier (a batch's squares, the shift) is a view of it."""
+    x = torch.from_numpy(correlated(u=25, seed=3, offset=2.0).astype(np.float32))
+    s = ShiftedSums(25)
+    shift, s1, s2, parts = x[0].double(), torch.zeros(25, dtype=torch.float64), torch.zeros(25, dtype=torch.float64), []
+    for b in uneven(x):
+        d = b.to(torch.float64, copy=True).sub_(shift)
+        s1 += d.sum(0)
+        parts.append(d.square_().sum(0))
+        s2 += parts[-1]
+        assert torch.equal(s.update(b), parts[-1])
+    assert torch.equal(s.shift, shift) and torch.equal(s.s1, s1) and torch.equal(s.s2, s2)
+    kept = s.update(x[:3])
+    s.update(x[-200:] * 7)  # a larger batch afterwards leaves what was returned alone
+    assert torch.equal(kept, (x[:3].double() - shift).square().sum(0)) and torch.equal(s.shift, shift)

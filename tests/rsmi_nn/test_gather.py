@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from estimators.bounds import get_bound
+from estimators.device import Scratch
 from graphs import lattice_blocks, lattice_graph, make_regions
 from rsmi_nn.coarse_graining import _models
 from rsmi_nn.options import StepOptions
-from rsmi_nn.training import Scratch, UnitMajor, evaluate, gather
+from rsmi_nn.training import UnitMajor, evaluate, gather
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
