@@ -381,7 +381,7 @@ def _standardise(x: torch.Tensor, order: torch.Tensor | None = None, chunk_eleme
     """
     rows = max(1, chunk_elements // x.shape[1])
     mean, std = _unit_moments(x, rows)
-    z = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    z = small_pages(torch.empty(x.shape, dtype=torch.float32, device=x.device))  # written once, kept
     for a, part in _standardised_chunks(x, order, mean, std, rows):
         z[a:a + part.shape[0]] = part
     return mean, std, z

@@ -167,4 +167,3 @@ def test_small_pages_advises_the_tensors_own_pages_and_changes_nothing_else():
     small = torch.ones(100)
     assert device.small_pages(small) is small  # less than a huge page: nothing to advise, nothing done
     assert device.small_pages(torch.empty(0)).numel() == 0
-
