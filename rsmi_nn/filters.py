@@ -337,14 +337,24 @@ def _two_valued(x: torch.Tensor, extremes: tuple[torch.Tensor, torch.Tensor] | N
     difference of two finite floats is 0 only when they are equal (unless denormals are flushed to zero). One pass
     over cache-sized chunks; continuous data fail on the first ``head`` rows (or chunk) without the extremes being
     measured. L = 64 Ising, ``[20 000, 4 096]``, this 2-core CPU: 174 -> 96 ms with the extremes given, where two
-    comparisons per entry and a boolean reduction cost 137 ms."""
-    def within(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> bool:
-        return not bool(torch.minimum(rows - lo, hi - rows).any())
+    comparisons per entry and a boolean reduction cost 137 ms. The differences go into two buffers made once and
+    are reduced without a boolean copy: fresh temporaries per chunk were faulted in page by page at every chunk once
+    torch asks for huge pages (Zen 4 VM, L = 32 Ising ``[20 000, 1 024]``: 57 000 page faults, 0.11-0.17 s against
+    0.02 s)."""
+    width = max(1, x.shape[1])
+    rows = max(1, chunk_elements // width)
+    below, above = (x.new_empty(max(rows, min(head, x.shape[0])) * width) for _ in range(2))
+
+    def within(part: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+        low, high = below[:part.numel()].view(part.shape), above[:part.numel()].view(part.shape)
+        torch.sub(part, lo, out=low)
+        torch.sub(hi, part, out=high)
+        least, most = torch.aminmax(torch.minimum(low, high, out=low))  # any() would copy the chunk to bool
+        return bool(least == 0) and bool(most == 0)  # a NaN is neither
 
     if extremes is None:
         top = x[:head]
         if not within(top, top.amin(0), top.amax(0)):
             return False
         extremes = (x.amin(0), x.amax(0))
-    rows = max(1, chunk_elements // max(1, x.shape[1]))
     return all(within(x[a:a + rows], *extremes) for a in range(0, x.shape[0], rows))

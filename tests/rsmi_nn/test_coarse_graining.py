@@ -145,6 +145,28 @@ def test_binarize_auto_reads_the_inputs():
     assert not _two_valued(tiny, (tiny.amin(0), tiny.amax(0)))
 
 
+def test_two_valued_check_allocates_nothing_per_chunk_and_refuses_nan():
+    """The pass of ``binarize="auto"`` writes its differences into two buffers made once: the allocations it makes
+    (above a few bytes; the reductions' scalars are 4 bytes) do not grow with the number of chunks. A NaN is no
+    extreme."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from rsmi_nn.filters import _two_valued
+
+    spins = torch.where(torch.rand(4000, 16, generator=torch.Generator().manual_seed(3)) < 0.5, -1.0, 1.0)
+    extremes = (spins.amin(0), spins.amax(0))
+
+    def allocations(chunk_elements: int) -> list[int]:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            assert _two_valued(spins, extremes, chunk_elements=chunk_elements)
+        return [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 64]
+
+    few, many = allocations(16 * 400), allocations(16 * 40)  # 10 and 100 chunks
+    assert len(few) == len(many) == 2, (few, many)
+    nan = spins.clone()
+    nan[3000, 5] = float("nan")  # past the head rows, so the whole-matrix extremes are measured (and are NaN)
+    assert not _two_valued(nan) and not _two_valued(nan, chunk_elements=16 * 40)
+
 def _two_problem_regions():
     """Two blocks with disjoint units: block 0 strongly tied to its environment, block 1 weakly."""
     visible = torch.tensor([[0, 1], [4, 5]])
