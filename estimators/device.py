@@ -99,8 +99,11 @@ class Scratch:
     0.09 s in one buffer). A view is valid until the next :meth:`take`. Its buffer keeps huge pages: reused many
     times, it gains from them (shared L = 64 Ising step 1.7-1.8 s; in small pages 2.5-2.8 s, 3.6x the page faults)."""
 
-    def __init__(self):
+    def __init__(self, *, small: bool = False):
+        """``small`` : the buffer in small pages (:func:`small_pages`), for one used once or a few times, whose first
+        touch is most of its cost."""
         self._flat: torch.Tensor | None = None
+        self._small = small
 
     def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A contiguous ``shape`` view of the buffer, of ``like``'s dtype and device."""
@@ -108,6 +111,8 @@ class Scratch:
         flat = self._flat
         if flat is None or flat.numel() < n or flat.dtype != like.dtype or flat.device != like.device:
             flat = self._flat = like.new_empty(n)
+            if self._small:
+                small_pages(flat)
         return flat[:n].view(shape)
 
 

@@ -167,3 +167,21 @@ def test_small_pages_advises_the_tensors_own_pages_and_changes_nothing_else():
     small = torch.ones(100)
     assert device.small_pages(small) is small  # less than a huge page: nothing to advise, nothing done
     assert device.small_pages(torch.empty(0)).numel() == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps are Linux's")
+def test_a_small_page_scratch_advises_each_buffer_it_makes_and_a_plain_one_does_not():
+    """``Scratch(small=True)`` (a held-out pass's environments, gathered once or a few times): every buffer it makes,
+    the first and a grown one, is advised ``nh`` before it is handed out; a plain ``Scratch`` keeps huge pages."""
+    page, like = device.PAGE_BYTES, torch.zeros(1)
+
+    def advised(view: torch.Tensor) -> bool:
+        return "nh" in _vm_flags(-(-view.data_ptr() // page) * page)
+
+    small = device.Scratch(small=True)
+    first = small.take((8 << 20,), like)  # 32 MiB
+    assert advised(first)
+    grown = small.take((12 << 20,), like)
+    assert grown.data_ptr() != first.data_ptr() and advised(grown)
+    assert small.take((4 << 20,), like).data_ptr() == grown.data_ptr()  # reused, as any Scratch
+    assert not advised(device.Scratch().take((8 << 20,), like))

@@ -35,6 +35,16 @@ def test_scratch_hands_out_its_buffer_again_and_grows_when_asked_for_more():
     assert scratch.take((2, 2), torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
 
 
+def test_rows_transposed_into_scratch_are_those_transposed_afresh_in_one_reused_buffer():
+    gen = torch.Generator().manual_seed(2)
+    scratch = Scratch()
+    first = UnitMajor.from_rows(torch.randn(30, 7, generator=gen), scratch)
+    for n in (30, 11):  # a second chunk of rows, and a shorter last one, into the same buffer
+        z = torch.randn(n, 7, generator=gen)
+        into = UnitMajor.from_rows(z, scratch)
+        assert torch.equal(into.t, UnitMajor.from_rows(z).t) and into.t.data_ptr() == first.t.data_ptr()
+        assert torch.equal(into.t[:-1], z.t()) and not into.t[-1].any()  # the zero row the pads read
+
 @pytest.mark.parametrize("binarize", [True, False])
 def test_held_out_passes_read_each_chunk_of_environments_before_the_next(binarize):
     """Several chunks of rows (EMBED_ROWS and score chunks) through one buffer: the estimate has the bits of one
