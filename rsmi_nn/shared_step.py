@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from estimators.critics import SeparableCritic
+from estimators.device import Scratch
 from estimators.fused import infonce_separable
 from estimators.training import TrainSettings, TrainState, train_problems
 from rsmi_nn.training import UnitMajor, evaluate, gather
@@ -65,7 +66,7 @@ def environment_keys(z: torch.Tensor, regions_dev, *, chunk: int = 32) -> torch.
     copied 270 MB; a product with every unit instead grew as L⁴: 0.39 s at L = 64).
     """
     vis, vm, env, em = regions_dev
-    n, units = z.shape[0], UnitMajor.from_rows(z)
+    n, units = z.shape[0], UnitMajor.from_rows(z, Scratch(small=True))  # written once, read by every chunk
     out = []
     for a in range(0, vis.shape[0], chunk):
         v = gather(units, vis[a:a + chunk]).transpose(0, 1).flatten(1)  # [n, c · max_v], pads 0
