@@ -116,14 +116,17 @@ def evaluate(filt, critic, bound, z: UnitMajor, regions_dev, *, n_groups: int = 
     into one buffer in small pages: its first touch is its cost. 2-core Zen 4 VM: a shared L = 64 Ising step's
     test gathers 1 024 blocks x 128 sites x 256 rows at once, 134 MB, 0.74-0.82 -> 0.10-0.17 s; the 51
     validations of a per-block L = 32 step 3.7-4.2 -> 2.9-3.4 s. A buffer kept across those validations in huge
-    pages saved as much there but made the training steps fault 140 000 pages more.)
+    pages saved as much there but made the training steps fault 140 000 pages more.) The visible rows that give the
+    hard H pass through the same buffer first (the default run's level 0: 1 321 blocks x 615 rows x 25 units, 77 MB;
+    over a flow's 14 calls 1.3-1.5 -> 0.85-1.0 s).
     """
     from estimators.heldout import heldout_bound
 
     vis, vm, env, em = regions_dev
-    h = torch.cat([filt(gather(z[s:s + 4096], vis), hard=True) for s in range(0, z.shape[0], 4096)], dim=1)
+    scratch = Scratch(small=True)  # each chunk of visible rows read before the next; then the environments', likewise
+    h = torch.cat([filt(gather(z[s:s + 4096], vis, scratch=scratch), hard=True) for s in range(0, z.shape[0], 4096)],
+                  dim=1)
     if environment is None:
-        scratch = Scratch(small=True)  # heldout_bound embeds each chunk's environments before it asks for the next
 
         def environment(start: int, stop: int) -> torch.Tensor:
             return gather(z[start:stop], env, scratch=scratch)

@@ -61,3 +61,31 @@ def test_held_out_passes_read_each_chunk_of_environments_before_the_next(binariz
     reused = evaluate(filt, critic, bound, z, dev, columns=None, rows=96)
     assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
     assert fresh[0].shape == (regions.num_blocks,) and fresh[0].isfinite().all()
+
+
+@pytest.mark.parametrize("binarize", [True, False])
+def test_a_held_out_pass_through_its_buffer_has_the_bits_of_fresh_gathers(binarize, monkeypatch):
+    """``evaluate``'s one buffer carries the visible rows (4 096 a chunk: two chunks here) and then the environments'
+    chunks; the estimate is that of gathers made afresh each time."""
+    import rsmi_nn.training as training
+
+    L, rows = 4, 4500
+    gen = torch.Generator().manual_seed(3)
+    z = UnitMajor.from_rows(torch.randn(rows, L * L, generator=gen))
+    regions = make_regions(lattice_graph(L), lattice_blocks(L, 2), buffer=1, env=1)
+    dev = (regions.visible, regions.visible_mask.float(), regions.environment, regions.environment_mask.float())
+    filt, critic = _models(StepOptions(binarize=binarize), dev, gen, torch.device("cpu"))
+    bound = get_bound("infonce")
+    reused = evaluate(filt, critic, bound, z, dev, rows=64)
+
+    class Fresh:  # a new tensor at every request: what the buffer must be indistinguishable from
+        def __init__(self, **_):
+            pass
+
+        def take(self, shape, like):
+            return like.new_empty(shape)
+
+    monkeypatch.setattr(training, "Scratch", Fresh)
+    fresh = evaluate(filt, critic, bound, z, dev, rows=64)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
+    assert reused[0].shape == (regions.num_blocks,) and reused[0].isfinite().all()
