@@ -45,22 +45,28 @@ def test_rows_transposed_into_scratch_are_those_transposed_afresh_in_one_reused_
         assert torch.equal(into.t, UnitMajor.from_rows(z).t) and into.t.data_ptr() == first.t.data_ptr()
         assert torch.equal(into.t[:-1], z.t()) and not into.t[-1].any()  # the zero row the pads read
 
+
+def _held_out_problem(L: int, rows: int, env: int, seed: int, binarize: bool):
+    """Standardised-like rows of an L x L lattice held unit-major, its 2x2 blocks' regions and fresh models."""
+    gen = torch.Generator().manual_seed(seed)
+    z = UnitMajor.from_rows(torch.randn(rows, L * L, generator=gen))
+    regions = make_regions(lattice_graph(L), lattice_blocks(L, 2), buffer=1, env=env)
+    dev = (regions.visible, regions.visible_mask.float(), regions.environment, regions.environment_mask.float())
+    filt, critic = _models(StepOptions(binarize=binarize), dev, gen, torch.device("cpu"))
+    return z, dev, filt, critic, regions.num_blocks
+
+
 @pytest.mark.parametrize("binarize", [True, False])
 def test_held_out_passes_read_each_chunk_of_environments_before_the_next(binarize):
     """Several chunks of rows (EMBED_ROWS and score chunks) through one buffer: the estimate has the bits of one
     gathered afresh for every chunk (a chunk kept past the next gather would read the next one's rows)."""
-    L, rows = 8, 700
-    gen = torch.Generator().manual_seed(1)
-    z = UnitMajor.from_rows(torch.randn(rows, L * L, generator=gen))
-    regions = make_regions(lattice_graph(L), lattice_blocks(L, 2), buffer=1, env=2)
-    dev = (regions.visible, regions.visible_mask.float(), regions.environment, regions.environment_mask.float())
-    filt, critic = _models(StepOptions(binarize=binarize), dev, gen, torch.device("cpu"))
+    z, dev, filt, critic, n_blocks = _held_out_problem(8, 700, env=2, seed=1, binarize=binarize)
     bound = get_bound("infonce")
     fresh = evaluate(filt, critic, bound, z, dev, columns=None, rows=96,
                      environment=lambda a, b: gather(z[a:b], dev[2]))
     reused = evaluate(filt, critic, bound, z, dev, columns=None, rows=96)
     assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
-    assert fresh[0].shape == (regions.num_blocks,) and fresh[0].isfinite().all()
+    assert fresh[0].shape == (n_blocks,) and fresh[0].isfinite().all()
 
 
 @pytest.mark.parametrize("binarize", [True, False])
@@ -69,12 +75,7 @@ def test_a_held_out_pass_through_its_buffer_has_the_bits_of_fresh_gathers(binari
     chunks; the estimate is that of gathers made afresh each time."""
     import rsmi_nn.training as training
 
-    L, rows = 4, 4500
-    gen = torch.Generator().manual_seed(3)
-    z = UnitMajor.from_rows(torch.randn(rows, L * L, generator=gen))
-    regions = make_regions(lattice_graph(L), lattice_blocks(L, 2), buffer=1, env=1)
-    dev = (regions.visible, regions.visible_mask.float(), regions.environment, regions.environment_mask.float())
-    filt, critic = _models(StepOptions(binarize=binarize), dev, gen, torch.device("cpu"))
+    z, dev, filt, critic, n_blocks = _held_out_problem(4, 4500, env=1, seed=3, binarize=binarize)
     bound = get_bound("infonce")
     reused = evaluate(filt, critic, bound, z, dev, rows=64)
 
@@ -88,4 +89,4 @@ def test_a_held_out_pass_through_its_buffer_has_the_bits_of_fresh_gathers(binari
     monkeypatch.setattr(training, "Scratch", Fresh)
     fresh = evaluate(filt, critic, bound, z, dev, rows=64)
     assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
-    assert reused[0].shape == (regions.num_blocks,) and reused[0].isfinite().all()
+    assert reused[0].shape == (n_blocks,) and reused[0].isfinite().all()
