@@ -153,12 +153,14 @@ def train_blocks(filt, critic, bound, z_train, z_val, regions_dev, settings: Tra
     live = {"regions": full}  # the regions of the blocks still training (stopped blocks leave the batch)
     cut_modules = ProblemSubset([filt, critic], full[0].shape[0])
 
+    transposed, visible, environments = Scratch(), Scratch(), Scratch()  # a step's, read before the next step
+
     def objective(rows: torch.Tensor) -> torch.Tensor:
         vis, _, env, _ = live["regions"]
-        z = UnitMajor.from_rows(z_train[rows])  # one transpose for both gathers
-        h = filt(gather(z, vis))
+        z = UnitMajor.from_rows(z_train[rows], transposed)  # one transpose for both gathers
+        h = filt(gather(z, vis, scratch=visible))
         # never forms [J, B, B] (a binary H: [J, B, 2^h]); pads are zeros
-        return critic_objective(critic, bound, gather(z, env), h, codes=filt.codes(h))
+        return critic_objective(critic, bound, gather(z, env, scratch=environments), h, codes=filt.codes(h))
 
     def restrict(keep: torch.Tensor) -> None:
         live["regions"] = tuple(t[keep] for t in full)

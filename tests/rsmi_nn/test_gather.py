@@ -46,6 +46,16 @@ def test_rows_transposed_into_scratch_are_those_transposed_afresh_in_one_reused_
         assert torch.equal(into.t[:-1], z.t()) and not into.t[-1].any()  # the zero row the pads read
 
 
+class _Fresh:
+    """A new tensor at every request: what a :class:`Scratch` must be indistinguishable from."""
+
+    def __init__(self, **_):
+        pass
+
+    def take(self, shape, like):
+        return like.new_empty(shape)
+
+
 def _held_out_problem(L: int, rows: int, env: int, seed: int, binarize: bool):
     """Standardised-like rows of an L x L lattice held unit-major, its 2x2 blocks' regions and fresh models."""
     gen = torch.Generator().manual_seed(seed)
@@ -79,14 +89,24 @@ def test_a_held_out_pass_through_its_buffer_has_the_bits_of_fresh_gathers(binari
     bound = get_bound("infonce")
     reused = evaluate(filt, critic, bound, z, dev, rows=64)
 
-    class Fresh:  # a new tensor at every request: what the buffer must be indistinguishable from
-        def __init__(self, **_):
-            pass
-
-        def take(self, shape, like):
-            return like.new_empty(shape)
-
-    monkeypatch.setattr(training, "Scratch", Fresh)
+    monkeypatch.setattr(training, "Scratch", _Fresh)
     fresh = evaluate(filt, critic, bound, z, dev, rows=64)
     assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
     assert reused[0].shape == (n_blocks,) and reused[0].isfinite().all()
+
+
+def test_per_block_training_through_its_step_buffers_has_the_bits_of_fresh_gathers(monkeypatch):
+    """A per-block step's rows, visible units and environments go into buffers kept across steps (each step's read
+    by its backward pass before the next step writes): the filters and MI of gathers made afresh at every step."""
+    import rsmi_nn.training as training
+    from rsmi_nn import coarse_grain
+
+    L = 6
+    x = torch.randn(600, L * L, generator=torch.Generator().manual_seed(4))
+    regions = make_regions(lattice_graph(L), lattice_blocks(L, 2), buffer=1, env=2)
+    run = dict(hidden=1, shared=False, seed=0, device="cpu", steps=60, eval_every=20)
+    reused = coarse_grain(x, regions, **run)
+    monkeypatch.setattr(training, "Scratch", _Fresh)
+    fresh = coarse_grain(x, regions, **run)
+    assert torch.equal(reused.filters, fresh.filters) and torch.equal(reused.mi, fresh.mi)
+    assert reused.info["steps_run"] == 60
