@@ -127,7 +127,6 @@ def evaluate(filt, critic, bound, z: UnitMajor, regions_dev, *, n_groups: int = 
     h = torch.cat([filt(gather(z[s:s + 4096], vis, scratch=scratch), hard=True) for s in range(0, z.shape[0], 4096)],
                   dim=1)
     if environment is None:
-
         def environment(start: int, stop: int) -> torch.Tensor:
             return gather(z[start:stop], env, scratch=scratch)
 

@@ -167,6 +167,7 @@ def test_two_valued_check_allocates_nothing_per_chunk_and_refuses_nan():
     nan[3000, 5] = float("nan")  # past the head rows, so the whole-matrix extremes are measured (and are NaN)
     assert not _two_valued(nan) and not _two_valued(nan, chunk_elements=16 * 40)
 
+
 def _two_problem_regions():
     """Two blocks with disjoint units: block 0 strongly tied to its environment, block 1 weakly."""
     visible = torch.tensor([[0, 1], [4, 5]])
