@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from estimators.device import resolve_device
+from estimators.device import resolve_device, small_pages
 from estimators.validation import as_tensor, check_choice, check_positive_int, check_samples
 from graphs.distributed import agreed, all_gather_objects, all_gather_tensors, band_owners, broadcast_object, is_active, rank
 from graphs.graph import ActivationGraph
@@ -219,7 +219,7 @@ def _moments_pass(src: SampleBatches, batch_rows: int, chunk_rows: int, dev: tor
     """
     n, u = src.num_samples, src.num_units
     sums = ShiftedSums(u, device=dev)
-    z = torch.empty(n, u, dtype=torch.float32, device=dev) if resident else None
+    z = small_pages(torch.empty(n, u, dtype=torch.float32, device=dev)) if resident else None  # written once
     offset = None
     for start, batch in src.batches(batch_rows):
         if batch.ndim != 2 or batch.shape[1] != u or start + batch.shape[0] > n:
