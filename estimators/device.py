@@ -96,8 +96,9 @@ class Scratch:
     at every call are each a new region to fault in (2-core Zen 4 VM: a held-out pass's chunk of environments, 256
     blocks x 128 sites x 256 rows = 33 MB, 44-58 ms a gather, 14 ms without huge pages, 3 ms into a buffer already
     touched; the float64 chunks of a pass of moments over [20 000, 4 096] samples, 2 MiB each, 0.35-0.55 s in all,
-    0.09 s in one buffer). A view is valid until the next :meth:`take`. Its buffer keeps huge pages: reused many
-    times, it gains from them (shared L = 64 Ising step 1.7-1.8 s; in small pages 2.5-2.8 s, 3.6x the page faults)."""
+    0.09 s in one buffer). A view is valid until the next :meth:`take`. By default its buffer keeps huge pages: reused
+    many times, it gains from them (shared L = 64 Ising step 1.7-1.8 s; in small pages 2.5-2.8 s, 3.6x the page
+    faults); ``small=True`` is for a buffer used once or a few times."""
 
     def __init__(self, *, small: bool = False):
         """``small`` : the buffer in small pages (:func:`small_pages`), for one used once or a few times, whose first
