@@ -185,7 +185,8 @@ def _train_critics(net, objective, split: dict, masks, gen: torch.Generator, set
 
     def train_objective(rows: torch.Tensor) -> torch.Tensor:
         x_tr, y_tr, _, _, xm, ym = live["data"]
-        return critic_objective(net, objective, x_tr[:, rows], y_tr[:, rows], xm, ym)
+        # index_select, not x_tr[:, rows]: P = 1 000 one-dimensional problems, 128 rows, 305 -> 123 us a step
+        return critic_objective(net, objective, x_tr.index_select(1, rows), y_tr.index_select(1, rows), xm, ym)
 
     rows = chunk_rows(net, full[0].shape[0], full[2].shape[1])  # the chunks of all P problems, kept as they leave
 

@@ -361,14 +361,19 @@ def _unit_moments(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tenso
 
 def _standardised_chunks(x: torch.Tensor, order: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor,
                          rows: int):
-    """Yields ``(start, z_chunk)``: ``rows`` rows from ``start`` of the float32 standardised ``x``, in ``order``.
-    In place on one float64 buffer reused by every chunk: the same bits as ``((chunk.double() - mean) / std).float()``
-    (L = 64 Ising, 20 000 rows: 0.55 -> 0.31 s with a float64 copy per chunk; see :class:`estimators.device.Scratch`
-    for the buffer)."""
-    work = Scratch()
+    """Yields ``(start, z_chunk)``: ``rows`` rows from ``start`` of the standardised ``x``, in ``order``, in float64
+    (a view of one buffer reused by every chunk; the caller's ``copy_`` into float32 rounds as ``.float()`` does):
+    the same bits as ``((chunk.double() - mean) / std).float()``. The rows in ``order`` are gathered into a reused
+    buffer too (L = 64 Ising, 20 000 rows: 0.55 -> 0.31 s with the float64 buffer; see
+    :class:`estimators.device.Scratch`)."""
+    work, picked = Scratch(), Scratch()
     for a in range(0, x.shape[0], rows):
-        chunk = x[a:a + rows] if order is None else x[order[a:a + rows]]
-        yield a, work.take(tuple(chunk.shape), mean).copy_(chunk).sub_(mean).div_(std).to(torch.float32)
+        if order is None:
+            chunk = x[a:a + rows]
+        else:
+            index = order[a:a + rows]
+            chunk = torch.index_select(x, 0, index, out=picked.take((index.numel(), x.shape[1]), x))
+        yield a, work.take(tuple(chunk.shape), mean).copy_(chunk).sub_(mean).div_(std)
 
 
 def _standardise(x: torch.Tensor, order: torch.Tensor | None = None, chunk_elements: int = 2**18):
@@ -383,7 +388,7 @@ def _standardise(x: torch.Tensor, order: torch.Tensor | None = None, chunk_eleme
     mean, std = _unit_moments(x, rows)
     z = small_pages(torch.empty(x.shape, dtype=torch.float32, device=x.device))  # written once, kept
     for a, part in _standardised_chunks(x, order, mean, std, rows):
-        z[a:a + part.shape[0]] = part
+        z[a:a + part.shape[0]].copy_(part)
     return mean, std, z
 
 
@@ -400,8 +405,8 @@ def _standardised_splits(x: torch.Tensor, order: torch.Tensor, n_train: int, n_v
     held[-1] = 0.0
     for a, part in _standardised_chunks(x, order, mean, std, rows):
         cut = min(max(n_train - a, 0), part.shape[0])  # the chunk's training rows come first
-        z_train[a:a + cut] = part[:cut]
-        held[:u, a + cut - n_train:a + part.shape[0] - n_train] = part[cut:].t()
+        z_train[a:a + cut].copy_(part[:cut])
+        held[:u, a + cut - n_train:a + part.shape[0] - n_train].copy_(part[cut:].t())
     return mean, std, z_train, UnitMajor(held[:, :n_val]), UnitMajor(held[:, n_val:])
 
 
