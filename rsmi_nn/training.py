@@ -230,10 +230,13 @@ def _moments(z: torch.Tensor, vis: torch.Tensor, env: torch.Tensor, chunk: int):
 # Evaluations without a gain of ESTIMATE_MIN_DELTA before a shared filter's refit stops (per-block refits wait
 # estimate_mi's 5). A shared critic reads 16 blocks' rows a step and is refitted from its training checkpoint, so
 # its first evaluation takes nearly all of its gain (2×2 Ising at T_c, seeds 0-2: 0.33 -> 0.39 nats at step 25,
-# <= 0.005 more by step 150) and waiting 5 only cost time. Measured 2026-12-01 (seeds 0-4, alternating): shared step
-# 2.08 -> 1.77 s, mean reported MI 0.4021 -> 0.4017, the same filters. Not per block: the default run's flow keeps
-# gaining (MI per level 0.550 / 0.886 -> 0.544 / 0.875 with 2, no faster: 57.0 against 58.7 s).
-SHARED_REFIT_PATIENCE = 2
+# <= 0.005 more by step 150) and waiting only costs time. 5 -> 2 measured 2026-12-01 (seeds 0-4, alternating): shared
+# step 2.08 -> 1.77 s, mean reported MI 0.4021 -> 0.4017, the same filters. 2 -> 1 measured 2026-12-03 (2-core Zen 4
+# VM): the refit 75 -> 50 steps (of a step's 175-225), reported MI over eight lattices (L = 24 at T 2.1 and 2.6, 32 at
+# T_c seeds 0-2, 48 at T 2.5 seeds 1-2, 64 at T_c) moved -0.0007 to +0.0005 nats, mean -0.0003, against a per-block
+# standard error of 0.011-0.024; the filters are the refit's input, not its output. Not per block: the default run's
+# flow keeps gaining (MI per level 0.550 / 0.886 -> 0.544 / 0.875 with 2, no faster: 57.0 against 58.7 s).
+SHARED_REFIT_PATIENCE = 1
 
 
 def refits_critic(opts) -> bool:
