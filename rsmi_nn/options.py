@@ -318,7 +318,7 @@ class StepOptions(Options):
     eval_every: int | None = option(None, "validation interval in steps (default 50; 25 for a shared filter, whose "
                                     "every step reads up to 16 blocks' rows)", kind=int, optional=True, minimum=1)
     patience: int | None = option(None, "evaluations without a gain larger than min_delta before a block stops "
-                                  "(default 10; 3 for a shared filter, which starts at the canonical optimum)",
+                                  "(default 10; 2 for a shared filter, which starts at the canonical optimum)",
                                   kind=int, optional=True, minimum=1)
     min_delta: float | None = option(None, "validation gain (nats) that resets a block's patience (default 0.001; "
                                      "0.01 for a shared filter, whose validation wobbles with its critic)",
@@ -378,16 +378,18 @@ class StepOptions(Options):
 
     @property
     def stopping_patience(self) -> int:
-        """``patience``, the default decided: 10 evaluations, 3 for a shared filter. A shared filter starts at the
+        """``patience``, the default decided: 10 evaluations, 2 for a shared filter. A shared filter starts at the
         canonical directions pooled over its validation blocks, the optimum for Gaussian data, and moves little
         from there; its validation value wobbles by ~0.01 nats with the critic, so evaluations after the first few
         without a gain of 0.01 mostly re-draw that noise. 2×2 Ising, seeds 0-4 at L = 32 T_c, L = 24 T 2.1 / 2.6,
         L = 48 T 2.5 and L = 64 T_c, patience 5 -> 3 (10 -> 5 before, 2026-12-02): the step 0.97-1.95 -> 0.84-1.70 s
         on average, 21 of 25 filters the same, mean probes 0.4063 -> 0.4062 (L = 32), 0.1940 -> 0.1933 (L = 48, seed
-        1 0.1937 -> 0.1903), 0.3958 -> 0.3958 (L = 64); README, issue 20."""
+        1 0.1937 -> 0.1903), 0.3958 -> 0.3958 (L = 64). 3 -> 2 (2026-12-03; L = 32 T_c seeds 0-1, L = 24 T 2.1 / 2.6,
+        L = 48 T 2.5 seeds 1-2, L = 64 T_c): 25 training steps fewer in each, every filter the same bytes and every probe
+        the same (no gain of 0.01 came after two evaluations without one); README, issue 20."""
         if self.patience is not None:
             return self.patience
-        return 3 if self.shared else 10
+        return 2 if self.shared else 10
 
     def decided_defaults(self) -> dict:
         """What the options whose unset default is decided per mode (``eval_every``, ``min_delta``, ``patience``)

@@ -155,7 +155,7 @@ def test_flow_bad_inputs(tmp_path):
 def test_recorded_values_equal_to_what_an_unset_default_decides_compare_equal():
     """Run folders written before eval_every / min_delta / patience were decided per mode recorded 50 / 0.001 / 10:
     for per-block filters that is what unset decides (a resume is accepted); a shared filter now decides 25 / 0.01 /
-    3, so it differs."""
+    2 (3 until 2026-12-03), so it differs."""
     from rsmi_nn.rundir import _comparable
 
     unset = _comparable({"options": {}})
@@ -163,7 +163,8 @@ def test_recorded_values_equal_to_what_an_unset_default_decides_compare_equal():
     assert _comparable({"options": {"eval_every": 40}}) != unset
     assert _comparable({"options": {"patience": 5}}) != unset
     shared = _comparable({"options": {"shared": True}})
-    assert _comparable({"options": {"shared": True, "eval_every": 25, "min_delta": 0.01, "patience": 3}}) == shared
+    assert _comparable({"options": {"shared": True, "eval_every": 25, "min_delta": 0.01, "patience": 2}}) == shared
+    assert _comparable({"options": {"shared": True, "patience": 3}}) != shared
     assert _comparable({"options": {"shared": True, "eval_every": 50, "min_delta": 0.001}}) != shared
     assert _comparable({"options": {"shared": True, "patience": 5}}) != shared
 
