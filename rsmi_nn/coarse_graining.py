@@ -43,6 +43,7 @@ from rsmi_nn.training import (
     evaluate,
     frozen,
     gather,
+    pick_rows,
     refit_generator,
     refit_settings,
     refits_critic,
@@ -368,11 +369,7 @@ def _standardised_chunks(x: torch.Tensor, order: torch.Tensor | None, mean: torc
     :class:`estimators.device.Scratch`)."""
     work, picked = Scratch(), Scratch()
     for a in range(0, x.shape[0], rows):
-        if order is None:
-            chunk = x[a:a + rows]
-        else:
-            index = order[a:a + rows]
-            chunk = torch.index_select(x, 0, index, out=picked.take((index.numel(), x.shape[1]), x))
+        chunk = x[a:a + rows] if order is None else pick_rows(x, order[a:a + rows], picked)
         yield a, work.take(tuple(chunk.shape), mean).copy_(chunk).sub_(mean).div_(std)
 
 

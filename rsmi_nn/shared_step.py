@@ -73,8 +73,7 @@ def environment_keys(z: torch.Tensor, regions_dev, *, chunk: int = 32) -> torch.
         v = gather(units, vis[a:a + chunk]).transpose(0, 1).flatten(1)  # [n, c · max_v], pads 0
         e = env[a:a + chunk]
         union = e[e >= 0].unique()  # sorted
-        rows = torch.index_select(units.t, 0, union, out=sites_rows.take((union.numel(), n), units.t))
-        corr = torch.cat([rows @ v / n, v.new_zeros(1, v.shape[1])])  # last row: pads
+        corr = torch.cat([pick_rows(units.t, union, sites_rows) @ v / n, v.new_zeros(1, v.shape[1])])  # last row: pads
         sites = torch.where(e >= 0, torch.searchsorted(union, e.clamp_min(0)), union.numel()).unsqueeze(-1)
         block = torch.arange(sites.shape[0], device=sites.device).view(-1, 1, 1)
         rho = corr.view(union.numel() + 1, -1, vis.shape[1])[sites, block,
