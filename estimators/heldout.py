@@ -24,7 +24,7 @@ from estimators.bounds import Bound, get_bound
 from estimators.critics import SeparableCritic
 from estimators.fused import MAX_CODES, bit_codes
 
-__all__ = ["bound_with_stderr", "chunk_rows", "group_edges", "heldout_bound", "row_statistics"]
+__all__ = ["bound_with_stderr", "chunk_rows", "group_chunk_rows", "group_edges", "heldout_bound", "row_statistics"]
 
 # Elements of one scores chunk: 4 M scores, 16 MiB of float32 (8 MiB until the rows' embedding was batched,
 # EMBED_ROWS below; smaller chunks tried again with huge pages, 2026-12-03: slower). With 32 MiB chunks (glibc's
@@ -44,6 +44,10 @@ EMBED_ROWS = 256
 #: last elements of a vectorised SiLU, or of a float64 GELU, by a scalar formula an ulp away, so there which group
 #: (or batch, as problems leave it) a problem shares can move its last bits.
 PROBLEM_GROUP_BYTES = 1 << 21
+#: scores a problem in one chunk of its group (:func:`group_chunk_rows`). The chunk had been ``SCORE_BUDGET`` over all
+#: P problems: with 1 321 blocks a few rows a chunk, tiny products and reductions (the default run's level-0 test,
+#: 1 321 x 1 230 rows x 615 columns, 8 200 calls of 3 rows, and against a transposed view of the columns)
+ROW_SCORES = 1 << 15
 
 
 @torch.no_grad()
@@ -61,7 +65,8 @@ def row_statistics(critic, x, y: torch.Tensor, x_mask=None, y_mask=None, *, clip
     clamped to ``[-clip, clip]``). Each reduction is a pass over the scores: InfoNCE reads ``lse`` alone
     (:attr:`estimators.bounds.Bound.row_keys`), half the time of both. ``rows`` : rows per chunk (default:
     :func:`chunk_rows` of ``budget``); a training loop whose problems leave the batch fixes it, so that the
-    live problems' scores are computed in the same chunks, to the same bits. Columns of a separable critic that
+    live problems' scores are computed in the same chunks, to the same bits. A :class:`SeparableCritic` on the CPU
+    takes neither: its chunks are :func:`group_chunk_rows`, a function of ``M`` alone. Columns of a separable critic that
     take two values per entry (a binarised H) are scored against their distinct values only, when ``lse`` is
     all that is asked (:func:`_coded_row_statistics`: the same statistics, to float32 rounding).
     """
@@ -105,16 +110,24 @@ def _score_chunks(critic, x_rows, y: torch.Tensor, x_mask, y_mask, m: int, chunk
     """Yield ``(problems, start, scores [P', r, M])`` for every chunk of ``chunk`` rows, ``problems`` the slice of
     the P problems the scores are of. A separable critic's columns are embedded once and its rows
     :data:`EMBED_ROWS` at a time (a multiple of the chunk, fixed by it alone); a :class:`SeparableCritic` runs
-    on :func:`_problem_groups` of problems, whose activations stay in cache."""
+    on :func:`_problem_groups` of problems, whose activations stay in cache, in chunks of
+    :func:`group_chunk_rows` rows (``chunk`` is not used there)."""
     if not hasattr(critic, "embed_x"):
         for start in range(0, m, chunk):
             yield slice(None), start, critic(x_rows(start, min(m, start + chunk)), y, x_mask, y_mask)
         return
-    span = chunk * max(1, EMBED_ROWS // chunk)
     grouped = isinstance(critic, SeparableCritic) and y.device.type == "cpu"  # a cache's worth: a CPU's concern
-    groups = _problem_groups(critic, y.shape[0], min(span, m), y.element_size()) if grouped else [slice(None)]
-    extra = (lambda e: (e,)) if grouped else (lambda e: ())  # other critics take all problems (rsmi_nn's keyed one)
-    columns = [critic.embed_y(y[e], y_mask, *extra(e)).transpose(1, 2) for e in groups]  # [P', embed, M] each
+    if grouped:
+        chunk = group_chunk_rows(m)
+        groups = _problem_groups(critic, y.shape[0], min(EMBED_ROWS, m), y.element_size())
+    else:  # other critics take all problems (rsmi_nn's keyed one)
+        groups = [slice(None)]
+    span = chunk * max(1, EMBED_ROWS // chunk)
+    extra = (lambda e: (e,)) if grouped else (lambda e: ())
+    # [P', embed, M] each; a group's copied contiguous (the default run's level-0 test: 3x faster products)
+    columns = [critic.embed_y(y[e], y_mask, *extra(e)).transpose(1, 2) for e in groups]
+    if grouped:
+        columns = [c.contiguous() for c in columns]
     for first in range(0, m, span):
         last = min(m, first + span)
         xs = x_rows(first, last)
@@ -122,6 +135,13 @@ def _score_chunks(critic, x_rows, y: torch.Tensor, x_mask, y_mask, m: int, chunk
             ex = critic.embed_x(xs[e], x_mask, *extra(e))
             for start in range(first, last, chunk):
                 yield e, start, torch.bmm(ex[:, start - first:min(last, start + chunk) - first], cols)
+
+
+def group_chunk_rows(m: int) -> int:
+    """Rows per score chunk of a :class:`SeparableCritic`'s problem group against ``m`` columns: about
+    :data:`ROW_SCORES` scores a problem, whatever the number of problems (so a problem's chunks, and its bits, are
+    the same in any batch or share of one)."""
+    return max(1, min(m, EMBED_ROWS, ROW_SCORES // m))
 
 
 def _problem_groups(critic: SeparableCritic, p: int, rows: int, itemsize: int) -> list[slice]:

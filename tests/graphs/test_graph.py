@@ -42,6 +42,17 @@ def test_hop_distances_equal_networkx():
         assert torch.equal(limited, torch.where(full > 2, -1, full))
 
 
+def test_hop_distances_from_chosen_sources_within_a_bound():
+    """Sources in any order (repeated too), edges listed one way, nodes out of reach: -1 beyond ``max_hops``."""
+    g = ActivationGraph([str(i) for i in range(7)], torch.tensor([[0, 1, 2, 5], [1, 2, 3, 6]]))
+    d = g.hop_distances([3, 0, 3, 4])
+    assert d.tolist() == [[3, 2, 1, 0, -1, -1, -1], [0, 1, 2, 3, -1, -1, -1], [3, 2, 1, 0, -1, -1, -1],
+                          [-1, -1, -1, -1, 0, -1, -1]]
+    assert g.hop_distances([0, 6], max_hops=2).tolist() == [[0, 1, 2, -1, -1, -1, -1], [-1] * 5 + [1, 0]]
+    assert g.hop_distances([1], max_hops=0).tolist() == [[-1, 0, -1, -1, -1, -1, -1]]
+    assert d.dtype == torch.long and d.is_contiguous()
+
+
 def test_k_hop_and_components():
     nxg = random_graph(seed=4)
     g = ActivationGraph.from_networkx(nxg)

@@ -191,6 +191,28 @@ def _two_problem_samples(n, seed):
     return torch.from_numpy(x.astype(np.float32)), cov
 
 
+def test_transform_is_the_filters_on_standardised_units_whatever_the_chunks(monkeypatch):
+    """``transform`` = each block's filter applied to its standardised units, column ``j * hidden + c``; the chunk
+    of rows (``chunk_size``, or the byte cap on gathered blocks) changes no bit; binarised filters give ±1."""
+    import rsmi_nn.coarse_graining as cg
+
+    x, _ = _two_problem_samples(1000, seed=3)
+    regions = _two_problem_regions()
+    res = coarse_grain(x, regions, hidden=2, seed=0, steps=20, eval_every=10)
+    h = res.transform(x)
+    z = ((x - res.mean) / res.std).double()
+    for j, units in enumerate(([0, 1], [4, 5])):
+        torch.testing.assert_close(h[:, 2 * j:2 * j + 2].double(), z[:, units] @ res.filters[j].double(),
+                                   rtol=0, atol=1e-5)
+    assert res.transform(x, chunk_size=7).numpy().tobytes() == h.numpy().tobytes()
+    monkeypatch.setattr(cg, "TRANSFORM_CHUNK_BYTES", 1)  # one row a chunk
+    assert res.transform(x).numpy().tobytes() == h.numpy().tobytes()
+    signs = cg.CoarseGrainResult(**{**res.__dict__, "binarize": "straight-through"}).transform(x)
+    assert torch.equal(signs, torch.where(h >= 0, 1.0, -1.0))
+    with pytest.raises(ValueError, match="chunk_size"):
+        res.transform(x, chunk_size=0)
+
+
 def test_batched_blocks_train_independently():
     """Two different problems in one batch each reach their own optimum, as when trained alone."""
     x, cov = _two_problem_samples(5000, seed=0)
