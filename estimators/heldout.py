@@ -118,8 +118,9 @@ def _score_chunks(critic, x_rows, y: torch.Tensor, x_mask, y_mask, m: int, chunk
         return
     grouped = isinstance(critic, SeparableCritic) and y.device.type == "cpu"  # a cache's worth: a CPU's concern
     if grouped:
+        size = _group_size(critic, min(EMBED_ROWS, m), y.element_size())
         chunk = group_chunk_rows(m)
-        groups = _problem_groups(critic, y.shape[0], min(EMBED_ROWS, m), y.element_size())
+        groups = _problem_groups(y.shape[0], size)
     else:  # other critics take all problems (rsmi_nn's keyed one)
         groups = [slice(None)]
     span = chunk * max(1, EMBED_ROWS // chunk)
@@ -144,11 +145,17 @@ def group_chunk_rows(m: int) -> int:
     return max(1, min(m, EMBED_ROWS, ROW_SCORES // m))
 
 
-def _problem_groups(critic: SeparableCritic, p: int, rows: int, itemsize: int) -> list[slice]:
-    """Consecutive groups of the ``p`` problems whose widest activation on ``rows`` rows (``itemsize`` bytes an
-    entry) takes about :data:`PROBLEM_GROUP_BYTES`, never one problem alone where there are more: a score chunk of
-    one problem and one row is a single sum, which torch splits between threads (other rounding)."""
-    size = max(2, PROBLEM_GROUP_BYTES // (itemsize * rows * max(critic.hidden, critic.embed)))
+def _group_size(critic: SeparableCritic, rows: int, itemsize: int) -> int:
+    """Problems a group of :func:`_problem_groups`: their widest activation on ``rows`` rows (``itemsize`` bytes an
+    entry) takes about :data:`PROBLEM_GROUP_BYTES`; at most ``SCORE_BUDGET // ROW_SCORES`` (128), so that a score
+    chunk stays within :data:`SCORE_BUDGET` however narrow the critic."""
+    width = max(critic.hidden, critic.embed)
+    return max(2, min(SCORE_BUDGET // ROW_SCORES, PROBLEM_GROUP_BYTES // (itemsize * rows * width)))
+
+
+def _problem_groups(p: int, size: int) -> list[slice]:
+    """Consecutive groups of ``size`` of the ``p`` problems, never one problem alone where there are more: a score
+    chunk of one problem and one row is a single sum, which torch splits between threads (other rounding)."""
     starts = list(range(0, p, size))
     if len(starts) > 1 and p - starts[-1] == 1:  # a lone last problem joins the group before it
         starts.pop()

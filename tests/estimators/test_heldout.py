@@ -159,7 +159,8 @@ def test_problem_groups_change_no_bit(name, columns, monkeypatch):
     sizes, results = [], []
     for group_bytes in (1, 4 * 14 * 8 * 3, 1 << 40):  # groups of 2-3 problems, 3-4, all seven
         monkeypatch.setattr(estimators.heldout, "PROBLEM_GROUP_BYTES", group_bytes)
-        sizes.append([g.stop - g.start for g in estimators.heldout._problem_groups(critic, 7, 14, 4)])
+        size = estimators.heldout._group_size(critic, 14, 4)
+        sizes.append([g.stop - g.start for g in estimators.heldout._problem_groups(7, size)])
         results.append(heldout_bound(critic, lambda a, b: x[:, a:b], y, bound, x_mask, y_mask, columns=columns,
                                      budget=7 * 40 * 7))
     assert sizes == [[2, 2, 3], [3, 4], [7]]  # never a problem alone: a lone last one joins the group before it
@@ -177,3 +178,22 @@ def test_problem_groups_change_no_bit(name, columns, monkeypatch):
     assert torch.equal(shared[0], every[0])
     empty = estimators.heldout.row_statistics(critic, x[:0], y[:0], keys=("lse",))  # no problems: no rows
     assert {k: tuple(v.shape) for k, v in empty.items()} == {"diag": (0, 40), "lse": (0, 40)}
+
+
+def test_score_chunks_of_a_separable_critic_are_set_per_problem_and_bounded(monkeypatch):
+    # a SeparableCritic's chunks: ROW_SCORES scores a problem (rows from M alone, not from the number of problems),
+    # at most 128 problems a group however narrow the critic, so a chunk stays within SCORE_BUDGET
+    import estimators.heldout as heldout
+
+    monkeypatch.setattr(heldout, "ROW_SCORES", 64)
+    monkeypatch.setattr(heldout, "SCORE_BUDGET", 64 * 4)
+    gen = torch.Generator().manual_seed(7)
+    critic = SeparableCritic(300, 2, 1, hidden=1, embed=1, generator=gen)
+    x, y = torch.randn(300, 16, 2, generator=gen), torch.randn(300, 16, 1, generator=gen)
+    chunks = [(e, s.shape) for e, _, s in heldout._score_chunks(critic, lambda a, b: x[:, a:b], y, None, None, 16, 1)]
+    assert {shape[1:] for _, shape in chunks} == {(4, 16)}  # 64 // 16 rows of every problem
+    assert max(shape[0] * shape[1] * shape[2] for _, shape in chunks) <= heldout.SCORE_BUDGET
+    assert [e.stop - e.start for e, _ in chunks[:3]] == [4, 4, 4]  # groups of SCORE_BUDGET // ROW_SCORES problems
+    few = heldout.row_statistics(critic, x[:5], y[:5], keys=("lse",))  # the same chunks, the same bits, alone
+    every = heldout.row_statistics(critic, x, y, keys=("lse",))
+    assert torch.equal(few["lse"], every["lse"][:5]) and torch.equal(few["diag"], every["diag"][:5])
