@@ -56,7 +56,7 @@ __all__ = ["CoarseGrainResult", "CoarseGrainer", "check_step", "coarse_grain"]
 log = logging.getLogger(__name__)
 
 # :meth:`CoarseGrainResult.transform`'s gathered blocks per chunk of rows, at most. One chunk of 4 096 rows of the
-# default run's level 0 gathered 4 096 x 1 321 blocks x 25 units = 0.54 GB afresh: 0.75-5.1 s for its 6 151 rows
+# default run's level 0 gathered 4 096 x 1 321 blocks x 25 units = 0.54 GB afresh: 0.75-6.3 s for its 6 151 rows
 # (page faults), 0.4-0.65 s in reused buffers of 4-64 MiB; 128 MiB 1.2 s (2-core Zen 4 VM, 2026-12-03).
 TRANSFORM_CHUNK_BYTES = 32 << 20
 
