@@ -17,7 +17,7 @@ _EXPORTS = {
     "lattice_graph": "graphs.lattice",
     "lattice_blocks": "graphs.lattice",
     "partition": "graphs.partitioning",
-    "partition_report": "graphs.partitioning",
+    "partition_report": "graphs.partition_quality",
     "make_regions": "graphs.regions",
     "Regions": "graphs.regions",
     "capture": "graphs.hooks",

@@ -8,8 +8,12 @@ clusters), and the cluster graph is contracted. A second phase continues *natura
 groups past ``block_size`` (to fewer than ``2 * block_size`` nodes): two clusters merge
 there only if their connection is at least ``NATURAL_RATIO`` of the connection that
 formed each of them (the same level of affinity) and the merged cluster's connection
-to anything else is at most ``NATURAL_RATIO`` of it (a gap closes the group off); a
-cluster whose best partner is such a merge waits for it instead of pairing with a
+to anything else is at most ``NATURAL_RATIO`` of it (a gap closes the group off); two
+parts formed at a higher affinity than the one that joins them (a planted group of 5 cut
+along its nuisance sub-groups, a triple and a pair) continue too where each is the other's
+decisive partner (best connection elsewhere at most ``GROUP_GAP`` of theirs) and densely
+linked (``GROUP_DENSITY`` of the node pairs across are edges: not two fragments of a lattice);
+a cluster whose best partner is such a merge waits for it instead of pairing with a
 weaker partner. Two single nodes do not pair across a gap either (``block_size >= 3``): a
 lone node bound more tightly (by ``1 / NATURAL_RATIO``) to a cluster it cannot join waits
 instead, and is absorbed at the end (see below). Planted groups of 5-7 with ``block_size=4``
@@ -29,14 +33,15 @@ Edge weights enter as ``max(w, 0)`` plus a tiny seeded jitter that breaks ties.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from estimators.validation import check_positive_int
-from graphs.graph import ActivationGraph, check_affinities, check_blocks
+from graphs.graph import ActivationGraph, check_affinities
 
-__all__ = ["blocks_connected", "partition", "partition_report"]
+__all__ = ["partition"]
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +59,42 @@ CLOSING_Z = 2.0
 # NATURAL_RATIO, 325 closing every cluster at NATURAL_RATIO; a binary planted tree's level-1 pairs (block_size 4)
 # close at coupling 0.8 and 0.9 only by the half-block rule (gap c^2 = 0.64, 0.81; see README, issue 15).
 DECISIVE_GAP = 0.6
+# a merge past block_size also continues a group at a lower affinity than formed its parts when the two parts are
+# each other's decisive partners: neither has a connection elsewhere above this fraction of theirs. Sibling groups of a
+# planted tree sit at ~c^2 of the within-group affinity (c the coupling: 0.64 at 0.8, 0.81 at 0.9); measured on 240
+# held-out hierarchies (README, issue 15)
+GROUP_GAP = 0.75
+# ... and densely linked: at least this fraction of the pairs of nodes across the two parts are edges of the graph (the
+# planted groups' parts: ~1, the same blocks from 0 to 0.9 on all 240; two fragments of a lattice: a boundary, <= 0.5)
+GROUP_DENSITY = 0.9
 
 
 def _cluster_graph(src, dst, w, labels, num_clusters, var=None):
-    """Sum edge weights between clusters; returns (a, b, weight) with a != b, each pair in both directions, and
-    with ``var`` (per edge) the summed variances too: (a, b, weight, variance)."""
+    """Sum edge weights between clusters: ``(a, b, weight, links, variance)``, one row per pair of clusters with an
+    edge between them (a != b, each pair in both directions, sorted by ``a``), ``links`` the number of edges, and
+    ``variance`` the summed ``var`` (per edge; None without)."""
     a, b = labels[src], labels[dst]
     cross = a != b
     key = a[cross] * num_clusters + b[cross]
     uniq, inv = np.unique(key, return_inverse=True)
     weight = np.bincount(inv, weights=w[cross], minlength=uniq.size)
-    if var is None:
-        return uniq // num_clusters, uniq % num_clusters, weight
-    return uniq // num_clusters, uniq % num_clusters, weight, np.bincount(inv, weights=var[cross], minlength=uniq.size)
+    links = np.bincount(inv, minlength=uniq.size)
+    variance = None if var is None else np.bincount(inv, weights=var[cross], minlength=uniq.size)
+    return uniq // num_clusters, uniq % num_clusters, weight, links, variance
+
+
+class _Pairs(NamedTuple):
+    """The candidate merges of one round: a row per ordered pair ``(a, b)`` of clusters joined by an edge."""
+
+    a: np.ndarray  # [P] first cluster, sorted
+    b: np.ndarray  # [P] second cluster
+    score: np.ndarray  # [P] normalised connection w(a, b) / (|a| |b|)
+    density: np.ndarray  # [P] fraction of the |a| |b| pairs of nodes across that are edges of the graph
+    s_a: np.ndarray  # [P] best score of a to a cluster other than b (0 if none); s_b likewise: _elsewhere
+    s_b: np.ndarray
+    slack: np.ndarray  # [P] the noise a same-level test allows (_level_slack; 0 without standard errors)
+    sizes: np.ndarray  # [C] nodes per cluster
+    height: np.ndarray  # [C] the score of the merge that formed each cluster, inf for a single node
 
 
 def _closed(a, score, score_se, height, height_se, ratio):
@@ -106,11 +134,9 @@ def _best_partner(a, b, score, num_clusters, value, ok):
     return best, best_value, best_ok
 
 
-def _outside(a, b, score, sizes, num_clusters):
-    """For each pair row ``(a, b)``: an upper bound on the normalised connection of ``a ∪ b`` to any third cluster.
-
-    ``(|a| s_a + |b| s_b) / (|a| + |b|)`` with ``s_a`` the best score of ``a`` to a cluster other than ``b``.
-    """
+def _elsewhere(a, b, score, num_clusters):
+    """For each pair row ``(a, b)``: ``(s_a, s_b)``, the best score of ``a`` to a cluster other than ``b`` and of
+    ``b`` to one other than ``a`` (0 where there is none)."""
     first = np.full(num_clusters, 0.0)
     np.maximum.at(first, a, score)
     top = np.full(num_clusters, -1, dtype=np.int64)
@@ -119,7 +145,7 @@ def _outside(a, b, score, sizes, num_clusters):
     np.maximum.at(second, a, np.where(b == top[a], 0.0, score))
     s_a = np.where(top[a] == b, second[a], first[a])
     s_b = np.where(top[b] == a, second[b], first[b])
-    return (sizes[a] * s_a + sizes[b] * s_b) / (sizes[a] + sizes[b])
+    return s_a, s_b
 
 
 def _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters):
@@ -140,10 +166,8 @@ def _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters):
 def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed, lone_wait=False, noise=None):
     """Handshake agglomeration: each round, clusters that are each other's best partner merge.
 
-    A cluster's best partner is taken among the ``considered(a, b, score, sizes, height, outside, slack)`` pairs
-    (``outside``: :func:`_outside`; ``slack``: :func:`_level_slack` with ``noise``, else 0; ``score`` the
-    normalised connection ``w(a, b) / (|a| |b|)``, ``height[c]`` the score of the merge that formed cluster
-    ``c``, inf for a single node). A cluster whose best partner is not ``allowed`` (same arguments) waits: it
+    A cluster's best partner is taken among the pairs that ``considered(pairs: _Pairs) -> [P] bool`` marks. A
+    cluster whose best partner is not ``allowed`` (the same) waits: it
     takes no further part in this phase. ``lone_wait``: two single nodes do not pair across a gap
     (:func:`_no_lone_pair_across_a_gap`). ``noise``: ``(edge variance [2E], height_se [C], closing ratio of clusters
     by size: sizes [C] -> ratio)`` — clusters closed off by a gap beyond their noise (:func:`_closed`) take no part.
@@ -153,20 +177,21 @@ def _agglomerate(src, dst, w, labels, sizes, height, jitter, considered, allowed
     waiting = np.zeros(num_clusters, dtype=bool)
     var, height_se, ratio = noise if noise is not None else (None, None, None)
     while True:  # one contraction per round
-        a, b, cw, *cv = _cluster_graph(src, dst, w, labels, num_clusters, var)
+        a, b, cw, links, cv = _cluster_graph(src, dst, w, labels, num_clusters, var)
         score = cw / (sizes[a] * sizes[b])
         slack = np.zeros(score.size)
         if noise is not None:
-            score_se = np.sqrt(cv[0]) / (sizes[a] * sizes[b])
+            score_se = np.sqrt(cv) / (sizes[a] * sizes[b])
             slack = _level_slack(a, b, score_se, height, height_se)
-        pairs = (a, b, score, sizes, height, _outside(a, b, score, sizes, num_clusters), slack)
-        keep = considered(*pairs) & ~waiting[a] & ~waiting[b]
+        pairs = _Pairs(a, b, score, links / (sizes[a] * sizes[b]), *_elsewhere(a, b, score, num_clusters), slack,
+                       sizes, height)
+        keep = considered(pairs) & ~waiting[a] & ~waiting[b]
         if noise is not None:
             closed = _closed(a, score, score_se, height, height_se, ratio(sizes))
             keep &= ~closed[a] & ~closed[b]
         if lone_wait:
             keep &= _no_lone_pair_across_a_gap(a, b, score, sizes, keep, num_clusters)
-        ok = allowed(*pairs)[keep]
+        ok = allowed(pairs)[keep]
         a, b, score = a[keep], b[keep], score[keep]
         if noise is not None:
             score_se = score_se[keep]
@@ -247,7 +272,7 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     Returns
     -------
     LongTensor of shape (num_nodes,): block ids ``0..J-1``, numbered by each block's smallest node.
-    See :func:`partition_report` for the size spread and the edge weight kept inside blocks.
+    See :func:`graphs.partition_quality.partition_report` for the size spread and the edge weight kept inside blocks.
     """
     if not isinstance(graph, ActivationGraph):
         raise ValueError(f"graph must be an ActivationGraph, got {type(graph).__name__}")
@@ -283,15 +308,21 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
     src, dst, w = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([w, w])
     sizes, height = np.ones(n, dtype=np.int64), np.full(n, np.inf)
 
-    def fits(a, b, score, sizes, height, outside, slack):
-        return sizes[a] + sizes[b] <= block_size
+    def fits(p: _Pairs):
+        return p.sizes[p.a] + p.sizes[p.b] <= block_size
 
-    def natural(a, b, score, sizes, height, outside, slack):
-        """Past block_size: at the affinity that formed both clusters (within ``slack``, the noise), and closing a
-        group (a gap around it)."""
-        formed = np.where(np.isinf(height), 0.0, height)
+    def natural(p: _Pairs):
+        """Past block_size: one group — at the affinity that formed both clusters (within ``slack``, the noise), or
+        each the other's decisive, dense partner — closed off by a gap (the union's best connection elsewhere, at most
+        ``(|a| s_a + |b| s_b) / (|a| + |b|)``, below ``NATURAL_RATIO`` of the merge's)."""
+        a, b, score, sizes = p.a, p.b, p.score, p.sizes
+        formed = np.where(np.isinf(p.height), 0.0, p.height)
         level = np.maximum(formed[a], formed[b])
-        return ((sizes[a] + sizes[b] < 2 * block_size) & (level > 0) & (score + slack >= NATURAL_RATIO * level)
+        same_level = score + p.slack >= NATURAL_RATIO * level
+        # a group of 5 cut along its nuisance sub-groups (a triple and a pair, each formed at the nuisance's affinity)
+        decisive = (p.density >= GROUP_DENSITY) & (np.maximum(p.s_a, p.s_b) + p.slack <= GROUP_GAP * score)
+        outside = (sizes[a] * p.s_a + sizes[b] * p.s_b) / (sizes[a] + sizes[b])
+        return ((sizes[a] + sizes[b] < 2 * block_size) & (level > 0) & (same_level | decisive)
                 & (outside <= NATURAL_RATIO * score))
 
     # a cluster whose best partner is a natural merge past block_size waits for it (phase 2) rather than
@@ -305,14 +336,14 @@ def partition(graph: ActivationGraph, block_size: int, seed: int = 0,
         return np.where(sizes >= half_block, max(closing_ratio, half_block_ratio), closing_ratio)
 
     noise = None if var is None else (var, np.zeros(n), ratio)
-    out = _agglomerate(src, dst, w, labels, sizes, height, jitter, lambda *args: fits(*args) | natural(*args), fits,
+    out = _agglomerate(src, dst, w, labels, sizes, height, jitter, lambda p: fits(p) | natural(p), fits,
                        lone_wait=block_size >= 3, noise=noise)
     noise = None if var is None else (var, out[3], ratio)
     out = _agglomerate(src, dst, w, *out[:3], jitter, natural, natural, noise=noise)
     labels, sizes, height = out[:3]
     whole = None
     if var is not None:  # a cluster closed off by a gap stays as it is
-        a, b, cw, cv = _cluster_graph(src, dst, w, labels, sizes.size, var)
+        a, b, cw, _, cv = _cluster_graph(src, dst, w, labels, sizes.size, var)
         norm = sizes[a] * sizes[b]
         whole = _closed(a, cw / norm, np.sqrt(cv) / norm, height, out[3], ratio(sizes))
     labels = _absorb_small(src, dst, w, labels, sizes, max(1, half_block), whole)
@@ -332,7 +363,7 @@ def _absorb_small(src, dst, w, labels, sizes, min_size, whole=None):
     small = np.nonzero((sizes < min_size) & (True if whole is None else ~whole))[0]
     if small.size == 0:
         return labels
-    a, b, cw = _cluster_graph(src, dst, w, labels, num_clusters)
+    a, b, cw, _, _ = _cluster_graph(src, dst, w, labels, num_clusters)
     order = np.argsort(a, kind="stable")
     a, b, cw = a[order], b[order], cw[order]
     ptr = np.searchsorted(a, np.arange(num_clusters + 1))
@@ -353,46 +384,3 @@ def _absorb_small(src, dst, w, labels, sizes, min_size, whole=None):
         nodes[merged[root]] = total
     roots = np.array([merged[x] for x in range(num_clusters)], dtype=np.int64)
     return roots[labels]
-
-
-def blocks_connected(graph: ActivationGraph, blocks) -> torch.Tensor:
-    """BoolTensor ``[J]``: whether the nodes of each block induce a connected subgraph."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    b = check_blocks(blocks, graph.num_nodes).numpy()
-    ei = graph.edge_index.numpy()
-    inside = b[ei[0]] == b[ei[1]]
-    n = graph.num_nodes
-    adj = csr_matrix((np.ones(int(inside.sum())), (ei[0, inside], ei[1, inside])), shape=(n, n))
-    _, comp = connected_components(adj, directed=False)
-    pairs = np.unique(np.stack([b, comp]), axis=1)
-    return torch.from_numpy(np.bincount(pairs[0], minlength=b.max() + 1) == 1)
-
-
-def partition_report(graph: ActivationGraph, blocks) -> dict:
-    """Quality of a partition: block-size spread, edge weight kept inside blocks, connectivity.
-
-    Returns
-    -------
-    dict with ``num_blocks``, ``size_min``, ``size_max``, ``size_mean``, ``size_std``,
-    ``size_cv`` (std / mean), ``inside_weight_fraction`` (weight of edges inside blocks
-    over total edge weight), ``inside_edge_fraction`` and ``num_disconnected_blocks``.
-    """
-    b = check_blocks(blocks, graph.num_nodes)
-    sizes = torch.bincount(b).double()
-    ei = graph.edge_index
-    inside = b[ei[0]] == b[ei[1]]
-    total = float(graph.edge_weight.double().sum())
-    connected = blocks_connected(graph, b)
-    return {
-        "num_blocks": int(sizes.numel()),
-        "size_min": int(sizes.min()),
-        "size_max": int(sizes.max()),
-        "size_mean": float(sizes.mean()),
-        "size_std": float(sizes.std(unbiased=False)),
-        "size_cv": float(sizes.std(unbiased=False) / sizes.mean()),
-        "inside_weight_fraction": float(graph.edge_weight.double()[inside].sum()) / total if total > 0 else float("nan"),
-        "inside_edge_fraction": float(inside.double().mean()) if ei.shape[1] else float("nan"),
-        "num_disconnected_blocks": int((~connected).sum()),
-    }

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from graphs import ActivationGraph, lattice_graph, partition
-from graphs.partitioning import blocks_connected, partition_report
+from graphs.partition_quality import blocks_connected, partition_report
 
 
 def knn_like(n=600, k=6, seed=0):
@@ -26,7 +26,8 @@ def test_blocks_connected_and_balanced(graph, block_size):
     assert rep["num_disconnected_blocks"] == 0
     assert bool(blocks_connected(graph, blocks).all())
     assert torch.equal(torch.unique(blocks), torch.arange(rep["num_blocks"]))
-    # agglomeration never passes block_size; absorbing a leftover (< block_size/2) adds at most half again
+    # agglomeration never passes block_size; absorbing a leftover (< block_size/2) adds at most half again; no
+    # natural merge past it on a lattice (fragments bound by their boundary alone are not dense: GROUP_DENSITY)
     assert rep["size_max"] <= block_size + block_size // 2
     assert rep["size_mean"] >= 0.6 * block_size
     assert torch.equal(blocks, partition(graph, block_size, seed=0))
@@ -169,6 +170,38 @@ def test_leftovers_of_groups_larger_than_block_size_stay_with_their_group(seed):
                         torch.tensor(w[src, dst], dtype=torch.float32))
     blocks = partition(g, 4, seed=seed).numpy()
     assert adjusted_rand_score(groups, blocks) == 1.0
+
+
+def _groups_with_nuisance(sizes, seed, n=8000):
+    """Samples of planted groups of 3-5 units (a shared top factor and a group factor, 0.5 each) whose every unit
+    also reads a nuisance twice as strong, private to a sub-group: a group of 5 holds a triple and a pair, a group
+    of 4 two pairs, a group of 3 one triple. Returns (x [n, U], planted group of every unit), units shuffled."""
+    rng = np.random.default_rng(seed)
+    split = {3: [3], 4: [2, 2], 5: [3, 2]}
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    sub = np.repeat(np.arange(sum(len(split[s]) for s in sizes)), np.concatenate([split[s] for s in sizes]))
+    top, group, nuisance = (rng.standard_normal((n, m)) for m in (1, len(sizes), sub.max() + 1))
+    sign = rng.choice([-1.0, 1.0], truth.size)
+    x = 0.5 * top + 0.5 * group[:, truth] + 2.0 * sign * nuisance[:, sub] + 0.5 * rng.standard_normal((n, truth.size))
+    perm = rng.permutation(truth.size)
+    return torch.tensor(x[:, perm], dtype=torch.float32), torch.from_numpy(truth[perm])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_group_cut_along_its_nuisance_sub_groups_is_kept_whole(seed, monkeypatch):
+    """Issue 15: a group of 5 whose triple and pair each formed at their nuisance's affinity joins at the group's
+    (a fifth of it, so no same-level merge): each part is the other's decisive, dense partner. Without that rule
+    every group of 5 was cut 3 + 2 (ARI 0.71)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    import graphs.partitioning
+    from graphs import build_graph
+
+    x, truth = _groups_with_nuisance([5, 3, 4, 5, 3, 5, 4, 5, 3, 5, 4, 3], seed)
+    g = build_graph(x)
+    assert torch.equal(torch.unique(torch.stack([partition(g, 4), truth]), dim=1)[0], torch.arange(12))
+    monkeypatch.setattr(graphs.partitioning, "GROUP_DENSITY", 2.0)  # no pair of parts is dense enough
+    assert adjusted_rand_score(truth.numpy(), partition(g, 4).numpy()) < 0.8
 
 
 def _pairs_graph(inside: float = 1.0, across: float = 0.3, n_pairs: int = 4) -> ActivationGraph:

@@ -117,7 +117,7 @@ def test_bad_input():
 def test_pipeline_from_activations():
     """build_graph -> partition -> make_regions: connected blocks, every node visible exactly once."""
     from graphs import build_graph
-    from graphs.partitioning import partition_report
+    from graphs.partition_quality import partition_report
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(300, 8, generator=gen) @ torch.randn(8, 90, generator=gen) + torch.randn(300, 90, generator=gen)
