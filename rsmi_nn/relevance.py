@@ -70,7 +70,8 @@ def auto_coarse_grain(x, regions, options: StepOptions, *, seed: int = 0, device
     are constant 0), ``hidden_per_block [J]``, and in ``info``: ``relevance_spectrum [J, k]`` (held-out MI,
     nats), ``relevance_stderr [J, k]``, ``mi_ceiling_gaussian [J]`` (the plug-in ``I(V;E)``).
     """
-    from rsmi_nn.coarse_graining import _standardise, coarse_grain
+    from rsmi_nn.coarse_graining import coarse_grain
+    from rsmi_nn.standardising import standardise
 
     if options.filter != "linear":
         raise ValueError("hidden='auto' needs filter='linear' (per-block widths are zero-padded linear filters); "
@@ -83,7 +84,7 @@ def auto_coarse_grain(x, regions, options: StepOptions, *, seed: int = 0, device
                             allow_constant=allow_constant, **custom) for h in range(1, k + 1)]
     spectrum = torch.stack([r.mi.double() for r in results], 1)
     stderr = torch.stack([r.mi_stderr.double() for r in results], 1)
-    _, _, z = _standardise(x)
+    _, _, z = standardise(x)
     ceiling = gaussian_ceiling(z, regions)
     per_block = torch.minimum(choose_hidden(spectrum, stderr, ceiling), regions.visible_mask.sum(1))
     h_max = int(per_block.max())

@@ -332,12 +332,12 @@ def test_other_filters_bounds_and_critics_run(options):
 
 
 def test_standardise_in_row_chunks_equals_the_float64_formula():
-    from rsmi_nn.coarse_graining import _standardise
+    from rsmi_nn.standardising import standardise
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(103, 7, generator=g) * 3 + 500).float()  # an offset: a float32 centring would lose digits
     x[:, 2] = 1.5  # constant: std 1 by convention, standardised to 0
-    mean, std, z = _standardise(x, chunk_elements=40)  # 5 rows a chunk
+    mean, std, z = standardise(x, chunk_elements=40)  # 5 rows a chunk
     x64 = x.double()
     ref_std = x64.std(0)
     ref_std[2] = 1.0
