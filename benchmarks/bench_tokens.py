@@ -40,7 +40,8 @@ def run(config_name: str, out: Path, max_samples: int | None, device: str, expor
     import torch
 
     from rsmi_nn.app.config import load_config
-    from rsmi_nn.app.pipeline import flow_stage, graph_stage, load_level0, prepare_input, record_stage
+    from rsmi_nn.app.graph_stage import graph_stage, load_level0
+    from rsmi_nn.app.pipeline import flow_stage, prepare_input, record_stage
 
     cfg = load_config(config_name)
     if max_samples is not None:

@@ -127,7 +127,8 @@ def test_record_needs_a_source(tmp_path, capsys):
 
 def test_a_run_made_on_another_device_is_not_refused(tmp_path):
     """Where a stage ran is not what it computed: the device is in no stage's fingerprint (a CUDA run resumes on CPU)."""
-    from rsmi_nn.app.pipeline import _graph_inputs, _record_inputs
+    from rsmi_nn.app.graph_stage import _graph_inputs
+    from rsmi_nn.app.pipeline import _record_inputs
 
     cuda, cpu = Config(), Config()
     object.__setattr__(cuda.run, "device", "cuda:7")  # no CUDA here: skip the check that the device exists
