@@ -132,7 +132,7 @@ def test_bound_buffer_keeps_the_sibling_groups_in_the_environment():
 def test_min_env_leaves_large_sparse_graphs_alone():
     """Where every block's shell beyond the buffer is big enough, the regions are make_regions' own."""
     from graphs import make_regions, partition
-    from rsmi_nn.flow import _regions
+    from rsmi_nn.level_regions import level_regions
     from rsmi_nn.options import FlowOptions
 
     s = sample_tmr(2000, depth=4, seed=1)  # 256 units
@@ -141,10 +141,10 @@ def test_min_env_leaves_large_sparse_graphs_alone():
     bond = FlowOptions().bond_ratio
     plain = make_regions(graph, blocks, buffer=1, env=1, max_env=64, seed=0, bond_ratio=bond)
     opts = FlowOptions(min_env=int(plain.environment_mask.sum(1).min()))
-    same = _regions(graph, blocks, opts, 0)
+    same = level_regions(graph, blocks, opts, 0)
     for name in ("visible", "buffer", "environment", "environment_mask"):
         assert torch.equal(getattr(same, name), getattr(plain, name))
-    narrowed = _regions(graph, blocks, opts.replace(min_env=10**6), 0)  # no shell is that big: the largest one
+    narrowed = level_regions(graph, blocks, opts.replace(min_env=10**6), 0)  # no shell is that big: the largest one
     assert bool((narrowed.environment_mask.sum(1) >= plain.environment_mask.sum(1)).all())
 
 
