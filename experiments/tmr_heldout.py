@@ -162,13 +162,15 @@ def sample_heldout(n: int, *, latent: str = "spin", branching=3, depth: int = 3,
 
 
 def _name(p: dict) -> str:
-    return f"{p['latent']} b{p['branching']} {p['nuisance']} c{p['coupling']}"
+    amplitude = f" a{p['amplitude']}" if "amplitude" in p else ""
+    return f"{p['latent']} b{p['branching']} {p['nuisance']} c{p['coupling']}{amplitude}"
 
 
-def sweep(couplings=(0.6, 0.9)) -> list[dict]:
+def sweep(couplings=(0.6, 0.9), amplitude: float | None = None) -> list[dict]:
     """Issue 15's held-out constructions (README): branching 3 / 5 / 6, spin / family latents, nuisance on pairs /
-    triples, at each coupling (groups of 4, depth 3, nuisance of strength 2)."""
-    return [{"latent": lat, "branching": b, "nuisance": nu, "coupling": c}
+    triples, at each coupling (groups of 4, depth 3, nuisance of strength 2, or ``amplitude``)."""
+    extra = {} if amplitude is None else {"amplitude": amplitude}
+    return [{"latent": lat, "branching": b, "nuisance": nu, "coupling": c, **extra}
             for b in (3, 5, 6) for lat in ("spin", "family") for c in couplings for nu in ("pairs", "triples")]
 
 
@@ -214,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coupling", type=float, action="append",
                         help="the 12 constructions at this coupling instead (repeatable; README: 0.75, 0.8, 0.85)")
+    parser.add_argument("--amplitude", type=float,
+                        help="the nuisance's strength instead of 2 (README: a weak nuisance, 0.5-1, cancels signal)")
     args = parser.parse_args(argv)
-    if args.quick and args.coupling:
-        parser.error("--quick and --coupling choose different sweeps; pass one")
+    if args.quick and (args.coupling or args.amplitude is not None):
+        parser.error("--quick runs the sweep as it is; pass --coupling or --amplitude without it")
+    if args.amplitude is not None and not (args.amplitude >= 0 and math.isfinite(args.amplitude)):
+        parser.error(f"--amplitude must be a number >= 0, got {args.amplitude}")
     for c in args.coupling or ():
         try:
             check_coupling(c, "family")  # the sweep's family latents bound it more tightly than its spins
@@ -224,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--coupling {c}: {err}")
     logging.basicConfig(level=logging.WARNING)
     results = []
-    for params in QUICK if args.quick else sweep(args.coupling) if args.coupling else SWEEP:
+    chosen = QUICK if args.quick else SWEEP if not args.coupling and args.amplitude is None else \
+        sweep(args.coupling or (0.6, 0.9), args.amplitude)
+    for params in chosen:
         res = run_construction(params, seed=args.seed)
         results.append(res)
         cells = "  ".join(f"L{i} {lv['ari']:.2f}, {lv['corr_mean']:.3f} / {lv['corr_min']:.3f}"

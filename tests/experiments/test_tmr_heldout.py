@@ -98,7 +98,11 @@ def test_the_sweep_at_another_coupling_and_its_bad_values():
     assert len(at) == 12 and {p["coupling"] for p in at} == {0.75}
     assert {(p["latent"], p["branching"], p["nuisance"]) for p in at} == {
         (p["latent"], p["branching"], p["nuisance"]) for p in SWEEP}
-    for argv in (["--coupling", "0.95"], ["--coupling", "0"], ["--quick", "--coupling", "0.7"]):
+    weak = sweep((0.6, 0.8), amplitude=1.0)
+    assert len(weak) == 24 and {p["amplitude"] for p in weak} == {1.0}
+    assert all(not k.startswith("amplitude") for p in SWEEP for k in p)  # the sweep's names and JSON as before
+    for argv in (["--coupling", "0.95"], ["--coupling", "0"], ["--quick", "--coupling", "0.7"],
+                 ["--quick", "--amplitude", "1"], ["--amplitude", "-1"], ["--amplitude", "nan"]):
         with pytest.raises(SystemExit):
             main(argv)
 
