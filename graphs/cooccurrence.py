@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,6 +49,7 @@ from graphs.graph import ActivationGraph
 from graphs.moments import ShiftedSums
 from graphs.sample_batches import SampleBatches
 from graphs.topk import RunningTopK
+from graphs.unit_transform import UnitTransform, pmi_inplace, transform_resident
 
 __all__ = ["METRICS", "build_graph", "plan_bands"]
 
@@ -84,22 +84,6 @@ def plan_bands(num_samples: int, num_units: int, k: int, memory_budget: int, bat
     est = state + batch + rows * per_row + (resident if mode == "resident" else 0)
     return {"mode": mode, "band_rows": rows, "num_bands": num_bands, "batch_rows": batch_rows,
             "estimated_bytes": int(est), "data_passes": 1 if mode == "resident" else 1 + num_bands}
-
-
-def _thresholds(threshold, mean: torch.Tensor, num_units: int, kept: torch.Tensor) -> torch.Tensor:
-    """Per-kept-unit firing thresholds (float64): the given ones, or each unit's ``mean``."""
-    if threshold is None:
-        return mean[kept]
-    thr = torch.as_tensor(np.asarray(threshold) if not isinstance(threshold, torch.Tensor) else threshold,
-                          dtype=torch.float64).reshape(-1).to(mean.device)
-    if thr.numel() == 1:
-        return thr.expand(kept.numel()).clone()
-    if thr.numel() != num_units:
-        raise ValueError(f"threshold must be a number or have {num_units} entries (one per unit), "
-                         f"got {thr.numel()}")
-    if not bool(torch.isfinite(thr).all()):
-        raise ValueError("threshold contains NaN/Inf; pass finite per-unit thresholds")
-    return thr[kept]
 
 
 def build_graph(
@@ -180,12 +164,12 @@ def _local_bands(x, k, metric, names, threshold, tile_size, memory_budget, devic
     k_eff = min(k, uk - 1)
     if k_eff < k:
         log.info("k=%d exceeds the %d other non-constant units; keeping all pairs (k=%d)", k, uk - 1, k_eff)
-    transform = _UnitTransform.fit(metric, sums, offset, kept.to(dev), threshold)
+    transform = UnitTransform.fit(metric, sums, offset, kept.to(dev), threshold)
     log.info("build_graph: U=%d N=%d metric=%s k=%d plan=%s", uk, n, metric, k_eff, plan)
     topk = RunningTopK(uk, k_eff, dev)
     counts = torch.zeros(uk, dtype=torch.float64, device=dev)  # firings per unit (PMI)
     if z is not None:
-        z = _transform_resident(z, transform, offset, counts, chunk_rows)
+        z = transform_resident(z, transform, offset, counts, chunk_rows)
     _band_pass(topk, z, src, transform, counts, plan, progress)
     del z
     return topk, src, kept, counts, k_eff, n, plan
@@ -256,55 +240,7 @@ def _varying_units(sums: ShiftedSums, names: list[str]) -> torch.Tensor:
     return kept
 
 
-@dataclass
-class _UnitTransform:
-    """Map float64 values of the kept units to float32: standardised (``scale``) or fired (PMI, no scale).
-
-    ``centre [uk]`` is in the input's units: each unit's mean (correlations) or firing threshold (PMI).
-    """
-
-    kept: torch.Tensor
-    all_kept: bool
-    centre: torch.Tensor
-    scale: torch.Tensor | None
-
-    @classmethod
-    def fit(cls, metric: str, sums: ShiftedSums, offset: torch.Tensor, kept: torch.Tensor, threshold):
-        mean = sums.mean + offset
-        if metric == "pmi":
-            return cls(kept, kept.numel() == sums.mean.numel(), _thresholds(threshold, mean, mean.numel(), kept), None)
-        return cls(kept, kept.numel() == sums.mean.numel(), mean[kept], sums.m2[kept].rsqrt())
-
-    def select(self, values: torch.Tensor) -> torch.Tensor:
-        """The kept columns of ``values [b, U]``."""
-        return values if self.all_kept else values[:, self.kept]
-
-    def __call__(self, values: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        """float64 ``values [b, uk]`` (overwritten), ``centre`` expressed in their units -> float32."""
-        if self.scale is None:
-            return (values > centre).float()
-        return values.sub_(centre).mul_(self.scale).float()
-
-
-def _transform_resident(z: torch.Tensor, transform: _UnitTransform, offset: torch.Tensor, counts: torch.Tensor,
-                        chunk_rows: int) -> torch.Tensor:
-    """Transform ``z [N, U]`` in place, compacting it to the kept units ``[N, uk]`` (row i moves to i·uk <= i·U).
-
-    Adds the firings per unit to ``counts`` for PMI.
-    """
-    n, uk = z.shape[0], transform.kept.numel()
-    flat, centre_z = z.view(-1), transform.centre - offset[transform.kept]
-    for a in range(0, n, chunk_rows):
-        b = min(a + chunk_rows, n)
-        vals = z[a:b].double()  # a copy: writing over these rows afterwards is safe
-        t = transform(transform.select(vals), centre_z)
-        flat[a * uk : b * uk].view(b - a, uk).copy_(t)
-        if transform.scale is None:
-            counts += t.sum(0, dtype=torch.float64)
-    return flat[: n * uk].view(n, uk)
-
-
-def _band_pass(topk: RunningTopK, z: torch.Tensor | None, src: SampleBatches, transform: _UnitTransform,
+def _band_pass(topk: RunningTopK, z: torch.Tensor | None, src: SampleBatches, transform: UnitTransform,
                counts: torch.Tensor, plan: dict, progress: bool) -> None:
     """Pass 2: each band's products ``Zᵀ Z`` (resident ``z``, or streamed batches), weighted, into ``topk``."""
     uk, n, dev = transform.kept.numel(), src.num_samples, transform.kept.device
@@ -324,7 +260,7 @@ def _band_pass(topk: RunningTopK, z: torch.Tensor | None, src: SampleBatches, tr
         else:
             _streamed_band(band, src, transform, r0, r1, plan["batch_rows"], counts if i == 0 else None)
         if transform.scale is None:
-            _pmi_inplace(band, counts, r0, n)
+            pmi_inplace(band, counts, r0, n)
         else:
             band.abs_()
         topk.update(band, r0)
@@ -336,7 +272,7 @@ def _band_ranks(num_units: int, band_rows: int) -> list[int]:
                         for r0 in range(0, num_units, band_rows)])
 
 
-def _streamed_band(band: torch.Tensor, src: SampleBatches, transform: _UnitTransform, r0: int, r1: int,
+def _streamed_band(band: torch.Tensor, src: SampleBatches, transform: UnitTransform, r0: int, r1: int,
                    batch_rows: int, counts: torch.Tensor | None) -> None:
     """Accumulate ``band = Z[:, r0:r1]ᵀ Z[:, r0:]`` over one more pass of sample batches.
 
@@ -357,17 +293,6 @@ def _raise_non_finite(part: torch.Tensor, row: int) -> None:
                   dtype=part.dtype)
     raise ValueError(f"x[{row}:{row + part.shape[0]}] has values whose distance from the first sample "
                      "exceeds float32's range (3.4e38); rescale the activations")
-
-
-def _pmi_inplace(band: torch.Tensor, counts: torch.Tensor, r0: int, n: int) -> None:
-    """Turn co-firing counts into PMI; rows/columns of units that never or always fire become -inf."""
-    c = counts.float()
-    band.mul_(float(n)).div_(c[r0 : r0 + band.shape[0], None]).div_(c[None, r0:]).log_()
-    degenerate = (counts <= 0) | (counts >= n)
-    if bool(degenerate.any()):
-        band[degenerate[r0 : r0 + band.shape[0]]] = -torch.inf
-        band[:, degenerate[r0:]] = -torch.inf
-    band.nan_to_num_(nan=-torch.inf)
 
 
 def _warn_excluded(units: torch.Tensor, names: list[str], why: str) -> None:

@@ -23,7 +23,6 @@ every rank that fails says so with its rank, and rank 0 alone prints and writes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 from rsmi_nn.app.cli_parser import UsageError, apply_flags, build_parser
+from rsmi_nn.app.cli_process import configure_logging, error_line, rank, restored_logging, start, stop
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +38,6 @@ log = logging.getLogger("rsmi_nn.app.cli")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-_SEVERAL_PROCESSES = ("run", "record", "flow", "graph")  # the commands that run under torchrun
 
 
 # ----------------------------------------------------------------------------------------------
@@ -47,7 +46,7 @@ _SEVERAL_PROCESSES = ("run", "record", "flow", "graph")  # the commands that run
 def _configured(cfg, args):
     """``cfg`` with the command line's flags applied, and logging set from it; returns ``cfg``."""
     apply_flags(cfg, args)
-    _configure_logging(cfg.run.quiet, args.debug)
+    configure_logging(cfg.run.quiet, args.debug)
     return cfg
 
 
@@ -69,19 +68,13 @@ def _cmd_run(args) -> int:
     if args.print_config:
         sys.stdout.write(cfg.to_toml())
         return 0
-    _configure_logging(cfg.run.quiet, args.debug)
+    configure_logging(cfg.run.quiet, args.debug)
     if own_source and not cfg.run.quiet:
         sys.stdout.write(_inherited_note(source))
     t0 = time.perf_counter()
     out = run_pipeline(cfg, args.out)
     _print_summary(out, time.perf_counter() - t0)
     return 0
-
-
-def _rank() -> int:
-    """This process's rank under torchrun, else 0 (without importing torch)."""
-    dist = sys.modules.get("torch.distributed")
-    return dist.get_rank() if dist is not None and dist.is_available() and dist.is_initialized() else 0
 
 
 def _inherited_note(source: str) -> str:
@@ -166,11 +159,11 @@ def _cmd_graph(args) -> int:
 
         x = ActivationStore.open(args.store)
     graph = build_graph(x, **cfg.graph.build_kwargs(), device=cfg.run.device,
-                        progress=not cfg.run.quiet and _rank() == 0)
+                        progress=not cfg.run.quiet and rank() == 0)
     from graphs.distributed import on_writer
 
     st, js = on_writer("saving the graph", graph.save, out)
-    if _rank() == 0:
+    if rank() == 0:
         print(f"graph: {graph.num_nodes} nodes, {graph.num_edges // 2} edges -> {st}, {js}")
     return 0
 
@@ -256,7 +249,7 @@ def _cmd_encode(args) -> int:
 def _print_summary(out: Path, seconds: float) -> None:
     from rsmi_nn.rundir import read_flow  # imports torch: not at start-up, so that `rsmi --help` is fast
 
-    if _rank() != 0:
+    if rank() != 0:
         return
     try:
         flow = read_flow(out)
@@ -283,98 +276,6 @@ _COMMANDS = {"run": _cmd_run, "record": _cmd_record, "graph": _cmd_graph, "flow"
 # ----------------------------------------------------------------------------------------------
 # entry point
 # ----------------------------------------------------------------------------------------------
-_LOGGERS = ("rsmi_nn", "graphs", "estimators", "experiments", "py.warnings")
-_ENV = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
-
-
-@contextlib.contextmanager
-def _restored_logging():
-    """Undo :func:`_configure_logging` on exit, so that ``main()`` called in-process (tests, notebooks)
-    leaves the caller's logging, warnings capture and environment as they were."""
-    saved = {name: (lg.handlers[:], lg.level, lg.propagate)
-             for name, lg in ((n, logging.getLogger(n)) for n in _LOGGERS)}
-    env = {var: os.environ.get(var) for var in _ENV}
-    try:
-        yield
-    finally:
-        for name, (handlers, level, propagate) in saved.items():
-            lg = logging.getLogger(name)
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
-            lg.propagate = propagate
-        logging.captureWarnings(False)
-        for var, value in env.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-
-
-def _configure_logging(quiet: bool, debug: bool) -> None:
-    rank = _rank()
-    level = logging.DEBUG if debug else (logging.WARNING if quiet or rank else logging.INFO)
-    if quiet:  # third-party progress bars too (transformers' weight loading, hub downloads)
-        for var, value in (("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                           ("TRANSFORMERS_VERBOSITY", "error")):
-            os.environ.setdefault(var, value)
-    handler = logging.StreamHandler(sys.stderr)
-    who = f" rank {rank}" if _several() else ""
-    handler.setFormatter(logging.Formatter(f"[%(asctime)s{who}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    for name in _LOGGERS:
-        lg = logging.getLogger(name)
-        lg.handlers[:] = [handler]
-        lg.setLevel(level)
-        lg.propagate = False
-    logging.captureWarnings(True)
-
-
-def _several() -> bool:
-    """Whether this process is one of several ranks (without importing torch)."""
-    dist = sys.modules.get("torch.distributed")
-    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _start(command: str) -> bool:
-    """Before a command computes: reproducible BLAS sums, and under ``torchrun`` the process group.
-
-    Returns whether a process group was joined (to leave it at the end).
-    """
-    from graphs.distributed import init_from_env, strict_blas
-
-    strict_blas()  # the bits of a result do not depend on the thread count (nor on the number of ranks)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in _SEVERAL_PROCESSES:
-        raise UsageError(f"rsmi {command} runs in one process; launch it without torchrun "
-                         f"({', '.join(_SEVERAL_PROCESSES)} run on several)")
-    return init_from_env()
-
-
-def _stop(joined: bool) -> None:
-    if joined:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-
-
-def _error_line(err: BaseException) -> str:
-    """``rsmi: error: ...``, naming this process's rank under torchrun."""
-    who = f" [rank {_rank()}]" if _several() else ""
-    return f"rsmi: error:{who} {_one_line(err)}\n"
-
-
-def _one_line(err: BaseException) -> str:
-    distributed = sys.modules.get("graphs.distributed")
-    rank_failed = (distributed.RankFailed,) if distributed is not None else ()
-    if isinstance(err, KeyError) and err.args:
-        msg = f"missing key {err.args[0]!r}"
-    else:
-        msg = str(err) or type(err).__name__
-    msg = " ".join(msg.split())
-    if not isinstance(err, (ValueError, FileNotFoundError, ImportError, KeyError, TypeError, UsageError, OSError,
-                            *rank_failed)):
-        msg = f"{type(err).__name__}: {msg} (run with --debug for the traceback)"
-    return msg
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``rsmi`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -386,15 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        joined = _start(args.command)
-        with _restored_logging():
+        joined = start(args.command)
+        with restored_logging():
             return _COMMANDS[args.command](args)
     except SystemExit as exc:  # --help / --version
         return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
     except UsageError as err:
         if debug:
             raise
-        sys.stderr.write(_error_line(err))
+        sys.stderr.write(error_line(err))
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("rsmi: interrupted (re-run the same command to resume)\n")
@@ -402,10 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the CLI's one-line error for any failure
         if debug:
             raise
-        sys.stderr.write(_error_line(err))
+        sys.stderr.write(error_line(err))
         return EXIT_ERROR
     finally:
-        _stop(joined)
+        stop(joined)
 
 
 if __name__ == "__main__":  # pragma: no cover
