@@ -166,7 +166,10 @@ def _name(p: dict) -> str:
     return f"{p['latent']} b{p['branching']} {p['nuisance']} c{p['coupling']}{amplitude}"
 
 
-def sweep(couplings=(0.6, 0.9), amplitude: float | None = None) -> list[dict]:
+COUPLINGS = (0.6, 0.9)  # the sweep's couplings
+
+
+def sweep(couplings=COUPLINGS, amplitude: float | None = None) -> list[dict]:
     """Issue 15's held-out constructions (README): branching 3 / 5 / 6, spin / family latents, nuisance on pairs /
     triples, at each coupling (groups of 4, depth 3, nuisance of strength 2, or ``amplitude``)."""
     extra = {} if amplitude is None else {"amplitude": amplitude}
@@ -230,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--coupling {c}: {err}")
     logging.basicConfig(level=logging.WARNING)
     results = []
-    chosen = QUICK if args.quick else SWEEP if not args.coupling and args.amplitude is None else \
-        sweep(args.coupling or (0.6, 0.9), args.amplitude)
+    chosen = QUICK if args.quick else sweep(args.coupling or COUPLINGS, args.amplitude)
     for params in chosen:
         res = run_construction(params, seed=args.seed)
         results.append(res)
