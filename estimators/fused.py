@@ -18,9 +18,12 @@ import torch
 
 from estimators.bounds import InfoNCEBound
 from estimators.critics import SeparableCritic
-from estimators.fused_critic import SCORE_CHUNK_BYTES, coded_infonce_with_gradients, infonce_with_gradients, separable_infonce
+from estimators.fused_critic import SCORE_CHUNK_CHOICES, coded_infonce_with_gradients, infonce_with_gradients, separable_infonce
 
 __all__ = ["MAX_CODES", "bit_codes", "critic_objective", "infonce_separable"]
+
+#: scores per chunk of :func:`infonce_separable`'s uncoded path (the fused critic's first choice)
+SCORE_CHUNK_BYTES = SCORE_CHUNK_CHOICES[0]
 
 #: the most distinct values a y side may take to be scored by its values (:func:`infonce_separable`'s ``codes``,
 #: and the held-out pass of :mod:`estimators.heldout`): a binarised H of up to 4 hidden variables

@@ -16,6 +16,8 @@ autograd in float64).
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import torch
 from torch import nn
@@ -30,7 +32,13 @@ __all__ = ["coded_infonce_with_gradients", "infonce_with_gradients", "separable_
 # the default run's level 0 (1 321 blocks, 64 environment sites, B = 64) 13.1 / 13.3 / 14.3 ms, its level 1 (184
 # blocks) 2.3 / 1.9 / 1.9 ms, 256 Ising blocks (128 sites, B = 128) 9.8 / 8.8 / 9.5 ms, estimate_mi's P = 1 000
 # critic (B = 128, hidden 64, embed 32) 66.9 / 53.8 / 54.3 ms. Beyond the scores a chunk holds its activations.
-SCORE_CHUNK_BYTES = 1 << 22
+# On a Zen 4 VM showing AVX2 only (2026-12-04), 4 / 8 MiB: 256 Ising blocks 51.9 / 48.2 ms (the per-block Ising step,
+# 200 steps, 13.9-14.5 / 12.6-12.9 s), the other three shapes equal. So a CPU training step takes the faster of
+# SCORE_CHUNK_CHOICES for its shape, timed on its first calls (:class:`_ChunkTuner`; the values do not depend on the
+# chunk, tested); a number in SCORE_CHUNK_BYTES fixes the chunk instead.
+SCORE_CHUNK_CHOICES = (1 << 22, 1 << 23)
+SCORE_CHUNK_BYTES: int | None = None
+CHUNK_TRIALS = 3  # timed calls of each choice before the faster is kept
 
 # the gradient through an activation, ``backward(act, grad_out, u, act(u))``, for each of
 # :data:`estimators.critics.ACTIVATIONS`
@@ -154,11 +162,50 @@ def coded_infonce_with_gradients(a: torch.Tensor, b: torch.Tensor, codes: torch.
     return value, grad_a, grad_b
 
 
+class _ChunkTuner:
+    """Per shape of training step, the faster of :data:`SCORE_CHUNK_CHOICES` on this machine: the first calls alternate
+    between them (:data:`CHUNK_TRIALS` timed calls each), later calls keep the one of the smallest median time per
+    problem (problems leave a batch as they stop)."""
+
+    def __init__(self):
+        self.times: dict[tuple, dict[int, list[float]]] = {}
+
+    def choose(self, key: tuple) -> int:
+        times = self.times.setdefault(key, {c: [] for c in SCORE_CHUNK_CHOICES})
+        untried = [c for c in SCORE_CHUNK_CHOICES if len(times[c]) < CHUNK_TRIALS]
+        if untried:
+            return min(untried, key=lambda c: len(times[c]))
+        return min(SCORE_CHUNK_CHOICES, key=lambda c: statistics.median(times[c]))
+
+    def record(self, key: tuple, chunk: int, seconds_per_problem: float) -> None:
+        runs = self.times[key][chunk]
+        if len(runs) < CHUNK_TRIALS:
+            runs.append(seconds_per_problem)
+
+
+_TUNER = _ChunkTuner()
+
+
+def _chunk_problems(x: torch.Tensor, grad: bool, codes, params) -> tuple[int, tuple | None, int]:
+    """``(problems a chunk, the tuner's key or None when the call is not timed, chunk bytes)`` for ``x [P, B, d]``."""
+    p, n = x.shape[0], x.shape[1]
+    if x.device.type != "cpu":
+        return p, None, 0
+    per_problem = x.element_size() * n * n
+    if SCORE_CHUNK_BYTES is not None or p * per_problem <= SCORE_CHUNK_CHOICES[0]:  # fixed, or one chunk whichever
+        chunk = SCORE_CHUNK_BYTES if SCORE_CHUNK_BYTES is not None else SCORE_CHUNK_CHOICES[0]
+        return max(1, chunk // per_problem), None, chunk
+    key = (n, x.shape[2], tuple(tuple(t.shape[1:]) for t in params), grad, codes is None)
+    chunk = _TUNER.choose(key)
+    return max(1, chunk // per_problem), key, chunk
+
+
 class _SeparableInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, critic, grad: bool, codes, x, y, x_mask, y_mask, *params):
-        p, n = x.shape[0], x.shape[1]
-        step = max(1, SCORE_CHUNK_BYTES // (x.element_size() * n * n)) if x.device.type == "cpu" else p
+        p = x.shape[0]
+        step, tuning, chunk = _chunk_problems(x, grad, codes, params)
+        started = time.perf_counter()
         need_x, need_y = grad and x.requires_grad, grad and y.requires_grad
         grads = [torch.empty_like(t) for t in params] if grad else []
         dx = torch.empty_like(x) if need_x else None
@@ -186,6 +233,8 @@ class _SeparableInfoNCE(torch.autograd.Function):
                     dx[e] = gx if x_mask is None else gx * x_mask[e]
                 if need_y:
                     dy[e] = gy if y_mask is None else gy * y_mask[e]
+        if tuning is not None:
+            _TUNER.record(tuning, chunk, (time.perf_counter() - started) / p)
         ctx.grads, ctx.dx, ctx.dy = grads, dx, dy
         return torch.cat(values)
 

@@ -105,3 +105,51 @@ def test_bad_rows():
         separable_infonce(critic, torch.zeros(2, 4, 1), torch.zeros(2, 3, 1))
     with pytest.raises(ValueError, match="same B >= 2"):
         separable_infonce(critic, torch.zeros(2, 1, 1), torch.zeros(2, 1, 1))
+
+
+def test_the_chunk_is_tuned_without_changing_a_bit(monkeypatch):
+    """A CPU training step times the chunk choices on its first calls, then keeps one; whichever chunk runs, every
+    value and gradient has the bits of a fixed chunk's run (a problem's numbers do not depend on its chunk)."""
+    p, b = 12, 16
+    choices = (8 * b * b * 2, 8 * b * b * 5)  # float64 scores: two, then five problems a chunk
+    monkeypatch.setattr(fused_critic, "SCORE_CHUNK_CHOICES", choices)
+    g = torch.Generator().manual_seed(5)
+    critic = SeparableCritic(p, 1, 3, hidden=8, embed=5, layers=2, generator=g).double()
+    x = torch.randn(p, b, 1, generator=g, dtype=torch.float64)
+    y = torch.randn(p, b, 3, generator=g, dtype=torch.float64)
+
+    def step():
+        for t in critic.parameters():
+            t.grad = None
+        value = separable_infonce(critic, x, y)
+        value.sum().backward()
+        return [value.detach(), *(t.grad.clone() for t in critic.parameters())]
+
+    runs = {}
+    for chunk in choices:
+        monkeypatch.setattr(fused_critic, "SCORE_CHUNK_BYTES", chunk)
+        runs[chunk] = step()
+    monkeypatch.setattr(fused_critic, "SCORE_CHUNK_BYTES", None)
+    tuner = fused_critic._ChunkTuner()
+    monkeypatch.setattr(fused_critic, "_TUNER", tuner)
+    for _ in range(2 * fused_critic.CHUNK_TRIALS + 2):
+        for mine, fixed in zip(step(), runs[choices[0]]):
+            assert torch.equal(mine, fixed)
+    (times,) = tuner.times.values()
+    assert all(len(v) == fused_critic.CHUNK_TRIALS for v in times.values())  # both timed, then one kept
+    for mine, other in zip(runs[choices[0]], runs[choices[1]]):
+        assert torch.equal(mine, other)
+
+
+def test_the_tuner_alternates_then_keeps_the_faster_median(monkeypatch):
+    monkeypatch.setattr(fused_critic, "SCORE_CHUNK_CHOICES", (4, 8))
+    tuner, key = fused_critic._ChunkTuner(), ("shape",)
+    seen = []
+    for seconds in (1.0, 0.5, 9.0, 0.6, 1.1, 0.4):  # 4: 1.0, 9.0, 1.1 (median 1.1); 8: 0.5, 0.6, 0.4 (median 0.5)
+        chunk = tuner.choose(key)
+        seen.append(chunk)
+        tuner.record(key, chunk, seconds)
+    assert seen == [4, 8, 4, 8, 4, 8]
+    assert tuner.choose(key) == 8 and tuner.choose(key) == 8
+    tuner.record(key, 4, 0.0)  # later calls are not timed: the choice stays
+    assert tuner.choose(key) == 8
