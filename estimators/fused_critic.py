@@ -169,18 +169,20 @@ class _ChunkTuner:
 
     def __init__(self):
         self.times: dict[tuple, dict[int, list[float]]] = {}
+        self.kept: dict[tuple, int] = {}  # the choice made, per shape
 
-    def choose(self, key: tuple) -> int:
+    def choose(self, key: tuple) -> tuple[int, bool]:
+        """``(chunk bytes, whether to time the call and :meth:`record` it)``."""
+        if key in self.kept:
+            return self.kept[key], False
         times = self.times.setdefault(key, {c: [] for c in SCORE_CHUNK_CHOICES})
-        untried = [c for c in SCORE_CHUNK_CHOICES if len(times[c]) < CHUNK_TRIALS]
-        if untried:
-            return min(untried, key=lambda c: len(times[c]))
-        return min(SCORE_CHUNK_CHOICES, key=lambda c: statistics.median(times[c]))
+        return min(SCORE_CHUNK_CHOICES, key=lambda c: len(times[c])), True  # the least timed: they alternate
 
     def record(self, key: tuple, chunk: int, seconds_per_problem: float) -> None:
-        runs = self.times[key][chunk]
-        if len(runs) < CHUNK_TRIALS:
-            runs.append(seconds_per_problem)
+        times = self.times[key]
+        times[chunk].append(seconds_per_problem)
+        if all(len(runs) >= CHUNK_TRIALS for runs in times.values()):
+            self.kept[key] = min(SCORE_CHUNK_CHOICES, key=lambda c: statistics.median(times[c]))
 
 
 _TUNER = _ChunkTuner()
@@ -196,8 +198,8 @@ def _chunk_problems(x: torch.Tensor, grad: bool, codes, params) -> tuple[int, tu
         chunk = SCORE_CHUNK_BYTES if SCORE_CHUNK_BYTES is not None else SCORE_CHUNK_CHOICES[0]
         return max(1, chunk // per_problem), None, chunk
     key = (n, x.shape[2], tuple(tuple(t.shape[1:]) for t in params), grad, codes is None)
-    chunk = _TUNER.choose(key)
-    return max(1, chunk // per_problem), key, chunk
+    chunk, timed = _TUNER.choose(key)
+    return max(1, chunk // per_problem), key if timed else None, chunk
 
 
 class _SeparableInfoNCE(torch.autograd.Function):

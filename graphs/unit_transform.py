@@ -10,10 +10,10 @@ import torch
 
 from graphs.moments import ShiftedSums
 
-__all__ = ["UnitTransform", "pmi_inplace", "thresholds", "transform_resident"]
+__all__ = ["UnitTransform", "pmi_inplace", "transform_resident"]
 
 
-def thresholds(threshold, mean: torch.Tensor, num_units: int, kept: torch.Tensor) -> torch.Tensor:
+def _thresholds(threshold, mean: torch.Tensor, num_units: int, kept: torch.Tensor) -> torch.Tensor:
     """Per-kept-unit firing thresholds (float64): the given ones, or each unit's ``mean``."""
     if threshold is None:
         return mean[kept]
@@ -45,7 +45,7 @@ class UnitTransform:
     def fit(cls, metric: str, sums: ShiftedSums, offset: torch.Tensor, kept: torch.Tensor, threshold):
         mean = sums.mean + offset
         if metric == "pmi":
-            return cls(kept, kept.numel() == sums.mean.numel(), thresholds(threshold, mean, mean.numel(), kept), None)
+            return cls(kept, kept.numel() == sums.mean.numel(), _thresholds(threshold, mean, mean.numel(), kept), None)
         return cls(kept, kept.numel() == sums.mean.numel(), mean[kept], sums.m2[kept].rsqrt())
 
     def select(self, values: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ class UnitTransform:
 
 
 def transform_resident(z: torch.Tensor, transform: UnitTransform, offset: torch.Tensor, counts: torch.Tensor,
-                        chunk_rows: int) -> torch.Tensor:
+                       chunk_rows: int) -> torch.Tensor:
     """Transform ``z [N, U]`` in place, compacting it to the kept units ``[N, uk]`` (row i moves to i·uk <= i·U).
 
     Adds the firings per unit to ``counts`` for PMI.

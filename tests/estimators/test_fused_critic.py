@@ -146,10 +146,9 @@ def test_the_tuner_alternates_then_keeps_the_faster_median(monkeypatch):
     tuner, key = fused_critic._ChunkTuner(), ("shape",)
     seen = []
     for seconds in (1.0, 0.5, 9.0, 0.6, 1.1, 0.4):  # 4: 1.0, 9.0, 1.1 (median 1.1); 8: 0.5, 0.6, 0.4 (median 0.5)
-        chunk = tuner.choose(key)
+        chunk, timed = tuner.choose(key)
+        assert timed
         seen.append(chunk)
         tuner.record(key, chunk, seconds)
     assert seen == [4, 8, 4, 8, 4, 8]
-    assert tuner.choose(key) == 8 and tuner.choose(key) == 8
-    tuner.record(key, 4, 0.0)  # later calls are not timed: the choice stays
-    assert tuner.choose(key) == 8
+    assert tuner.choose(key) == (8, False) and tuner.choose(key) == (8, False)  # later calls are not timed
