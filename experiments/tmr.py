@@ -81,8 +81,8 @@ class TMRSample:
         return len(self.groups)
 
 
-def sample_tmr(n: int, branching: int = 4, depth: int = 3, group_size: int = 4, nuisance: float = 2.0, seed: int = 0,
-               *, signal: float = 1.0, noise: float = 0.5, coupling: float | list[float] = 0.8,
+def sample_tmr(n: int, branching: int = 4, depth: int = 3, group_size: int = 4, nuisance: float | None = 2.0,
+               seed: int = 0, *, signal: float = 1.0, noise: float = 0.5, coupling: float | list[float] = 0.8,
                nuisance_size: int = 2, nuisance_offset: int = 0, contrast: bool = True, geometry: str | None = None,
                noise_correlation: float = 0.0, shuffle: bool = True) -> TMRSample:
     """Draw ``n`` samples of the planted hierarchy (see the module docstring for the model).
@@ -93,7 +93,7 @@ def sample_tmr(n: int, branching: int = 4, depth: int = 3, group_size: int = 4, 
     branching : children per latent (b >= 2).
     depth : levels of latents (>= 2); level 0 has ``branching^(depth-1)`` groups, the top one latent.
     group_size : units per level-0 group; ``num_units = group_size · branching^(depth-1)``.
-    nuisance : std of each unit's nuisance term (relative to ``signal``); 0 for none.
+    nuisance : std of each unit's nuisance term (relative to ``signal``); 0 or None for none.
     seed : seeds the samples, the shuffle and random loadings (same seed, same bytes).
     signal, noise : std of each unit's signal and private-noise terms.
     coupling : parent-child correlation ``c`` (one value, or one per level boundary: ``depth - 1`` values,
@@ -116,6 +116,7 @@ def sample_tmr(n: int, branching: int = 4, depth: int = 3, group_size: int = 4, 
     group_size = check_positive_int(group_size, name="group_size", minimum=1)
     nuisance_size = check_positive_int(nuisance_size, name="nuisance_size", minimum=2)
     couplings = _couplings(coupling, depth)
+    nuisance = 0.0 if nuisance is None else nuisance
     for name, value in (("nuisance", nuisance), ("signal", signal), ("noise", noise),
                         ("noise_correlation", noise_correlation)):
         if not (math.isfinite(float(value)) and float(value) >= 0):

@@ -117,6 +117,12 @@ def test_bad_arguments_are_named():
         sample_tmr(10, nuisance=-1)
 
 
+def test_no_nuisance_said_either_way():
+    """``nuisance=None`` is ``nuisance=0``: the same bytes."""
+    a, b = sample_tmr(50, nuisance=None, seed=2), sample_tmr(50, nuisance=0, seed=2)
+    assert torch.equal(a.x, b.x) and a.params["nuisance"] == 0.0
+
+
 def test_scores_on_planted_truth_and_on_block_pca():
     from rsmi_nn.baselines import fit_baseline
 
