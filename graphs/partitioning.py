@@ -69,6 +69,11 @@ GROUP_GAP = 0.75
 GROUP_DENSITY = 0.9
 
 
+# _cluster_graph counts every pair of clusters in one array when there are at most this many pairs per edge, rather
+# than sorting the edges' keys (np.unique)
+DENSE_KEYS = 4
+
+
 def _cluster_graph(src, dst, w, labels, num_clusters, var=None):
     """Sum edge weights between clusters: ``(a, b, weight, links, variance)``, one row per pair of clusters with an
     edge between them (a != b, each pair in both directions, sorted by ``a``), ``links`` the number of edges, and
@@ -76,11 +81,21 @@ def _cluster_graph(src, dst, w, labels, num_clusters, var=None):
     a, b = labels[src], labels[dst]
     cross = a != b
     key = a[cross] * num_clusters + b[cross]
-    uniq, inv = np.unique(key, return_inverse=True)
-    weight = np.bincount(inv, weights=w[cross], minlength=uniq.size)
-    links = np.bincount(inv, minlength=uniq.size)
-    variance = None if var is None else np.bincount(inv, weights=var[cross], minlength=uniq.size)
-    return uniq // num_clusters, uniq % num_clusters, weight, links, variance
+    if num_clusters ** 2 <= DENSE_KEYS * max(key.size, 1):  # every pair's bin at once: no sort (same sums, same order)
+        links = np.bincount(key, minlength=num_clusters ** 2)
+        uniq = np.flatnonzero(links)
+
+        def summed(values):
+            return np.bincount(key, weights=values, minlength=num_clusters ** 2)[uniq]
+        links = links[uniq]
+    else:
+        uniq, inv = np.unique(key, return_inverse=True)
+        links = np.bincount(inv, minlength=uniq.size)
+
+        def summed(values):
+            return np.bincount(inv, weights=values, minlength=uniq.size)
+    variance = None if var is None else summed(var[cross])
+    return uniq // num_clusters, uniq % num_clusters, summed(w[cross]), links, variance
 
 
 class _Pairs(NamedTuple):

@@ -293,3 +293,21 @@ def test_a_group_continues_past_block_size_at_its_level_within_the_noise():
     assert torch.equal(partition(g, 4, edge_stderr=se, **flow), groups)
     cut = partition(g, 4, edge_stderr=se / 10, **flow)
     assert adjusted_rand_score(groups.numpy(), cut.numpy()) < 0.9
+
+
+@pytest.mark.parametrize("num_clusters", [3, 40, 400])
+def test_cluster_graph_counts_every_pair_alike_with_or_without_a_sort(num_clusters, monkeypatch):
+    """The cluster graph's two ways of summing edges per pair of clusters (one array of every pair; sorted keys) give
+    the same pairs, in the same order, with the same bits (each bin sums its edges in their order either way)."""
+    from graphs import partitioning
+
+    rng = np.random.default_rng(num_clusters)
+    src, dst = rng.integers(0, 500, 6000), rng.integers(0, 500, 6000)
+    w, var, labels = rng.random(6000), rng.random(6000), rng.integers(0, num_clusters, 500)
+    ways = []
+    for dense_keys in (0, 10**9):  # sorted keys only; one array always
+        monkeypatch.setattr(partitioning, "DENSE_KEYS", dense_keys)
+        ways.append(partitioning._cluster_graph(src, dst, w, labels, num_clusters, var))
+    assert ways[0][0].size > 0
+    for sorted_way, dense_way in zip(*ways):
+        assert sorted_way.dtype == dense_way.dtype and np.array_equal(sorted_way, dense_way)
