@@ -254,8 +254,6 @@ class LinearFilter(_Filter):
         w = self.unit_weight()
         if self.shared:
             w = w.expand(v.shape[0], -1, -1)
-        if v.transpose(1, 2).is_contiguous() and not (v.is_contiguous() or v.requires_grad):  # gathered rows
-            return _RowProjection.apply(v, w)
         return torch.bmm(v, w)
 
     def linear_weights(self, v: torch.Tensor | None = None) -> torch.Tensor:
@@ -283,24 +281,6 @@ class LinearFilter(_Filter):
         """Multiply column ``c`` of block ``j`` by ``sign[j, c]`` (±1); shared: ``sign[0]``."""
         with torch.no_grad():
             self.weight.mul_(sign[: self.weight.shape[0]].unsqueeze(1))
-
-
-class _RowProjection(torch.autograd.Function):
-    """``v [J, B, m] @ w [J, m, h]`` for ``v`` the transpose of a contiguous ``[J, m, B]`` (gathered rows), as
-    ``(wᵀ vᵀ)ᵀ`` forward and ``(gᵀ v)ᵀ`` for ``w``'s gradient: a row of weights times a matrix, where ``v @ w`` is
-    a matrix times a column, which MKL's batched products run several times slower (2-core Zen 4 VM, 1 321 blocks of
-    25 units, 128 rows, h = 1: forward 3.98 -> 0.67 ms, ``w``'s gradient 3.25 -> 2.34 ms; 615 rows 19.1 -> 3.8 and
-    14.3 -> 5.3 ms). ``v`` takes no gradient (the samples)."""
-
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(v)
-        return torch.bmm(w.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (v,) = ctx.saved_tensors
-        return None, torch.bmm(grad.transpose(1, 2), v).transpose(1, 2)
 
 
 class MLPFilter(_Filter):
