@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from estimators.device import narrow_bmm
+
 __all__ = ["BatchedLinear", "BatchedMLP", "narrow_baddbmm"]
 
 
@@ -22,7 +24,7 @@ class _NarrowProduct(torch.autograd.Function):
     def forward(ctx, bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w)
         ctx.bias_shape = bias.shape
-        return torch.baddbmm(bias.transpose(1, 2), w.transpose(1, 2), x.transpose(1, 2)).transpose(1, 2)
+        return narrow_bmm(x, w, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -30,14 +32,15 @@ class _NarrowProduct(torch.autograd.Function):
         need_bias, need_x, need_w = ctx.needs_input_grad
         d_bias = grad.sum_to_size(ctx.bias_shape) if need_bias else None
         d_x = torch.bmm(grad, w.transpose(1, 2)) if need_x else None
-        d_w = torch.bmm(grad.transpose(1, 2), x).transpose(1, 2) if need_w else None
+        d_w = narrow_bmm(x.transpose(1, 2), grad) if need_w else None
         return d_bias, d_x, d_w
 
 
 def narrow_baddbmm(bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``torch.baddbmm(bias, x, w)`` for ``x [P, B, m]``, ``w [P, m, k]`` with few outputs (``k`` ≲ 8),
     ``bias`` broadcastable to ``[P, 1, k]``: the product and ``w``'s gradient as ``(wᵀ xᵀ)ᵀ`` and ``(gᵀ x)ᵀ``,
-    whose outputs are ``B`` and ``m`` wide rather than ``k``. MKL's narrow products are slow on this project's
+    whose outputs are ``B`` and ``m`` wide rather than ``k`` (:func:`estimators.device.narrow_bmm`, whatever the
+    shape: the shared step's environment layer). MKL's narrow products are slow on this project's
     2-core AMD CPUs (Zen 4, 2026-12-03, a shared Ising step's ``[16, 128, 128] @ [16, 128, 8]`` on a strided
     ``x``: forward 219 -> 80 us, ``w``'s gradient 435 -> 57 us). The same value to float32 rounding (other last
     bits: the sums run in another order); the result is the transpose of a contiguous ``[P, k, B]``."""

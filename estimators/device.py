@@ -15,8 +15,8 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-__all__ = ["Scratch", "bmm", "huge_page_allocations", "onednn_keeps_float32", "resolve_device", "settle_cpu_threads",
-           "small_pages", "training_precision"]
+__all__ = ["NARROW_COLUMNS", "NARROW_MIN_ROWS", "Scratch", "bmm", "huge_page_allocations", "is_narrow", "narrow_bmm",
+           "onednn_keeps_float32", "resolve_device", "settle_cpu_threads", "small_pages", "training_precision"]
 
 _settled = False
 _onednn_in_training = False  # inside training_precision on a CPU whose oneDNN keeps float32
@@ -34,6 +34,14 @@ ONEDNN_MIN_PROBLEMS = 16
 # in 32..1024, N in 8..128, 1-16 threads). oneDNN gains where the inner dimension is large ([64, 64] @ [64, 8] 3.2x
 # MKL's speed, 64 problems) and loses where it is small ([64, 8] @ [8, 32] 0.7x).
 ONEDNN_MIN_SHAPE = (32, 32, 8)
+
+# a product [c, M, K] @ [c, K, N] with NARROW_COLUMNS[0] <= N <= NARROW_COLUMNS[1] and M >= NARROW_MIN_ROWS, not sent to
+# oneDNN (where the CPU has AVX-512: :func:`_has_avx512`), is computed transposed (:func:`narrow_bmm`). Inside these
+# bounds a problem's turned product had the same bits alone as in any batch, in either layout, on 1 and 2 threads,
+# under MKL's strict reproducibility (torch 2.13.0, Zen 4 with AVX2 only, 2026-12-04: M in 32..615, K in 1..128,
+# N in 2..8); at M = 16 (N 4-8, K >= 25) and at N = 1 (a contiguous left operand) it did not.
+NARROW_COLUMNS = (2, 8)
+NARROW_MIN_ROWS = 32
 
 HUGE_PAGE_BYTES = 2 << 20  # torch's threshold for huge-page allocations (x86-64's 2 MiB pages)
 
@@ -201,13 +209,48 @@ def bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, *,
 
     Inside :func:`training_precision` on a CPU where oneDNN keeps float32, products of at least
     :data:`ONEDNN_MIN_SHAPE` into a contiguous ``out`` (or none) go to oneDNN (1.8-3.2x MKL's speed on AMD CPUs),
-    others to MKL. The switch is process-wide state: one training at a time per process (as the engine runs).
+    others to MKL; narrow ones (:func:`is_narrow`) are computed transposed (:func:`narrow_bmm`) unless oneDNN takes
+    them on a CPU with AVX-512. The switch is
+    process-wide state: one training at a time per process (as the engine runs).
     """
     m, k, n = ONEDNN_MIN_SHAPE
     routed = (_onednn_in_training and a.shape[1] >= m and a.shape[2] >= k and b.shape[2] >= n
               and (out is None or out.is_contiguous()))
+    if is_narrow(a, b) and not (routed and _has_avx512()) and (add is None or add.dim() == 3):
+        product = narrow_bmm(a, b, add)
+        return product if out is None else out.copy_(product)
     with _onednn_products() if routed else nullcontext():
         return torch.bmm(a, b, out=out) if add is None else torch.baddbmm(add, a, b, out=out)
+
+
+@functools.cache
+def _has_avx512() -> bool:
+    """Whether this CPU reports AVX-512 (``avx512f`` in ``/proc/cpuinfo``; False where it cannot be read). oneDNN's
+    float32 products are its AVX-512 code: 1.8-3.2x MKL's speed on the Zen 5 VM (narrow ones included), the same
+    speed as MKL's on a Zen 4 VM showing AVX2 only (2026-12-04, ``[256, 128, 128] @ [256, 128, 8]`` 5.6 ms routed,
+    5.2 ms MKL, 1.6 ms turned). So a narrow product a training would send to oneDNN is turned instead where the CPU
+    has no AVX-512: a property of the machine, so the same bits on every run there."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("flags") and " avx512f" in line for line in info)
+    except OSError:
+        return False
+
+
+def is_narrow(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether :func:`bmm` computes ``a [c, M, K] @ b [c, K, N]`` transposed (see :data:`NARROW_COLUMNS`)."""
+    return NARROW_COLUMNS[0] <= b.shape[2] <= NARROW_COLUMNS[1] and a.shape[1] >= max(NARROW_MIN_ROWS, b.shape[2] + 1)
+
+
+def narrow_bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """A product with few output columns computed transposed, ``(bᵀ aᵀ + addᵀ)ᵀ``: a few rows times a matrix,
+    where ``a @ b`` is a matrix times a few columns, which MKL's batched products run several times slower on this
+    project's 2-core AMD CPUs (Zen 4 with AVX2 only, 2026-12-04: 256 Ising blocks' environment layer
+    ``[256, 128, 128] @ [256, 128, 8]`` 5.09 -> 1.22 ms, its weight gradient 3.85 -> 1.07 ms; the default run's level
+    0, ``[512, 64, 64] @ [512, 64, 8]``, 2.25 -> 0.78 ms). The same value to float32 rounding (other last bits: the
+    sums run in another order); the result is the transpose of a contiguous ``[c, N, M]``."""
+    bt, at = b.transpose(1, 2), a.transpose(1, 2)
+    return (torch.bmm(bt, at) if add is None else torch.baddbmm(add.transpose(1, 2), bt, at)).transpose(1, 2)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ def test_training_products_on_cpu_keep_float32_accuracy_and_their_bits_whatever_
     gen = torch.Generator().manual_seed(3)
     threads = torch.get_num_threads()
     for m, k, n in [(128, 64, 64), (64, 64, 8), (32, 300, 8), (128, 1, 64), (128, 64, 2), (128, 8, 2), (64, 4, 8),
-                    (16, 32, 8), (32, 16, 8), (32, 32, 4), (3, 40, 128)]:
+                    (16, 32, 8), (32, 16, 8), (32, 32, 4), (3, 40, 128), (128, 128, 8), (64, 32, 4), (300, 25, 2)]:
         a, b, add = (torch.randn(9, m, k, generator=gen), torch.randn(9, k, n, generator=gen),
                      torch.randn(9, 1, n, generator=gen))
         exact = torch.bmm(a.double(), b.double())
@@ -62,8 +62,8 @@ def test_large_products_of_a_training_go_to_onednn_and_the_others_to_mkl(monkeyp
         return products()
 
     monkeypatch.setattr(device, "_onednn_products", counting)
-    big, small = (torch.randn(2, 64, 64), torch.randn(2, 64, 8)), (torch.randn(2, 64, 8), torch.randn(2, 8, 32))
-    strided_out = torch.empty(2, 8, 64).transpose(1, 2)
+    big, small = (torch.randn(2, 64, 64), torch.randn(2, 64, 16)), (torch.randn(2, 64, 8), torch.randn(2, 8, 32))
+    strided_out = torch.empty(2, 16, 64).transpose(1, 2)
     with training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS):
         bmm(*big)
         assert len(entered) == int(onednn_keeps_float32())
@@ -75,6 +75,30 @@ def test_large_products_of_a_training_go_to_onednn_and_the_others_to_mkl(monkeyp
     with training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS - 1):
         bmm(*big)
     assert len(entered) == int(onednn_keeps_float32())
+
+
+@pytest.mark.parametrize("avx512", [False, True])
+def test_narrow_products_are_turned_unless_onednn_takes_them_with_avx512(avx512, monkeypatch):
+    """A narrow product (few output columns, see ``device.is_narrow``) is computed transposed — the same value —
+    except one a training sends to oneDNN on a CPU with AVX-512; the narrow shapes the guard leaves out stay plain."""
+    entered, turned = [], []
+    products, narrow = device._onednn_products, device.narrow_bmm
+    monkeypatch.setattr(device, "_onednn_products", lambda: entered.append(1) or products())
+    monkeypatch.setattr(device, "narrow_bmm", lambda *a: turned.append(1) or narrow(*a))
+    monkeypatch.setattr(device, "_has_avx512", lambda: avx512)
+    gen = torch.Generator().manual_seed(1)
+    a, b, add = torch.randn(3, 64, 64, generator=gen), torch.randn(3, 64, 8, generator=gen), torch.randn(3, 1, 8)
+    with training_precision(torch.device("cpu"), problems=ONEDNN_MIN_PROBLEMS):
+        product = bmm(a, b, add)
+    routed = avx512 and onednn_keeps_float32()
+    assert (len(entered), len(turned)) == (int(routed), int(not routed))
+    assert torch.allclose(product, torch.baddbmm(add, a, b), rtol=1e-5, atol=1e-5)
+    out = torch.empty(3, 64, 4)
+    assert bmm(a, b[..., :4], out=out) is out and torch.allclose(out, torch.bmm(a, b[..., :4]), rtol=1e-5, atol=1e-5)
+    assert len(turned) == 1 + int(not routed)
+    for left, right in ((a[:, :16], b), (a, b[..., :1]), (a, torch.randn(3, 64, 9))):  # M < 32; N = 1; N > 8
+        bmm(left, right)
+    assert len(turned) == 1 + int(not routed)
 
 
 def test_training_precision_on_cpu_is_restored_after_a_failing_step():
