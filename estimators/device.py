@@ -209,14 +209,14 @@ def bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, *,
 
     Inside :func:`training_precision` on a CPU where oneDNN keeps float32, products of at least
     :data:`ONEDNN_MIN_SHAPE` into a contiguous ``out`` (or none) go to oneDNN (1.8-3.2x MKL's speed on AMD CPUs),
-    others to MKL; narrow ones (:func:`is_narrow`) are computed transposed (:func:`narrow_bmm`) unless oneDNN takes
-    them on a CPU with AVX-512. The switch is
-    process-wide state: one training at a time per process (as the engine runs).
+    others to MKL; narrow CPU products (:func:`is_narrow`) are computed transposed (:func:`narrow_bmm`) unless oneDNN
+    takes them on a CPU with AVX-512. The switch is process-wide state: one training at a time per process (as the
+    engine runs).
     """
     m, k, n = ONEDNN_MIN_SHAPE
     routed = (_onednn_in_training and a.shape[1] >= m and a.shape[2] >= k and b.shape[2] >= n
               and (out is None or out.is_contiguous()))
-    if is_narrow(a, b) and not (routed and _has_avx512()) and (add is None or add.dim() == 3):
+    if a.device.type == "cpu" and is_narrow(a, b) and not (routed and _has_avx512()) and (add is None or add.dim() == 3):
         product = narrow_bmm(a, b, add)
         return product if out is None else out.copy_(product)
     with _onednn_products() if routed else nullcontext():
