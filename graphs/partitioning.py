@@ -82,18 +82,18 @@ def _cluster_graph(src, dst, w, labels, num_clusters, var=None):
     cross = a != b
     key = a[cross] * num_clusters + b[cross]
     if num_clusters ** 2 <= DENSE_KEYS * max(key.size, 1):  # every pair's bin at once: no sort (same sums, same order)
-        links = np.bincount(key, minlength=num_clusters ** 2)
-        uniq = np.flatnonzero(links)
-
-        def summed(values):
-            return np.bincount(key, weights=values, minlength=num_clusters ** 2)[uniq]
-        links = links[uniq]
+        index, bins = key, num_clusters ** 2
+        counts = np.bincount(index, minlength=bins)
+        uniq = pick = np.flatnonzero(counts)
+        links = counts[uniq]
     else:
-        uniq, inv = np.unique(key, return_inverse=True)
-        links = np.bincount(inv, minlength=uniq.size)
+        uniq, index = np.unique(key, return_inverse=True)
+        bins, pick = uniq.size, slice(None)
+        links = np.bincount(index, minlength=bins)
 
-        def summed(values):
-            return np.bincount(inv, weights=values, minlength=uniq.size)
+    def summed(values):
+        return np.bincount(index, weights=values, minlength=bins)[pick]
+
     variance = None if var is None else summed(var[cross])
     return uniq // num_clusters, uniq % num_clusters, summed(w[cross]), links, variance
 
