@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from estimators.device import narrow_bmm
+from estimators.device import is_narrow, narrow_bmm
 
 __all__ = ["BatchedLinear", "BatchedMLP", "narrow_baddbmm"]
 
@@ -74,10 +74,17 @@ class BatchedLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor, problems: slice = slice(None)) -> torch.Tensor:
-        """x : [P', B, in_features] -> [P', B, out_features], the maps of ``problems`` (P' of them; default all)."""
-        if self.bias is None:
-            return torch.bmm(x, self.weight[problems])
-        return torch.baddbmm(self.bias[problems], x, self.weight[problems])
+        """x : [P', B, in_features] -> [P', B, out_features], the maps of ``problems`` (P' of them; default all).
+
+        Without gradients (held-out passes), narrow CPU products are computed transposed
+        (:func:`estimators.device.is_narrow`: a critic's embedding of a few outputs, whose bits stay a problem's own
+        in any batch); with them, autograd's backward of a turned product is not known to, so they stay as they are.
+        """
+        w = self.weight[problems]
+        bias = None if self.bias is None else self.bias[problems]
+        if not torch.is_grad_enabled() and x.device.type == "cpu" and is_narrow(x, w):
+            return narrow_bmm(x, w, bias)
+        return torch.bmm(x, w) if bias is None else torch.baddbmm(bias, x, w)
 
     def extra_repr(self) -> str:
         return (f"n_problems={self.n_problems}, in_features={self.in_features}, "

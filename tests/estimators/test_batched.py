@@ -1,9 +1,12 @@
-"""``narrow_baddbmm``: ``torch.baddbmm`` computed transposed, value and gradients."""
+"""``narrow_baddbmm``: ``torch.baddbmm`` computed transposed, value and gradients; ``BatchedLinear``'s held-out path."""
 
 import pytest
 import torch
 
-from estimators.batched import narrow_baddbmm
+import estimators.device  # noqa: F401  (the engine's MKL reproducibility setting, on which the bits below rest)
+from estimators import batched
+from estimators.batched import BatchedLinear, narrow_baddbmm
+from estimators.device import narrow_bmm
 
 
 def _inputs(p: int, b: int, m: int, k: int, *, strided: bool, dtype=torch.float64):
@@ -44,3 +47,24 @@ def test_without_gradients_it_records_no_graph():
         out = narrow_baddbmm(bias, x, w)
     assert out.grad_fn is None
     torch.testing.assert_close(out, torch.baddbmm(bias, x, w.detach()))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_linear_map_without_gradients_turns_narrow_products_and_keeps_each_problem_s_bits(bias, monkeypatch):
+    """A held-out pass embeds rows of many problems at once: each problem's embedding must be the bits it has alone
+    (a rank's share of the blocks reports the MI of one process), and the value baddbmm's to float32 rounding."""
+    turned = []
+    monkeypatch.setattr(batched, "narrow_bmm", lambda a, b, add=None: turned.append(a.shape) or narrow_bmm(a, b, add))
+    gen = torch.Generator().manual_seed(5)
+    for rows, width, out in [(64, 64, 8), (1024, 25, 8), (40, 7, 2), (16, 64, 8), (64, 64, 16)]:
+        layer = BatchedLinear(9, width, out, bias=bias, generator=gen)
+        x = torch.randn(9, rows, width, generator=gen)
+        ref = torch.baddbmm(layer.bias, x, layer.weight) if bias else torch.bmm(x, layer.weight)
+        with torch.no_grad():
+            batch, alone = layer(x), layer(x[3:5], slice(3, 5))
+        torch.testing.assert_close(batch, ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(alone, batch[3:5])
+        trained = layer(x)  # with gradients: autograd's own product, as before
+        assert trained.grad_fn is not None and torch.equal(trained.detach(), ref)
+    # the three narrow shapes, twice each (batch and alone): 16 rows and 16 outputs are outside the bounds
+    assert [s[1:] for s in turned] == [(64, 64), (64, 64), (1024, 25), (1024, 25), (40, 7), (40, 7)]
