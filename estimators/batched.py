@@ -1,7 +1,7 @@
 """Layers with a leading "problem" dimension: P independent models run as one tensor program.
 
 A ``BatchedLinear(P, d_in, d_out)`` holds ``P`` weight matrices ``[P, d_in, d_out]`` and maps
-``[P, B, d_in] -> [P, B, d_out]`` with one ``torch.baddbmm``; this is what lets thousands of
+``[P, B, d_in] -> [P, B, d_out]`` with one batched product; this is what lets thousands of
 MI problems (or RSMI blocks) train at once instead of in a Python loop.
 """
 
@@ -38,7 +38,7 @@ class _NarrowProduct(torch.autograd.Function):
 
 def narrow_baddbmm(bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``torch.baddbmm(bias, x, w)`` for ``x [P, B, m]``, ``w [P, m, k]`` with few outputs (``k`` ≲ 8),
-    ``bias`` broadcastable to ``[P, 1, k]``: the product and ``w``'s gradient as ``(wᵀ xᵀ)ᵀ`` and ``(gᵀ x)ᵀ``,
+    ``bias`` 3-D, ``[P, 1, k]`` or ``[1, 1, k]``: the product and ``w``'s gradient as ``(wᵀ xᵀ)ᵀ`` and ``(gᵀ x)ᵀ``,
     whose outputs are ``B`` and ``m`` wide rather than ``k`` (:func:`estimators.device.narrow_bmm`, whatever the
     shape: the shared step's environment layer). MKL's narrow products are slow on this project's
     2-core AMD CPUs (Zen 4, 2026-12-03, a shared Ising step's ``[16, 128, 128] @ [16, 128, 8]`` on a strided
@@ -76,13 +76,14 @@ class BatchedLinear(nn.Module):
     def forward(self, x: torch.Tensor, problems: slice = slice(None)) -> torch.Tensor:
         """x : [P', B, in_features] -> [P', B, out_features], the maps of ``problems`` (P' of them; default all).
 
-        Without gradients (held-out passes), narrow CPU products are computed transposed
-        (:func:`estimators.device.is_narrow`: a critic's embedding of a few outputs, whose bits stay a problem's own
-        in any batch); with them, autograd's backward of a turned product is not known to, so they stay as they are.
-        """
+        Without gradients (held-out passes), narrow products are computed transposed (:func:`estimators.device.
+        is_narrow`: a critic's embedding of a few outputs; the result is then the transpose of a contiguous tensor).
+        With gradients they stay torch's: autograd's backward of a turned product has not been checked for bits
+        independent of the batch (the training turns its narrow products in forward and backward products of its own:
+        :mod:`estimators.fused_critic`, :func:`narrow_baddbmm`)."""
         w = self.weight[problems]
         bias = None if self.bias is None else self.bias[problems]
-        if not torch.is_grad_enabled() and x.device.type == "cpu" and is_narrow(x, w):
+        if not torch.is_grad_enabled() and is_narrow(x, w):
             return narrow_bmm(x, w, bias)
         return torch.bmm(x, w) if bias is None else torch.baddbmm(bias, x, w)
 

@@ -37,9 +37,14 @@ ONEDNN_MIN_SHAPE = (32, 32, 8)
 
 # a product [c, M, K] @ [c, K, N] with NARROW_COLUMNS[0] <= N <= NARROW_COLUMNS[1] and M >= NARROW_MIN_ROWS, not sent to
 # oneDNN (where the CPU has AVX-512: :func:`_has_avx512`), is computed transposed (:func:`narrow_bmm`). Inside these
-# bounds a problem's turned product had the same bits alone as in any batch, in either layout, on 1 and 2 threads,
+# bounds a problem's turned product had the same bits alone as in any batch of the same layout, on 1 and 2 threads,
 # under MKL's strict reproducibility (torch 2.13.0, Zen 4 with AVX2 only, 2026-12-04: M in 32..615, K in 1..128,
-# N in 2..8); at M = 16 (N 4-8, K >= 25) and at N = 1 (a contiguous left operand) it did not.
+# N in 2..8); at M = 16 (N 4-8, K >= 25) and at N = 1 (a contiguous left operand) it did not. A row's value did not
+# depend on how many rows the product has either (c = 1, M 32..4 097 against 6 000, any offset, K 1..300, N 2..8, 1-2
+# threads): the shared critic's products flatten all its blocks' rows into one. The layout itself matters: at N = 2
+# and small K (7, 25; M 40-64) a transposed left operand gives other bits than a contiguous one (MKL's plain product
+# there does not), so a problem's operands must be laid out alike alone and in a batch — as the engine's gathers and
+# views make them, whatever the batch.
 NARROW_COLUMNS = (2, 8)
 NARROW_MIN_ROWS = 32
 
@@ -209,14 +214,14 @@ def bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, *,
 
     Inside :func:`training_precision` on a CPU where oneDNN keeps float32, products of at least
     :data:`ONEDNN_MIN_SHAPE` into a contiguous ``out`` (or none) go to oneDNN (1.8-3.2x MKL's speed on AMD CPUs),
-    others to MKL; narrow CPU products (:func:`is_narrow`) are computed transposed (:func:`narrow_bmm`) unless oneDNN
-    takes them on a CPU with AVX-512. The switch is process-wide state: one training at a time per process (as the
+    others to MKL; narrow products (:func:`is_narrow`: MKL's, on the CPU) are computed transposed (:func:`narrow_bmm`)
+    unless oneDNN takes them on a CPU with AVX-512. The switch is process-wide state: one training at a time per process (as the
     engine runs).
     """
     m, k, n = ONEDNN_MIN_SHAPE
     routed = (_onednn_in_training and a.shape[1] >= m and a.shape[2] >= k and b.shape[2] >= n
               and (out is None or out.is_contiguous()))
-    if a.device.type == "cpu" and is_narrow(a, b) and not (routed and _has_avx512()) and (add is None or add.dim() == 3):
+    if is_narrow(a, b) and not (routed and _has_avx512()) and (add is None or add.dim() == 3):
         product = narrow_bmm(a, b, add)
         return product if out is None else out.copy_(product)
     with _onednn_products() if routed else nullcontext():
@@ -238,8 +243,19 @@ def _has_avx512() -> bool:
 
 
 def is_narrow(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether :func:`bmm` computes ``a [c, M, K] @ b [c, K, N]`` transposed (see :data:`NARROW_COLUMNS`)."""
-    return NARROW_COLUMNS[0] <= b.shape[2] <= NARROW_COLUMNS[1] and a.shape[1] >= max(NARROW_MIN_ROWS, b.shape[2] + 1)
+    """Whether ``a [c, M, K] @ b [c, K, N]`` is a narrow product whose turned form keeps a problem's bits in any batch
+    (:data:`NARROW_COLUMNS`, :data:`NARROW_MIN_ROWS`): measured for MKL's CPU products only, so False on other
+    devices and on builds without MKL. :func:`bmm` turns such a product unless a training sends it to oneDNN on a CPU
+    with AVX-512. The bits hold under MKL's strict reproducibility, which the engine sets (:mod:`graphs.distributed`);
+    a script using :mod:`estimators` alone gets the same values to float32 rounding."""
+    return (a.device.type == "cpu" and _mkl_products() and NARROW_COLUMNS[0] <= b.shape[2] <= NARROW_COLUMNS[1]
+            and a.shape[1] >= NARROW_MIN_ROWS)
+
+
+@functools.cache
+def _mkl_products() -> bool:
+    """Whether this build of torch computes CPU products with MKL (the library the narrow bounds were measured on)."""
+    return torch.backends.mkl.is_available()
 
 
 def narrow_bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import estimators.device  # noqa: F401  (the engine's MKL reproducibility setting, on which the bits below rest)
 from estimators import batched
 from estimators.batched import BatchedLinear, narrow_baddbmm
 from estimators.device import narrow_bmm
@@ -58,13 +57,13 @@ def test_a_linear_map_without_gradients_turns_narrow_products_and_keeps_each_pro
     gen = torch.Generator().manual_seed(5)
     for rows, width, out in [(64, 64, 8), (1024, 25, 8), (40, 7, 2), (16, 64, 8), (64, 64, 16)]:
         layer = BatchedLinear(9, width, out, bias=bias, generator=gen)
-        x = torch.randn(9, rows, width, generator=gen)
+        x = torch.randn(9, width, rows, generator=gen).transpose(1, 2)  # as a gather of environments lays them out
         ref = torch.baddbmm(layer.bias, x, layer.weight) if bias else torch.bmm(x, layer.weight)
         with torch.no_grad():
-            batch, alone = layer(x), layer(x[3:5], slice(3, 5))
+            batch, pair, alone = layer(x), layer(x[3:5], slice(3, 5)), layer(x[4:5], slice(4, 5))
         torch.testing.assert_close(batch, ref, rtol=1e-5, atol=1e-5)
-        assert torch.equal(alone, batch[3:5])
+        assert torch.equal(pair, batch[3:5]) and torch.equal(alone, batch[4:5])
         trained = layer(x)  # with gradients: autograd's own product, as before
         assert trained.grad_fn is not None and torch.equal(trained.detach(), ref)
-    # the three narrow shapes, twice each (batch and alone): 16 rows and 16 outputs are outside the bounds
-    assert [s[1:] for s in turned] == [(64, 64), (64, 64), (1024, 25), (1024, 25), (40, 7), (40, 7)]
+    # the three narrow shapes, three times each (batch, pair, alone): 16 rows and 16 outputs are outside the bounds
+    assert [s[1:] for s in turned] == [(64, 64)] * 3 + [(1024, 25)] * 3 + [(40, 7)] * 3

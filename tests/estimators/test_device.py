@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from estimators import device
-from estimators.device import ONEDNN_MIN_PROBLEMS, bmm, onednn_keeps_float32, resolve_device, training_precision
+from estimators.device import ONEDNN_MIN_PROBLEMS, bmm, narrow_bmm, onednn_keeps_float32, resolve_device, training_precision
 
 
 def test_resolve_device():
@@ -99,6 +99,19 @@ def test_narrow_products_are_turned_unless_onednn_takes_them_with_avx512(avx512,
     for left, right in ((a[:, :16], b), (a, b[..., :1]), (a, torch.randn(3, 64, 9))):  # M < 32; N = 1; N > 8
         bmm(left, right)
     assert len(turned) == 1 + int(not routed)
+    monkeypatch.setattr(device, "_mkl_products", lambda: False)  # the bounds are MKL's: other BLAS stay plain
+    bmm(a, b)
+    assert len(turned) == 1 + int(not routed)
+
+
+def test_a_turned_product_s_rows_do_not_depend_on_how_many_rows_it_has():
+    """The shared critic flattens every block's rows into one product: a row's bits must not depend on the others."""
+    gen = torch.Generator().manual_seed(2)
+    for k, n in ((1, 2), (25, 8), (128, 4)):
+        x, w = torch.randn(1, 3000, k, generator=gen), torch.randn(1, k, n, generator=gen)
+        full = narrow_bmm(x, w)
+        for first, rows in ((0, 32), (777, 33), (1000, 1500)):
+            assert torch.equal(narrow_bmm(x[:, first:first + rows], w), full[:, first:first + rows])
 
 
 def test_training_precision_on_cpu_is_restored_after_a_failing_step():
