@@ -1,4 +1,5 @@
-"""Pareto swaps and dissolutions: refine a partition where units are predicted better by other blocks' units.
+"""Pareto swaps and dissolutions: refine a partition where units are predicted better by other blocks' units, and
+blocks' halves share more information with another block's.
 
 Swaps exchange one or two units between adjacent blocks when no unit of either is predicted worse.
 
@@ -32,6 +33,19 @@ private nuisance is predicted no better by its own group's pair than by its sibl
 once its group's pure unit has joined the pair (``sample_tmr`` with contrast triples, level-0 ARI 0.64-0.90 ->
 1.00); nor need the pair be its graph neighbour, hence the blocks adjacent to the *block*. No block grows past
 ``block_size``, so the gain of merging (adding predictors never lowers ``R²``) cannot run away.
+
+Unit swaps cannot repair two blocks that each hold one nuisance pair of two sibling groups (a strong nuisance on
+pairs, siblings close: family latents at coupling 0.8): a unit's ``R²`` is its nuisance partner's, the signal it
+would gain from its own group's pair is a fraction of a percent of it, and sampling noise costs some unit as much.
+The information two halves of a block share is what tells them apart: each pair's own nuisance cancels in the best
+combination of its two units. So a block of at least 4 units is read as two *parts*, its most correlated pair and
+the rest, and two adjacent blocks exchange parts of one size when the Gaussian mutual information between each
+block's two parts, ``I(P; Q) = ½ (log det C_P + log det C_Q − log det C_{P∪Q})``, rises in both blocks and in sum
+by more than :data:`SWAP_GAIN` of it (a Pareto part swap; sweeps after the unit swaps and dissolutions). Measured
+on the partition alone (288 planted constructions of ``experiments.tmr_heldout``: branching 3-6, spin / family,
+pairs / triples, coupling 0.6 / 0.8 / 0.9, nuisance strength 0-3, seed 0): ARI >= 0.9 in 195 against 190, 50
+partitions better (family pairs at coupling 0.8, strength 1.5-3: 0.73-0.91 -> 0.88-1.00), 2 worse (both already
+failing: 0.58 -> 0.55, 0.83 -> 0.82).
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ from graphs.moments import StreamingMoments
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_SWAP_BLOCK_SIZE", "MAX_SWAP_NODES", "SWAP_GAIN", "pareto_swaps", "unit_r2"]
+__all__ = ["MAX_SWAP_BLOCK_SIZE", "MAX_SWAP_NODES", "SWAP_GAIN", "cross_part_mi", "pareto_swaps", "unit_r2"]
 
 MAX_SWAP_NODES = 4096  # the correlation matrix of every pair (as graphs.loadings.MAX_LOADING_NODES)
 MAX_SWAP_BLOCK_SIZE = 4  # the largest block_size whose partitions the flow refines (see the module docstring)
@@ -87,6 +101,67 @@ def _best_swap(corr: torch.Tensor, a: list[int], b: list[int], gain: float):
             i = int(torch.where(ok, total, -torch.inf).argmax())
             best, best_gain = (new_a[i], new_b[i]), float(total[i])
     return best
+
+
+def _logdets(corr: torch.Tensor, sets: list[list[int]]) -> list[float]:
+    """``log det`` of the correlation matrix of each index set (all of one size), in float64: one batched call."""
+    idx = torch.tensor(sets)
+    sub = corr[idx.unsqueeze(-1), idx.unsqueeze(-2)].double()
+    return torch.linalg.slogdet(sub + 1e-9 * torch.eye(idx.shape[1], dtype=sub.dtype))[1].tolist()
+
+
+def cross_part_mi(corr: torch.Tensor, p: list[int], q: list[int]) -> float:
+    """Gaussian mutual information (nats) between the units ``p`` and ``q`` (disjoint) of the correlation matrix
+    ``corr [U, U]``: ``½ (log det C_p + log det C_q − log det C_{p∪q})``, in float64."""
+    return 0.5 * (_logdets(corr, [p])[0] + _logdets(corr, [q])[0] - _logdets(corr, [p + q])[0])
+
+
+class _Halves:
+    """Each block of at least 4 units as two parts, its most correlated pair and the rest, with each part's
+    ``log det`` and the mutual information between them (:func:`cross_part_mi`), kept per member list (a swept pair
+    of blocks reads each block's again and again)."""
+
+    def __init__(self, corr: torch.Tensor):
+        self.corr = corr
+        self._known: dict[tuple[int, ...], tuple | None] = {}
+
+    def __call__(self, block: list[int]) -> tuple[list[list[int]], tuple[float, float], float] | None:
+        """``(parts, (log det of each part), MI between the parts)``; None for a block of fewer than 4 units."""
+        key = tuple(block)
+        if key not in self._known:
+            self._known[key] = self._read(block) if len(block) >= 4 else None
+        return self._known[key]
+
+    def _read(self, block: list[int]):
+        sub = self.corr[block][:, block].abs().fill_diagonal_(-1.0)
+        i, j = divmod(int(sub.argmax()), len(block))
+        parts = [[block[i], block[j]], [u for u in block if u not in (block[i], block[j])]]
+        pair_ld, rest_ld = _logdets(self.corr, parts[:1])[0], _logdets(self.corr, parts[1:])[0]
+        whole = _logdets(self.corr, [parts[0] + parts[1]])[0]
+        return parts, (pair_ld, rest_ld), 0.5 * (pair_ld + rest_ld - whole)
+
+    def best_swap(self, corr: torch.Tensor, a: list[int], b: list[int], gain: float):
+        """The Pareto part swap between blocks ``a`` and ``b`` (see the module docstring) with the largest rise of
+        the parts' summed mutual information above ``gain`` of it, as the new ``(a, b)`` member lists; None when
+        there is none."""
+        read_a, read_b = self(a), self(b)
+        if read_a is None or read_b is None:
+            return None
+        (parts_a, ld_a, old_a), (parts_b, ld_b, old_b) = read_a, read_b
+        moves = [(ia, ib) for ia in range(2) for ib in range(2) if len(parts_a[ia]) == len(parts_b[ib])]
+        if not moves:
+            return None
+        # the new blocks: a keeps part 1 - ia and takes b's part ib, b the other way round
+        union_a = _logdets(corr, [parts_a[1 - ia] + parts_b[ib] for ia, ib in moves])
+        union_b = _logdets(corr, [parts_b[1 - ib] + parts_a[ia] for ia, ib in moves])
+        best, best_rise = None, gain * max(old_a + old_b, 1e-12)
+        for (ia, ib), ua, ub in zip(moves, union_a, union_b):
+            new_a = 0.5 * (ld_a[1 - ia] + ld_b[ib] - ua)
+            new_b = 0.5 * (ld_b[1 - ib] + ld_a[ia] - ub)
+            rise = new_a + new_b - old_a - old_b
+            if new_a > old_a and new_b > old_b and rise > best_rise:
+                best, best_rise = (parts_a[1 - ia] + parts_b[ib], parts_b[1 - ib] + parts_a[ia]), rise
+        return best
 
 
 def _placement(corr: torch.Tensor, order: list[int], old: dict, members: dict, near: set, block_size: int):
@@ -136,13 +211,15 @@ def _best_dissolution(corr: torch.Tensor, s: int, members: dict, near: set, bloc
     return None if best is None else {t: members[t] + extra for t, extra in best.items()}
 
 
-def _swap_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, graph: ActivationGraph, gain: float) -> int:
-    """One pass of Pareto swaps over every pair of blocks joined by an edge; returns how many were made."""
+def _swap_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, graph: ActivationGraph, gain: float,
+                best=_best_swap) -> int:
+    """One pass of Pareto swaps (``best``: of units, or :meth:`_Halves.best_swap`) over every pair of blocks joined
+    by an edge; returns how many were made."""
     src, dst = graph.edge_index
     pairs = sorted({(min(i, j), max(i, j)) for i, j in zip(out[src].tolist(), out[dst].tolist()) if i != j})
     made = 0
     for ja, jb in pairs:
-        swap = _best_swap(corr, members[ja], members[jb], gain)
+        swap = best(corr, members[ja], members[jb], gain)
         if swap is not None:
             members[ja], members[jb] = sorted(swap[0]), sorted(swap[1])
             out[swap[0]], out[swap[1]] = ja, jb
@@ -185,13 +262,20 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
     out = blocks.clone()
     members = {int(j): torch.nonzero(out == j).flatten().tolist() for j in out.unique()}
     neighbours = graph.edge_index[1].split(graph.degree().tolist())  # each node's, as graph.neighbors gives them
-    swaps = gone = 0
+    swaps = gone = part_swaps = 0
     for _ in range(_SWEEPS):
         made = _swap_sweep(corr, members, out, graph, gain)
         dissolved = _dissolve_sweep(corr, members, out, neighbours, block_size, gain) if block_size else 0
         swaps, gone = swaps + made, gone + dissolved
         if not made and not dissolved:
             break
-    if swaps or gone:
-        log.info("partition: %d Pareto swap(s) between adjacent blocks, %d block(s) dissolved", swaps, gone)
+    halves = _Halves(corr)
+    for _ in range(_SWEEPS):
+        made = _swap_sweep(corr, members, out, graph, gain, halves.best_swap)
+        part_swaps += made
+        if not made:
+            break
+    if swaps or gone or part_swaps:
+        log.info("partition: %d Pareto swap(s) of units and %d of parts between adjacent blocks, %d block(s) "
+                 "dissolved", swaps, part_swaps, gone)
     return torch.unique(out, return_inverse=True)[1] if gone else out

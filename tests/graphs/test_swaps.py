@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from graphs import build_graph, partition
-from graphs.swaps import MAX_SWAP_NODES, pareto_swaps, unit_r2
+from graphs import build_graph, partition, swaps
+from graphs.swaps import MAX_SWAP_NODES, cross_part_mi, pareto_swaps, unit_r2
 
 
 def _sibling_pairs(n: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -46,6 +46,51 @@ def test_sibling_halves_are_swapped_back_into_their_groups():
     for block in (0, 1):  # the swap lowered no unit's R² (Pareto) and raised their sum
         before = unit_r2(corr, torch.nonzero(mixed == block).flatten())
         assert float(before.sum()) < float(unit_r2(corr, torch.nonzero(out == block).flatten()).sum())
+    assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
+
+
+def _strong_sibling_pairs(n: int = 8000, seed: int = 0) -> torch.Tensor:
+    """Two groups of 4 units reading latents that correlate 0.8 (family siblings at coupling 0.8), each group two pairs
+    sharing a nuisance three times the latent's size with random signs: units 0-3 read z1 (pairs 0-1, 2-3), units 4-7
+    z2 (pairs 4-5, 6-7). A unit's R² is its partner's; what its own group's pair adds is a fraction of a percent."""
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, generator=g)
+    z2 = 0.8 * z1 + 0.6 * torch.randn(n, generator=g)
+    nuisance = torch.randn(n, 4, generator=g)
+    sign = torch.where(torch.rand(8, generator=g) < 0.5, -1.0, 1.0)
+    cols = [(z1 if u < 4 else z2) + 3.0 * sign[u] * nuisance[:, u // 2] + 0.7 * torch.randn(n, generator=g)
+            for u in range(8)]
+    return torch.stack(cols, dim=1)
+
+
+def test_cross_part_mi_is_the_gaussian_mi_of_the_canonical_correlations():
+    x = _strong_sibling_pairs(4000).double()
+    corr = torch.corrcoef(x.T)
+    p, q = [0, 1], [2, 3, 6]
+    z = ((x - x.mean(0)) / x.std(0)).numpy()
+
+    def whiten(cols):
+        c = np.cov(z[:, cols], rowvar=False)
+        return z[:, cols] @ np.linalg.inv(np.linalg.cholesky(c)).T
+
+    rho = np.linalg.svd(whiten(p).T @ whiten(q) / (len(z) - 1), compute_uv=False)  # canonical correlations
+    assert abs(cross_part_mi(corr, p, q) - float(-0.5 * np.log(1 - rho ** 2).sum())) < 1e-6
+    assert cross_part_mi(corr, p, q) == pytest.approx(cross_part_mi(corr, q, p))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sibling_pairs_under_a_strong_nuisance_are_exchanged_as_parts(seed, monkeypatch):
+    x = _strong_sibling_pairs(seed=seed)
+    graph = build_graph(x)  # the complete graph of 8 units
+    mixed = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0])  # each block: a pair of each group
+    with monkeypatch.context() as m:  # unit swaps alone: no unit of a nuisance pair gains, so the mix stays
+        m.setattr(swaps._Halves, "best_swap", lambda self, *args: None)
+        assert pareto_swaps(x, mixed, graph).tolist() == mixed.tolist()
+    out = pareto_swaps(x, mixed, graph)
+    assert len(set(out[:4].tolist())) == 1 and len(set(out[4:].tolist())) == 1 and out[0] != out[4], out
+    corr = torch.corrcoef(x.double().T)
+    for pair, own, mixed_mate in (([0, 1], [2, 3], [6, 7]), ([4, 5], [6, 7], [2, 3])):  # halves share more (Pareto)
+        assert cross_part_mi(corr, pair, own) > cross_part_mi(corr, pair, mixed_mate)
     assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
 
 
