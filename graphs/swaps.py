@@ -43,9 +43,9 @@ the rest, and two adjacent blocks exchange parts of one size when the Gaussian m
 block's two parts, ``I(P; Q) = ½ (log det C_P + log det C_Q − log det C_{P∪Q})``, rises in both blocks and in sum
 by more than :data:`SWAP_GAIN` of it (a Pareto part swap; sweeps after the unit swaps and dissolutions). Measured
 on the partition alone (288 planted constructions of ``experiments.tmr_heldout``: branching 3-6, spin / family,
-pairs / triples, coupling 0.6 / 0.8 / 0.9, nuisance strength 0-3, seed 0): ARI >= 0.9 in 195 against 190, 50
-partitions better (family pairs at coupling 0.8, strength 1.5-3: 0.73-0.91 -> 0.88-1.00), 2 worse (both already
-failing: 0.58 -> 0.55, 0.83 -> 0.82).
+pairs / triples, coupling 0.6 / 0.8 / 0.9, nuisance strength 0-3, seed 0): ARI >= 0.9 in 195 against 190, 52
+partitions better (family pairs at coupling 0.8, strength 1.5-3: 0.74-0.91 -> 0.88-1.00), 3 worse (all already
+failing: 0.38 -> 0.37, 0.58 -> 0.55, 0.83 -> 0.82).
 """
 
 from __future__ import annotations
@@ -248,9 +248,9 @@ def _dissolve_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, neighb
 
 def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, *, gain: float = SWAP_GAIN,
                  block_size: int | None = None) -> torch.Tensor:
-    """``blocks [U]`` (a partition of ``graph``'s nodes) after Pareto swaps judged on the samples ``x [n, U]`` and,
-    given ``block_size``, Pareto dissolutions into blocks of fewer members (see the module docstring); labels
-    ``0..J-1``. Above :data:`MAX_SWAP_NODES` units the partition is returned as it is (logged)."""
+    """``blocks [U]`` (a partition of ``graph``'s nodes) after Pareto swaps judged on the samples ``x [n, U]``,
+    given ``block_size`` Pareto dissolutions into blocks of fewer members, then Pareto part swaps (see the module
+    docstring); labels ``0..J-1``. Above :data:`MAX_SWAP_NODES` units the partition is returned as it is (logged)."""
     u = x.shape[1]
     if u != graph.num_nodes or blocks.shape != (u,):
         raise ValueError(f"x has {u} units, the graph {graph.num_nodes} nodes and blocks {tuple(blocks.shape)}; "

@@ -52,7 +52,8 @@ def test_sibling_halves_are_swapped_back_into_their_groups():
 def _strong_sibling_pairs(n: int = 8000, seed: int = 0) -> torch.Tensor:
     """Two groups of 4 units reading latents that correlate 0.8 (family siblings at coupling 0.8), each group two pairs
     sharing a nuisance three times the latent's size with random signs: units 0-3 read z1 (pairs 0-1, 2-3), units 4-7
-    z2 (pairs 4-5, 6-7). A unit's R² is its partner's; what its own group's pair adds is a fraction of a percent."""
+    z2 (pairs 4-5, 6-7), every loading 1 (with unequal ones the per-block Pareto test may refuse the repair: README,
+    issue 15). A unit's R² is its partner's; what its own group's pair adds is a fraction of a percent."""
     g = torch.Generator().manual_seed(seed)
     z1 = torch.randn(n, generator=g)
     z2 = 0.8 * z1 + 0.6 * torch.randn(n, generator=g)
