@@ -79,6 +79,19 @@ def test_cross_part_mi_is_the_gaussian_mi_of_the_canonical_correlations():
     assert cross_part_mi(corr, p, q) == pytest.approx(cross_part_mi(corr, q, p))
 
 
+def test_a_block_is_cut_where_its_parts_share_the_least():
+    """The weakest cut of a block: between its nuisance pairs, or between a nuisance triple and a lone unit."""
+    g = torch.Generator().manual_seed(4)
+    z, pair_a, pair_b, triple = (torch.randn(8000, generator=g) for _ in range(4))
+    noise = 0.7 * torch.randn(8000, 8, generator=g)
+    x = torch.stack([z + 3 * pair_a, z - 3 * pair_a, z + 3 * pair_b, z - 3 * pair_b,  # two nuisance pairs
+                     z + 2 * triple, z + 2 * triple, z - 2 * triple, z], dim=1) + noise  # a triple and a lone unit
+    halves = swaps._Halves(torch.corrcoef(x.double().T))
+    assert sorted(halves([0, 1, 2, 3])[0]) == [[0, 1], [2, 3]]
+    assert sorted(halves([4, 5, 6, 7])[0], key=len) == [[7], [4, 5, 6]]
+    assert halves([0, 1, 2]) is None  # fewer than 4 units: no parts
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sibling_pairs_under_a_strong_nuisance_are_exchanged_as_parts(seed, monkeypatch):
     x = _strong_sibling_pairs(seed=seed)
