@@ -38,9 +38,9 @@ Unit swaps cannot repair two blocks that each hold one nuisance pair of two sibl
 pairs, siblings close: family latents at coupling 0.8): a unit's ``R²`` is its nuisance partner's, the signal it
 would gain from its own group's pair is a fraction of a percent of it, and sampling noise costs some unit as much.
 The information two halves of a block share is what tells them apart: each pair's own nuisance cancels in the best
-combination of its two units. So a block of at least 4 units is read as two *parts*, its weakest cut (of its
-splits in two, the one whose parts share the least information: between a group's nuisance sub-groups, or between
-two groups), and two adjacent blocks exchange parts of one size when the Gaussian mutual information between each
+combination of its two units. So a block of 4 to :data:`MAX_CUT_UNITS` units is read as two *parts*, its weakest
+cut (of its splits in two, the one whose parts share the least information: between a group's nuisance sub-groups,
+or between two groups), and two adjacent blocks exchange parts of one size when the Gaussian mutual information between each
 block's two parts, ``I(P; Q) = ½ (log det C_P + log det C_Q − log det C_{P∪Q})``, rises in both blocks and in sum
 by more than :data:`SWAP_GAIN` of it (a Pareto part swap; sweeps after the unit swaps and dissolutions). Measured
 on the partition alone (288 planted constructions of ``experiments.tmr_heldout``: branching 3-6, spin / family,
@@ -61,11 +61,15 @@ from graphs.moments import StreamingMoments
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_SWAP_BLOCK_SIZE", "MAX_SWAP_NODES", "SWAP_GAIN", "cross_part_mi", "pareto_swaps", "unit_r2"]
+__all__ = ["MAX_CUT_UNITS", "MAX_SWAP_BLOCK_SIZE", "MAX_SWAP_NODES", "SWAP_GAIN", "cross_part_mi", "pareto_swaps",
+           "unit_r2"]
 
 MAX_SWAP_NODES = 4096  # the correlation matrix of every pair (as graphs.loadings.MAX_LOADING_NODES)
 MAX_SWAP_BLOCK_SIZE = 4  # the largest block_size whose partitions the flow refines (see the module docstring)
 SWAP_GAIN = 0.02  # relative rise of the two blocks' summed R² a swap must bring
+# the largest block read as two parts (its 2^(b-1) - 1 splits searched: 127 at 8): past the flow's blocks of up to
+# 2 * MAX_SWAP_BLOCK_SIZE - 1 units (natural merges), larger ones take no part swaps
+MAX_CUT_UNITS = 8
 _SWEEPS = 5
 
 
@@ -128,10 +132,11 @@ class _Halves:
         self._known: dict[tuple[int, ...], tuple | None] = {}
 
     def __call__(self, block: list[int]) -> tuple[list[list[int]], tuple[float, float], float] | None:
-        """``(parts, (log det of each part), MI between the parts)``; None for a block of fewer than 4 units."""
+        """``(parts, (log det of each part), MI between the parts)``; None for a block of fewer than 4 units or more
+        than :data:`MAX_CUT_UNITS`."""
         key = tuple(block)
         if key not in self._known:
-            self._known[key] = self._read(block) if len(block) >= 4 else None
+            self._known[key] = self._read(block) if 4 <= len(block) <= MAX_CUT_UNITS else None
         return self._known[key]
 
     def _read(self, block: list[int]):

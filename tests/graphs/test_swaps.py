@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from graphs import build_graph, partition, swaps
-from graphs.swaps import MAX_SWAP_NODES, cross_part_mi, pareto_swaps, unit_r2
+from graphs.swaps import MAX_CUT_UNITS, MAX_SWAP_NODES, cross_part_mi, pareto_swaps, unit_r2
 
 
 def _sibling_pairs(n: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -90,6 +90,7 @@ def test_a_block_is_cut_where_its_parts_share_the_least():
     assert sorted(halves([0, 1, 2, 3])[0]) == [[0, 1], [2, 3]]
     assert sorted(halves([4, 5, 6, 7])[0], key=len) == [[7], [4, 5, 6]]
     assert halves([0, 1, 2]) is None  # fewer than 4 units: no parts
+    assert swaps._Halves(torch.eye(MAX_CUT_UNITS + 1))(list(range(MAX_CUT_UNITS + 1))) is None  # nor too many
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
