@@ -122,7 +122,7 @@ def cross_part_mi(corr: torch.Tensor, p: list[int], q: list[int]) -> float:
 
 
 class _Halves:
-    """Each block of at least 4 units as two parts, its weakest cut (the split whose parts share the least
+    """Each block of 4 to :data:`MAX_CUT_UNITS` units as two parts, its weakest cut (the split whose parts share the least
     information: between a group's nuisance sub-groups, or between two groups), with each part's ``log det`` and the
     mutual information between them (:func:`cross_part_mi`), kept per member list (a swept pair of blocks reads each
     block's again and again)."""
