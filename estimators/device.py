@@ -215,8 +215,8 @@ def bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, *,
     Inside :func:`training_precision` on a CPU where oneDNN keeps float32, products of at least
     :data:`ONEDNN_MIN_SHAPE` into a contiguous ``out`` (or none) go to oneDNN (1.8-3.2x MKL's speed on AMD CPUs),
     others to MKL; narrow products (:func:`is_narrow`: MKL's, on the CPU) are computed transposed (:func:`narrow_bmm`)
-    unless oneDNN takes them on a CPU with AVX-512. The switch is process-wide state: one training at a time per process (as the
-    engine runs).
+    unless oneDNN takes them on a CPU with AVX-512. The switch is process-wide state: one training at a time per
+    process (as the engine runs).
     """
     m, k, n = ONEDNN_MIN_SHAPE
     routed = (_onednn_in_training and a.shape[1] >= m and a.shape[2] >= k and b.shape[2] >= n
