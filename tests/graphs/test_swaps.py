@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from graphs import build_graph, partition, swaps
-from graphs.swaps import MAX_CUT_UNITS, MAX_SWAP_NODES, cross_part_mi, pareto_swaps, unit_r2
+from graphs.swaps import MAX_CUT_UNITS, MAX_SWAP_NODES, cross_part_mi, first_canonical_corr, pareto_swaps, unit_r2
 
 
 def _sibling_pairs(n: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -49,17 +49,18 @@ def test_sibling_halves_are_swapped_back_into_their_groups():
     assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
 
 
-def _strong_sibling_pairs(n: int = 8000, seed: int = 0) -> torch.Tensor:
+def _strong_sibling_pairs(n: int = 8000, seed: int = 0, loadings: bool = False) -> torch.Tensor:
     """Two groups of 4 units reading latents that correlate 0.8 (family siblings at coupling 0.8), each group two pairs
     sharing a nuisance three times the latent's size with random signs: units 0-3 read z1 (pairs 0-1, 2-3), units 4-7
-    z2 (pairs 4-5, 6-7), every loading 1 (with unequal ones the per-block Pareto test may refuse the repair: README,
-    issue 15). A unit's R² is its partner's; what its own group's pair adds is a fraction of a percent."""
+    z2 (pairs 4-5, 6-7), every loading 1 or (``loadings``) drawn in [0.5, 1.5). A unit's R² is its partner's; what
+    its own group's pair adds is a fraction of a percent."""
     g = torch.Generator().manual_seed(seed)
     z1 = torch.randn(n, generator=g)
     z2 = 0.8 * z1 + 0.6 * torch.randn(n, generator=g)
     nuisance = torch.randn(n, 4, generator=g)
     sign = torch.where(torch.rand(8, generator=g) < 0.5, -1.0, 1.0)
-    cols = [(z1 if u < 4 else z2) + 3.0 * sign[u] * nuisance[:, u // 2] + 0.7 * torch.randn(n, generator=g)
+    load = 0.5 + torch.rand(8, generator=g) if loadings else torch.ones(8)
+    cols = [load[u] * (z1 if u < 4 else z2) + 3.0 * sign[u] * nuisance[:, u // 2] + 0.7 * torch.randn(n, generator=g)
             for u in range(8)]
     return torch.stack(cols, dim=1)
 
@@ -79,6 +80,21 @@ def test_cross_part_mi_is_the_gaussian_mi_of_the_canonical_correlations():
     assert cross_part_mi(corr, p, q) == pytest.approx(cross_part_mi(corr, q, p))
 
 
+def test_first_canonical_corr_is_the_largest_canonical_correlation():
+    x = _strong_sibling_pairs(4000, loadings=True).double()
+    corr = torch.corrcoef(x.T)
+    z = ((x - x.mean(0)) / x.std(0)).numpy()
+
+    def whiten(cols):
+        return z[:, cols] @ np.linalg.inv(np.linalg.cholesky(np.cov(z[:, cols], rowvar=False))).T
+
+    pairs = [([0, 1], [2, 3, 6]), ([4, 5], [6, 7, 2]), ([1, 3], [0, 5, 7])]
+    expected = [np.linalg.svd(whiten(p).T @ whiten(q) / (len(z) - 1), compute_uv=False)[0] for p, q in pairs]
+    assert first_canonical_corr(corr, pairs) == pytest.approx(expected, abs=1e-6)
+    assert first_canonical_corr(corr, [([2, 3, 6], [0, 1])]) == pytest.approx(expected[:1], abs=1e-7)  # symmetric
+    assert first_canonical_corr(torch.zeros(4, 4), [([0, 1], [2, 3])]) == [0.0]  # singular parts: nothing shared
+
+
 def test_a_block_is_cut_where_its_parts_share_the_least():
     """The weakest cut of a block: between its nuisance pairs, or between a nuisance triple and a lone unit."""
     g = torch.Generator().manual_seed(4)
@@ -86,11 +102,11 @@ def test_a_block_is_cut_where_its_parts_share_the_least():
     noise = 0.7 * torch.randn(8000, 8, generator=g)
     x = torch.stack([z + 3 * pair_a, z - 3 * pair_a, z + 3 * pair_b, z - 3 * pair_b,  # two nuisance pairs
                      z + 2 * triple, z + 2 * triple, z - 2 * triple, z], dim=1) + noise  # a triple and a lone unit
-    halves = swaps._Halves(torch.corrcoef(x.double().T))
+    halves = swaps._Halves(torch.corrcoef(x.double().T), rows=8000)
     assert sorted(halves([0, 1, 2, 3])[0]) == [[0, 1], [2, 3]]
     assert sorted(halves([4, 5, 6, 7])[0], key=len) == [[7], [4, 5, 6]]
     assert halves([0, 1, 2]) is None  # fewer than 4 units: no parts
-    assert swaps._Halves(torch.eye(MAX_CUT_UNITS + 1))(list(range(MAX_CUT_UNITS + 1))) is None  # nor too many
+    assert swaps._Halves(torch.eye(MAX_CUT_UNITS + 1), rows=8000)(list(range(MAX_CUT_UNITS + 1))) is None  # nor too many
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -106,6 +122,30 @@ def test_sibling_pairs_under_a_strong_nuisance_are_exchanged_as_parts(seed, monk
     corr = torch.corrcoef(x.double().T)
     for pair, own, mixed_mate in (([0, 1], [2, 3], [6, 7]), ([4, 5], [6, 7], [2, 3])):  # halves share more (Pareto)
         assert cross_part_mi(corr, pair, own) > cross_part_mi(corr, pair, mixed_mate)
+    assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
+
+
+@pytest.mark.parametrize("seed", [1, 5, 8])
+def test_sibling_pairs_of_unequal_loadings_are_exchanged_on_the_tetrad_test(seed, monkeypatch):
+    """With unequal loadings two strong pairs of sibling groups can share more MI than a strong and a weak pair of
+    one group (MI is convex in the canonical correlation), so the per-block Pareto test on MI refuses the repair; in
+    the product of the blocks' canonical correlations the pairs' loadings cancel, and the own-group arrangement
+    wins by the siblings' correlation (0.8 squared)."""
+    x = _strong_sibling_pairs(seed=seed, loadings=True)
+    graph = build_graph(x)
+    mixed = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0])
+    def grouped(out):
+        return len(set(out[:4].tolist())) == 1 and len(set(out[4:].tolist())) == 1 and out[0] != out[4]
+
+    with monkeypatch.context() as m:  # the Pareto test on MI alone does not repair these draws
+        m.setattr(swaps._Halves, "_tetrad_swap", lambda self, *args: None)
+        assert not grouped(pareto_swaps(x, mixed, graph))
+    out = pareto_swaps(x, mixed, graph)
+    assert grouped(out), out
+    corr = torch.corrcoef(x.double().T)
+    own = first_canonical_corr(corr, [([0, 1], [2, 3]), ([4, 5], [6, 7])])
+    crossed = first_canonical_corr(corr, [([0, 1], [6, 7]), ([4, 5], [2, 3])])
+    assert own[0] * own[1] > crossed[0] * crossed[1]
     assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
 
 
