@@ -84,7 +84,7 @@ def _cluster_graph(src, dst, w, labels, num_clusters, var=None):
     if num_clusters ** 2 <= DENSE_KEYS * max(key.size, 1):  # every pair's bin at once: no sort (same sums, same order)
         index, bins = key, num_clusters ** 2
         counts = np.bincount(index, minlength=bins)
-        uniq = pick = np.flatnonzero(counts)
+        uniq = pick = np.flatnonzero(counts).astype(key.dtype, copy=False)  # the labels' dtype, as np.unique
         links = counts[uniq]
     else:
         uniq, index = np.unique(key, return_inverse=True)

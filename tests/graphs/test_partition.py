@@ -295,15 +295,16 @@ def test_a_group_continues_past_block_size_at_its_level_within_the_noise():
     assert adjusted_rand_score(groups.numpy(), cut.numpy()) < 0.9
 
 
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
 @pytest.mark.parametrize("num_clusters", [3, 40, 400])
-def test_cluster_graph_counts_every_pair_alike_with_or_without_a_sort(num_clusters, monkeypatch):
+def test_cluster_graph_counts_every_pair_alike_with_or_without_a_sort(num_clusters, label_dtype, monkeypatch):
     """The cluster graph's two ways of summing edges per pair of clusters (one array of every pair; sorted keys) give
     the same pairs, in the same order, with the same bits (each bin sums its edges in their order either way)."""
     from graphs import partitioning
 
     rng = np.random.default_rng(num_clusters)
     src, dst = rng.integers(0, 500, 6000), rng.integers(0, 500, 6000)
-    w, var, labels = rng.random(6000), rng.random(6000), rng.integers(0, num_clusters, 500)
+    w, var, labels = rng.random(6000), rng.random(6000), rng.integers(0, num_clusters, 500).astype(label_dtype)
     ways = []
     for dense_keys in (0, 10**9):  # sorted keys only; one array always
         monkeypatch.setattr(partitioning, "DENSE_KEYS", dense_keys)
