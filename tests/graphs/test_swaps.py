@@ -49,14 +49,14 @@ def test_sibling_halves_are_swapped_back_into_their_groups():
     assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
 
 
-def _strong_sibling_pairs(n: int = 8000, seed: int = 0, loadings: bool = False) -> torch.Tensor:
-    """Two groups of 4 units reading latents that correlate 0.8 (family siblings at coupling 0.8), each group two pairs
-    sharing a nuisance three times the latent's size with random signs: units 0-3 read z1 (pairs 0-1, 2-3), units 4-7
-    z2 (pairs 4-5, 6-7), every loading 1 or (``loadings``) drawn in [0.5, 1.5). A unit's R² is its partner's; what
-    its own group's pair adds is a fraction of a percent."""
+def _strong_sibling_pairs(n: int = 8000, seed: int = 0, loadings: bool = False, latent_corr: float = 0.8):
+    """Two groups of 4 units reading latents that correlate ``latent_corr`` (0.8: family siblings at coupling 0.8),
+    each group two pairs sharing a nuisance three times the latent's size with random signs: units 0-3 read z1 (pairs
+    0-1, 2-3), units 4-7 z2 (pairs 4-5, 6-7), every loading 1 or (``loadings``) drawn in [0.5, 1.5). A unit's R² is
+    its partner's; what its own group's pair adds is a fraction of a percent. ``[n, 8]``."""
     g = torch.Generator().manual_seed(seed)
     z1 = torch.randn(n, generator=g)
-    z2 = 0.8 * z1 + 0.6 * torch.randn(n, generator=g)
+    z2 = latent_corr * z1 + (1 - latent_corr ** 2) ** 0.5 * torch.randn(n, generator=g)
     nuisance = torch.randn(n, 4, generator=g)
     sign = torch.where(torch.rand(8, generator=g) < 0.5, -1.0, 1.0)
     load = 0.5 + torch.rand(8, generator=g) if loadings else torch.ones(8)
@@ -147,6 +147,28 @@ def test_sibling_pairs_of_unequal_loadings_are_exchanged_on_the_tetrad_test(seed
     crossed = first_canonical_corr(corr, [([0, 1], [6, 7]), ([4, 5], [2, 3])])
     assert own[0] * own[1] > crossed[0] * crossed[1]
     assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_pairs_of_one_latent_are_left_alone_by_the_tetrad_test(seed, monkeypatch):
+    """Both groups on one latent: no arrangement of the four pairs is better than another, and the tetrad test's
+    margin of TETRAD_Z standard errors keeps sampling noise from swapping (with no margin these draws swap)."""
+    x = _strong_sibling_pairs(seed=seed, loadings=True, latent_corr=1.0)
+    graph = build_graph(x)
+    split = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0])
+    assert pareto_swaps(x, split, graph).tolist() == split.tolist()
+    monkeypatch.setattr(swaps, "TETRAD_Z", 0.0)
+    assert pareto_swaps(x, split, graph).tolist() != split.tolist()
+
+
+def test_first_canonical_corr_refuses_what_is_not_a_correlation_matrix():
+    corr = torch.eye(6, dtype=torch.float64)
+    corr[0, 1] = corr[1, 0] = 1.5  # units 0 and 1: not positive definite
+    corr[2, 4] = corr[4, 2] = 0.5
+    rho = first_canonical_corr(corr, [([0, 1], [2, 3]), ([2, 3], [4, 5])])
+    assert np.isnan(rho[0]) and rho[1] == pytest.approx(0.5)  # a bad pair does not spoil its batch
+    corr[3, 5] = corr[5, 3] = float("nan")
+    assert all(np.isnan(first_canonical_corr(corr, [([2, 3], [4, 5]), ([3, 2], [5, 4])])))
 
 
 def _lone_units(n: int = 8000, seed: int = 0) -> torch.Tensor:
