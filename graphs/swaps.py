@@ -55,11 +55,10 @@ between two parts factorises as ``ρ(P, Q) = r_P r_Q ρ(z_P, z_Q)`` (``r``: a pa
 in ``log ρ_a + log ρ_b`` (each block's parts) the loadings cancel and two blocks each mixing two sibling groups lose
 to the own-group arrangement by ``−2 log`` of the siblings' latent correlation, whatever the loadings; the swap is
 made when that sum rises by more than :data:`TETRAD_Z` standard errors (``(1 − ρ²) / (ρ √n)`` per term, four
-terms; ``ρ`` floored at ``1 / √n``). Measured (the same 288): 206 against
-201 (seed 0; 27 better, none worse) and 210 against 205 (seed 1; 32 better, 2 worse, both failing: 0.296 -> 0.287,
-0.464 -> 0.460); the tetrad test in place of the MI test: 205 (21 better, 24 worse, 21 of those family latents at
-coupling 0.9, whose siblings' latent correlation 0.97 leaves the tetrad a margin, −2 log 0.97 = 0.06, within its
-noise).
+terms; ``ρ`` floored at ``1 / √n``). Measured (the same 288): 206 against 201 (seed 0; 27 better, none worse) and
+210 against 205 (seed 1; 32 better, 2 worse, both failing: 0.296 -> 0.287, 0.464 -> 0.460); the tetrad test in place
+of the MI test: 205 (21 better, 24 worse, 21 of those family latents at coupling 0.9, whose siblings' latent
+correlation 0.97 leaves the tetrad a margin, −2 log 0.97 = 0.06, within its noise).
 """
 
 from __future__ import annotations
@@ -159,7 +158,9 @@ def first_canonical_corr(corr: torch.Tensor, pairs: list[tuple[list[int], list[i
 
 def _log_rho(rho: float, rows: int) -> tuple[float, float]:
     """``log ρ`` of a correlation measured on ``rows`` rows and its standard error ``(1 − ρ²) / (ρ √rows)``, with
-    ``ρ`` floored at its own standard error near 0, ``1 / √rows`` (below it ``log ρ`` says nothing)."""
+    ``ρ`` floored at its own standard error near 0, ``1 / √rows`` (below it ``log ρ`` says nothing); NaN for NaN."""
+    if math.isnan(rho):
+        return math.nan, math.nan
     rho = max(rho, 1 / math.sqrt(rows))
     return math.log(rho), (1 - rho * rho) / (rho * math.sqrt(rows))
 
@@ -231,10 +232,10 @@ class _Halves:
         correlation) by more than :data:`TETRAD_Z` standard errors, most; or None (never where a ρ is NaN)."""
         rho_a = first_canonical_corr(self.corr, [tuple(sorted((k, t), key=len)) for k, t, _, _ in new])
         rho_b = first_canonical_corr(self.corr, [tuple(sorted((k, t), key=len)) for _, _, k, t in new])
-        old = [self._log_rho(read_a[3]), self._log_rho(read_b[3])]
+        old = [_log_rho(read_a[3], self.rows), _log_rho(read_b[3], self.rows)]
         best, best_rise = None, 0.0
         for (keep_a, take_a, keep_b, take_b), ra, rb in zip(new, rho_a, rho_b):
-            terms = [self._log_rho(ra), self._log_rho(rb)]
+            terms = [_log_rho(ra, self.rows), _log_rho(rb, self.rows)]
             if any(math.isnan(v) for term in terms + old for v in term):
                 continue
             rise = sum(v for v, _ in terms) - sum(v for v, _ in old)
@@ -242,9 +243,6 @@ class _Halves:
             if rise > TETRAD_Z * spread and rise > best_rise:
                 best, best_rise = (keep_a + take_a, keep_b + take_b), rise
         return best
-
-    def _log_rho(self, rho: float) -> tuple[float, float]:
-        return (math.nan, math.nan) if math.isnan(rho) else _log_rho(rho, self.rows)
 
 
 def _placement(corr: torch.Tensor, order: list[int], old: dict, members: dict, near: set, block_size: int):
