@@ -156,6 +156,20 @@ def first_canonical_corr(corr: torch.Tensor, pairs: list[tuple[list[int], list[i
     return rho.masked_fill(bad, float("nan")).tolist()
 
 
+def _canonical_corrs(corr: torch.Tensor, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+    """:func:`first_canonical_corr` of pairs of any sizes: one batched call per pair of sizes (each pair ordered
+    smaller part first)."""
+    pairs = [tuple(sorted(pq, key=len)) for pq in pairs]
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, (p, q) in enumerate(pairs):
+        shapes.setdefault((len(p), len(q)), []).append(i)
+    out = [math.nan] * len(pairs)
+    for rows in shapes.values():
+        for i, rho in zip(rows, first_canonical_corr(corr, [pairs[i] for i in rows])):
+            out[i] = rho
+    return out
+
+
 def _log_rho(rho: float, rows: int) -> tuple[float, float]:
     """``log ρ`` of a correlation measured on ``rows`` rows and its standard error ``(1 − ρ²) / (ρ √rows)``, with
     ``ρ`` floored at its own standard error near 0, ``1 / √rows`` (below it ``log ρ`` says nothing); NaN for NaN."""
@@ -230,11 +244,15 @@ class _Halves:
     def _tetrad_swap(self, new, read_a, read_b):
         """The exchange of ``new`` that raises ``log ρ_a + log ρ_b`` (each block's parts' first canonical
         correlation) by more than :data:`TETRAD_Z` standard errors, most; or None (never where a ρ is NaN)."""
-        rho_a = first_canonical_corr(self.corr, [tuple(sorted((k, t), key=len)) for k, t, _, _ in new])
-        rho_b = first_canonical_corr(self.corr, [tuple(sorted((k, t), key=len)) for _, _, k, t in new])
+        distinct = {}  # moves (0, 0) and (1, 1), or (0, 1) and (1, 0), make one partition: read it once
+        for keep_a, take_a, keep_b, take_b in new:
+            blocks = frozenset((tuple(sorted(keep_a + take_a)), tuple(sorted(keep_b + take_b))))
+            distinct.setdefault(blocks, (keep_a, take_a, keep_b, take_b))
+        moves = list(distinct.values())
+        rho = _canonical_corrs(self.corr, [pq for k_a, t_a, k_b, t_b in moves for pq in ((k_a, t_a), (k_b, t_b))])
         old = [_log_rho(read_a[3], self.rows), _log_rho(read_b[3], self.rows)]
         best, best_rise = None, 0.0
-        for (keep_a, take_a, keep_b, take_b), ra, rb in zip(new, rho_a, rho_b):
+        for (keep_a, take_a, keep_b, take_b), ra, rb in zip(moves, rho[::2], rho[1::2]):
             terms = [_log_rho(ra, self.rows), _log_rho(rb, self.rows)]
             if any(math.isnan(v) for term in terms + old for v in term):
                 continue
