@@ -139,6 +139,8 @@ def first_canonical_corr(corr: torch.Tensor, pairs: list[tuple[list[int], list[i
     """The first canonical correlation between the units ``p`` and ``q`` (disjoint) of each pair ``(p, q)`` of
     ``corr [U, U]`` (every ``p`` of one size, every ``q`` of one size), in float64: one batched call. NaN for a pair
     with a part that is not positive definite (beyond a 1e-9 ridge) or a value that is not finite: never judged."""
+    if not pairs:
+        return []
     p, q = torch.tensor([pq[0] for pq in pairs]), torch.tensor([pq[1] for pq in pairs])
     c = corr.double()
 

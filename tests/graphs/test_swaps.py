@@ -93,6 +93,7 @@ def test_first_canonical_corr_is_the_largest_canonical_correlation():
     assert first_canonical_corr(corr, pairs) == pytest.approx(expected, abs=1e-6)
     assert first_canonical_corr(corr, [([2, 3, 6], [0, 1])]) == pytest.approx(expected[:1], abs=1e-7)  # symmetric
     assert first_canonical_corr(torch.zeros(4, 4), [([0, 1], [2, 3])]) == [0.0]  # singular parts: nothing shared
+    assert first_canonical_corr(corr, []) == []
     mixed = [([2, 3, 6], [0, 1]), ([4, 5], [6, 7, 2]), ([1, 3], [0, 5, 7])]  # any sizes, either order: grouped
     assert swaps._canonical_corrs(corr, mixed) == pytest.approx(expected, abs=1e-7)
 
