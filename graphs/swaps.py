@@ -313,15 +313,22 @@ def _best_dissolution(corr: torch.Tensor, s: int, members: dict, near: set, bloc
 
 
 def _swap_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, graph: ActivationGraph, gain: float,
-                best=_best_swap) -> int:
+                best=_best_swap, settled: set | None = None) -> int:
     """One pass of Pareto swaps (``best``: of units, or :meth:`_Halves.best_swap`) over every pair of blocks joined
-    by an edge; returns how many were made."""
+    by an edge; returns how many were made. ``settled``: the pairs of member lists already searched in vain (``best``
+    depends on nothing else), skipped and added to."""
     src, dst = graph.edge_index
     pairs = sorted({(min(i, j), max(i, j)) for i, j in zip(out[src].tolist(), out[dst].tolist()) if i != j})
+    settled = set() if settled is None else settled
     made = 0
     for ja, jb in pairs:
+        key = (tuple(members[ja]), tuple(members[jb]))
+        if key in settled:
+            continue
         swap = best(corr, members[ja], members[jb], gain)
-        if swap is not None:
+        if swap is None:
+            settled.add(key)
+        else:
             members[ja], members[jb] = sorted(swap[0]), sorted(swap[1])
             out[swap[0]], out[swap[1]] = ja, jb
             made += 1
@@ -364,15 +371,16 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
     members = {int(j): torch.nonzero(out == j).flatten().tolist() for j in out.unique()}
     neighbours = graph.edge_index[1].split(graph.degree().tolist())  # each node's, as graph.neighbors gives them
     swaps = gone = part_swaps = 0
+    settled: set = set()
     for _ in range(_SWEEPS):
-        made = _swap_sweep(corr, members, out, graph, gain)
+        made = _swap_sweep(corr, members, out, graph, gain, settled=settled)
         dissolved = _dissolve_sweep(corr, members, out, neighbours, block_size, gain) if block_size else 0
         swaps, gone = swaps + made, gone + dissolved
         if not made and not dissolved:
             break
-    halves = _Halves(corr, x.shape[0])
+    halves, settled = _Halves(corr, x.shape[0]), set()
     for _ in range(_SWEEPS):
-        made = _swap_sweep(corr, members, out, graph, gain, halves.best_swap)
+        made = _swap_sweep(corr, members, out, graph, gain, halves.best_swap, settled)
         part_swaps += made
         if not made:
             break

@@ -49,6 +49,24 @@ def test_sibling_halves_are_swapped_back_into_their_groups():
     assert pareto_swaps(x, out, graph).tolist() == out.tolist()  # a planted partition is left alone
 
 
+def test_a_sweep_searches_a_pair_of_blocks_again_only_once_it_has_changed():
+    x = _sibling_pairs(2000)
+    graph, corr = build_graph(x), torch.corrcoef(x.double().T)
+    out = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    members, settled, searched = {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}, set(), []
+
+    def nothing(corr, a, b, gain):
+        searched.append((tuple(a), tuple(b)))
+
+    for _ in range(2):
+        assert swaps._swap_sweep(corr, members, out, graph, 0.02, nothing, settled) == 0
+    assert searched == [((0, 1, 2, 3), (4, 5, 6, 7))]
+    members = {0: [0, 1, 2, 4], 1: [3, 5, 6, 7]}
+    out[[3, 4]] = torch.tensor([1, 0])
+    swaps._swap_sweep(corr, members, out, graph, 0.02, nothing, settled)
+    assert searched[1:] == [((0, 1, 2, 4), (3, 5, 6, 7))]
+
+
 def _strong_sibling_pairs(n: int = 8000, seed: int = 0, loadings: bool = False, latent_corr: float = 0.8):
     """Two groups of 4 units reading latents that correlate ``latent_corr`` (0.8: family siblings at coupling 0.8),
     each group two pairs sharing a nuisance three times the latent's size with random signs: units 0-3 read z1 (pairs
