@@ -63,19 +63,20 @@ correlation 0.97 leaves the tetrad a margin, −2 log 0.97 = 0.06, within its no
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-import math
 
 import torch
 
 from graphs.graph import ActivationGraph
 from graphs.moments import StreamingMoments
+from graphs.tetrads import canonical_corrs, first_canonical_corr, tetrad_exchange, tetrad_rise
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_CUT_UNITS", "MAX_SWAP_BLOCK_SIZE", "MAX_SWAP_NODES", "SWAP_GAIN", "TETRAD_Z", "cross_part_mi",
-           "first_canonical_corr", "pareto_swaps", "unit_r2"]
+__all__ = ["MAX_CUT_UNITS", "MAX_SWAP_BLOCK_SIZE", "MAX_SWAP_NODES", "SWAP_GAIN", "cross_part_mi", "pareto_swaps",
+           "unit_r2"]
 
 MAX_SWAP_NODES = 4096  # the correlation matrix of every pair (as graphs.loadings.MAX_LOADING_NODES)
 MAX_SWAP_BLOCK_SIZE = 4  # the largest block_size whose partitions the flow refines (see the module docstring)
@@ -83,7 +84,6 @@ SWAP_GAIN = 0.02  # relative rise of the two blocks' summed R² a swap must brin
 # the largest block read as two parts (its 2^(b-1) - 1 splits searched: 127 at 8): past the flow's blocks of up to
 # 2 * MAX_SWAP_BLOCK_SIZE - 1 units (natural merges), larger ones take no part swaps
 MAX_CUT_UNITS = 8
-TETRAD_Z = 2.0  # standard errors of log ρ_a + log ρ_b a tetrad part swap must raise it by
 _SWEEPS = 5
 
 
@@ -122,6 +122,13 @@ def _best_swap(corr: torch.Tensor, a: list[int], b: list[int], gain: float):
     return best
 
 
+def _unit_exchange(corr: torch.Tensor, a: list[int], b: list[int], gain: float, rows: int):
+    """The Pareto swap of units between blocks ``a`` and ``b`` (:func:`_best_swap`) or else the exchange of one or two
+    units that passes the tetrad test (:func:`graphs.tetrads.tetrad_exchange`; ``rows``: the samples behind
+    ``corr``), as the new ``(a, b)`` member lists; None when there is neither."""
+    return _best_swap(corr, a, b, gain) or tetrad_exchange(corr, a, b, rows)
+
+
 def _logdets(corr: torch.Tensor, sets: list[list[int]]) -> list[float]:
     """``log det`` of the correlation matrix of each index set (all of one size), in float64: one batched call."""
     idx = torch.tensor(sets)
@@ -133,52 +140,6 @@ def cross_part_mi(corr: torch.Tensor, p: list[int], q: list[int]) -> float:
     """Gaussian mutual information (nats) between the units ``p`` and ``q`` (disjoint) of the correlation matrix
     ``corr [U, U]``: ``½ (log det C_p + log det C_q − log det C_{p∪q})``, in float64."""
     return 0.5 * (_logdets(corr, [p])[0] + _logdets(corr, [q])[0] - _logdets(corr, [p + q])[0])
-
-
-def first_canonical_corr(corr: torch.Tensor, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-    """The first canonical correlation between the units ``p`` and ``q`` (disjoint) of each pair ``(p, q)`` of
-    ``corr [U, U]`` (every ``p`` of one size, every ``q`` of one size), in float64: one batched call. NaN for a pair
-    with a part that is not positive definite (beyond a 1e-9 ridge) or a value that is not finite: never judged."""
-    if not pairs:
-        return []
-    p, q = torch.tensor([pq[0] for pq in pairs]), torch.tensor([pq[1] for pq in pairs])
-    c = corr.double()
-
-    def factor(idx):
-        eye = torch.eye(idx.shape[1], dtype=c.dtype)
-        chol, info = torch.linalg.cholesky_ex(c[idx.unsqueeze(-1), idx.unsqueeze(-2)] + 1e-9 * eye)
-        bad = (info != 0) | ~torch.isfinite(chol).all(-1).all(-1)
-        return torch.where(bad[:, None, None], eye, chol), bad  # a failed factor replaced, its pair masked below
-
-    (lp, bad_p), (lq, bad_q) = factor(p), factor(q)
-    m = torch.linalg.solve_triangular(lp, c[p.unsqueeze(-1), q.unsqueeze(-2)], upper=False)  # Lp⁻¹ Cpq
-    m = torch.linalg.solve_triangular(lq, m.mT, upper=False).mT  # Lp⁻¹ Cpq Lq⁻ᵀ: its singular values
-    bad = bad_p | bad_q | ~torch.isfinite(m).all(-1).all(-1)
-    rho = torch.linalg.svdvals(m.masked_fill(bad[:, None, None], 0.0))[:, 0]
-    return rho.masked_fill(bad, float("nan")).tolist()
-
-
-def _canonical_corrs(corr: torch.Tensor, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-    """:func:`first_canonical_corr` of pairs of any sizes: one batched call per pair of sizes (each pair ordered
-    smaller part first)."""
-    pairs = [tuple(sorted(pq, key=len)) for pq in pairs]
-    shapes: dict[tuple[int, int], list[int]] = {}
-    for i, (p, q) in enumerate(pairs):
-        shapes.setdefault((len(p), len(q)), []).append(i)
-    out = [math.nan] * len(pairs)
-    for rows in shapes.values():
-        for i, rho in zip(rows, first_canonical_corr(corr, [pairs[i] for i in rows])):
-            out[i] = rho
-    return out
-
-
-def _log_rho(rho: float, rows: int) -> tuple[float, float]:
-    """``log ρ`` of a correlation measured on ``rows`` rows and its standard error ``(1 − ρ²) / (ρ √rows)``, with
-    ``ρ`` floored at its own standard error near 0, ``1 / √rows`` (below it ``log ρ`` says nothing); NaN for NaN."""
-    if math.isnan(rho):
-        return math.nan, math.nan
-    rho = max(rho, 1 / math.sqrt(rows))
-    return math.log(rho), (1 - rho * rho) / (rho * math.sqrt(rows))
 
 
 class _Halves:
@@ -245,22 +206,17 @@ class _Halves:
 
     def _tetrad_swap(self, new, read_a, read_b):
         """The exchange of ``new`` that raises ``log ρ_a + log ρ_b`` (each block's parts' first canonical
-        correlation) by more than :data:`TETRAD_Z` standard errors, most; or None (never where a ρ is NaN)."""
+        correlation) most on the tetrad test (:func:`graphs.tetrads.tetrad_rise`); or None."""
         distinct = {}  # moves (0, 0) and (1, 1), or (0, 1) and (1, 0), make one partition: read it once
         for keep_a, take_a, keep_b, take_b in new:
             blocks = frozenset((tuple(sorted(keep_a + take_a)), tuple(sorted(keep_b + take_b))))
             distinct.setdefault(blocks, (keep_a, take_a, keep_b, take_b))
         moves = list(distinct.values())
-        rho = _canonical_corrs(self.corr, [pq for k_a, t_a, k_b, t_b in moves for pq in ((k_a, t_a), (k_b, t_b))])
-        old = [_log_rho(read_a[3], self.rows), _log_rho(read_b[3], self.rows)]
+        rho = canonical_corrs(self.corr, [pq for k_a, t_a, k_b, t_b in moves for pq in ((k_a, t_a), (k_b, t_b))])
         best, best_rise = None, 0.0
         for (keep_a, take_a, keep_b, take_b), ra, rb in zip(moves, rho[::2], rho[1::2]):
-            terms = [_log_rho(ra, self.rows), _log_rho(rb, self.rows)]
-            if any(math.isnan(v) for term in terms + old for v in term):
-                continue
-            rise = sum(v for v, _ in terms) - sum(v for v, _ in old)
-            spread = math.sqrt(sum(se * se for _, se in terms + old))
-            if rise > TETRAD_Z * spread and rise > best_rise:
+            rise = tetrad_rise((read_a[3], read_b[3]), (ra, rb), self.rows)
+            if rise is not None and rise > best_rise:
                 best, best_rise = (keep_a + take_a, keep_b + take_b), rise
         return best
 
@@ -371,9 +327,9 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
     members = {int(j): torch.nonzero(out == j).flatten().tolist() for j in out.unique()}
     neighbours = graph.edge_index[1].split(graph.degree().tolist())  # each node's, as graph.neighbors gives them
     swaps = gone = part_swaps = 0
-    settled: set = set()
+    units, settled = functools.partial(_unit_exchange, rows=x.shape[0]), set()
     for _ in range(_SWEEPS):
-        made = _swap_sweep(corr, members, out, graph, gain, settled=settled)
+        made = _swap_sweep(corr, members, out, graph, gain, units, settled)
         dissolved = _dissolve_sweep(corr, members, out, neighbours, block_size, gain) if block_size else 0
         swaps, gone = swaps + made, gone + dissolved
         if not made and not dissolved:

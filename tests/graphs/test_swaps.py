@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from graphs import build_graph, partition, swaps
-from graphs.swaps import MAX_CUT_UNITS, MAX_SWAP_NODES, cross_part_mi, first_canonical_corr, pareto_swaps, unit_r2
+from graphs import build_graph, partition, swaps, tetrads
+from graphs.swaps import MAX_CUT_UNITS, MAX_SWAP_NODES, cross_part_mi, pareto_swaps, unit_r2
+from graphs.tetrads import first_canonical_corr
 
 
 def _sibling_pairs(n: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -113,7 +114,7 @@ def test_first_canonical_corr_is_the_largest_canonical_correlation():
     assert first_canonical_corr(torch.zeros(4, 4), [([0, 1], [2, 3])]) == [0.0]  # singular parts: nothing shared
     assert first_canonical_corr(corr, []) == []
     mixed = [([2, 3, 6], [0, 1]), ([4, 5], [6, 7, 2]), ([1, 3], [0, 5, 7])]  # any sizes, either order: grouped
-    assert swaps._canonical_corrs(corr, mixed) == pytest.approx(expected, abs=1e-7)
+    assert tetrads.canonical_corrs(corr, mixed) == pytest.approx(expected, abs=1e-7)
 
 
 def test_a_block_is_cut_where_its_parts_share_the_least():
@@ -135,8 +136,9 @@ def test_sibling_pairs_under_a_strong_nuisance_are_exchanged_as_parts(seed, monk
     x = _strong_sibling_pairs(seed=seed)
     graph = build_graph(x)  # the complete graph of 8 units
     mixed = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0])  # each block: a pair of each group
-    with monkeypatch.context() as m:  # unit swaps alone: no unit of a nuisance pair gains, so the mix stays
+    with monkeypatch.context() as m:  # Pareto unit swaps alone: no unit of a nuisance pair gains, so the mix stays
         m.setattr(swaps._Halves, "best_swap", lambda self, *args: None)
+        m.setattr(swaps, "tetrad_exchange", lambda *args: None)
         assert pareto_swaps(x, mixed, graph).tolist() == mixed.tolist()
     out = pareto_swaps(x, mixed, graph)
     assert len(set(out[:4].tolist())) == 1 and len(set(out[4:].tolist())) == 1 and out[0] != out[4], out
@@ -158,8 +160,9 @@ def test_sibling_pairs_of_unequal_loadings_are_exchanged_on_the_tetrad_test(seed
     def grouped(out):
         return len(set(out[:4].tolist())) == 1 and len(set(out[4:].tolist())) == 1 and out[0] != out[4]
 
-    with monkeypatch.context() as m:  # the Pareto test on MI alone does not repair these draws
+    with monkeypatch.context() as m:  # the Pareto tests (on R², on MI) alone do not repair these draws
         m.setattr(swaps._Halves, "_tetrad_swap", lambda self, *args: None)
+        m.setattr(swaps, "tetrad_exchange", lambda *args: None)
         assert not grouped(pareto_swaps(x, mixed, graph))
     out = pareto_swaps(x, mixed, graph)
     assert grouped(out), out
@@ -178,8 +181,49 @@ def test_pairs_of_one_latent_are_left_alone_by_the_tetrad_test(seed, monkeypatch
     graph = build_graph(x)
     split = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0])
     assert pareto_swaps(x, split, graph).tolist() == split.tolist()
-    monkeypatch.setattr(swaps, "TETRAD_Z", 0.0)
+    monkeypatch.setattr(tetrads, "TETRAD_Z", 0.0)
     assert pareto_swaps(x, split, graph).tolist() != split.tolist()
+
+
+def _lone_units_by_triples(n: int = 8000, seed: int = 0, latent_corr: float = 0.8) -> torch.Tensor:
+    """Groups A (units 0-3) and B (4-7) reading latents that correlate ``latent_corr``: units 0-2 a triple whose
+    nuisance cancels in its sum (loadings 2, 2, -4: z_A read cleanly), 4-6 a triple whose nuisance follows the
+    signal's signs (z_B hard to read apart from it), 3 and 7 lone units. ``[n, 8]``."""
+    g = torch.Generator().manual_seed(seed)
+    za = torch.randn(n, generator=g)
+    zb = latent_corr * za + (1 - latent_corr ** 2) ** 0.5 * torch.randn(n, generator=g)
+    na, nb = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    cols = [za + 2 * na, za + 2 * na, za - 4 * na, za, zb + 2 * nb, zb + 2 * nb, zb + 2 * nb, zb]
+    return torch.stack(cols, dim=1) + 0.7 * torch.randn(n, 8, generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lone_units_are_exchanged_on_the_tetrad_test_where_r2_follows_the_readout(seed, monkeypatch):
+    """Each lone unit in the other group's block: B's lone unit is predicted better by A's clean triple than by its
+    own (R² 0.37 against 0.13), so no Pareto unit swap repairs the mix; in the product of the two lone units'
+    correlations with their blocks the triples' readouts cancel and the own-group arrangement wins by 0.8 squared.
+    Both groups on one latent: left alone."""
+    monkeypatch.setattr(swaps._Halves, "best_swap", lambda self, *args: None)  # no part swaps: units alone
+    x = _lone_units_by_triples(seed=seed)
+    graph, corr = build_graph(x), torch.corrcoef(x.double().T)
+    mixed, planted = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert float(unit_r2(corr, torch.tensor([7, 0, 1, 2]))[0]) > 2 * float(unit_r2(corr, torch.tensor([7, 4, 5, 6]))[0])
+    with monkeypatch.context() as m:
+        m.setattr(swaps, "tetrad_exchange", lambda *args: None)
+        assert pareto_swaps(x, mixed, graph).tolist() == mixed.tolist()
+    assert pareto_swaps(x, mixed, graph).tolist() == planted.tolist()
+    assert tetrads.tetrad_exchange(corr, [0, 1, 2, 7], [3, 4, 5, 6], rows=8000) == ([0, 1, 2, 3], [4, 5, 6, 7])
+    assert pareto_swaps(x, planted, graph).tolist() == planted.tolist()
+    one_latent = _lone_units_by_triples(seed=seed, latent_corr=1.0)
+    assert pareto_swaps(one_latent, mixed, build_graph(one_latent)).tolist() == mixed.tolist()
+
+
+def test_tetrad_rise_is_the_summed_log_correlation_beyond_its_standard_errors():
+    assert tetrads.tetrad_rise((0.5, 0.5), (0.6, 0.6), rows=10_000) == pytest.approx(2 * np.log(1.2))
+    assert tetrads.tetrad_rise((0.5, 0.5), (0.6, 0.6), rows=50) is None  # 2 s.e. = 0.74 > 0.36
+    assert tetrads.tetrad_rise((0.6, 0.6), (0.5, 0.5), rows=10_000) is None  # a fall
+    assert tetrads.tetrad_rise((0.5, float("nan")), (0.9, 0.9), rows=10_000) is None
+    assert tetrads.log_rho(0.0, rows=100) == pytest.approx((np.log(0.1), 0.99 / 0.1 / 10))  # floored at 1/√n
 
 
 def test_first_canonical_corr_refuses_what_is_not_a_correlation_matrix():
