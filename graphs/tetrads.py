@@ -20,9 +20,10 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["TETRAD_Z", "canonical_corrs", "first_canonical_corr", "log_rho", "tetrad_exchange", "tetrad_rise"]
+__all__ = ["TETRAD_Z", "canonical_corrs", "first_canonical_corr", "log_rho", "tetrad_exchange", "tetrad_rises"]
 
 TETRAD_Z = 2.0  # standard errors of the summed log ρ an exchange must raise it by
 _PART_SIZES = (1, 2)  # the parts :func:`tetrad_exchange` moves (as graphs.swaps' Pareto unit swaps)
@@ -74,34 +75,39 @@ def log_rho(rho: float, rows: int) -> tuple[float, float]:
     return math.log(rho), (1 - rho * rho) / (rho * math.sqrt(rows))
 
 
-def tetrad_rise(old: tuple[float, float], new: tuple[float, float], rows: int) -> float | None:
-    """How far ``log ρ`` summed over the ``new`` pair of correlations rises above the ``old`` pair, when by more than
-    :data:`TETRAD_Z` standard errors; None when it does not, or a ``ρ`` is NaN."""
-    terms = [log_rho(r, rows) for r in (*old, *new)]
-    if any(math.isnan(v) for term in terms for v in term):
-        return None
-    rise = terms[2][0] + terms[3][0] - terms[0][0] - terms[1][0]
-    return rise if rise > TETRAD_Z * math.sqrt(sum(se * se for _, se in terms)) else None
+def tetrad_rises(old: np.ndarray, new: np.ndarray, rows: int) -> np.ndarray:
+    """How far ``log ρ`` summed over each row of ``new [M, 2]`` correlations rises above the same row of ``old [M,
+    2]``, ``[M]``, where by more than :data:`TETRAD_Z` standard errors (:func:`log_rho`'s, in quadrature); NaN where
+    it does not or a ``ρ`` is NaN."""
+    rho = np.maximum(np.concatenate([old, new], axis=1).astype(np.float64), 1 / math.sqrt(rows))  # NaN stays NaN
+    log, se = np.log(rho), (1 - rho * rho) / (rho * math.sqrt(rows))
+    rise = log[:, 2:].sum(1) - log[:, :2].sum(1)
+    with np.errstate(invalid="ignore"):
+        return np.where(rise > TETRAD_Z * np.sqrt((se * se).sum(1)), rise, np.nan)
 
 
 def tetrad_exchange(corr: torch.Tensor, a: list[int], b: list[int], rows: int):
     """The exchange of one or two units each way between blocks ``a`` and ``b`` (each keeping a unit) with the
     largest rise on the tetrad test (module docstring), as the new ``(a, b)`` member lists; None when none passes.
-    ``corr [U, U]``: the units' correlations, measured on ``rows`` rows. One batched call per pair of sizes."""
-    moves, seen = [], set()
+    ``corr [U, U]``: the units' correlations, measured on ``rows`` rows. Each correlation computed once, in one
+    batched call per pair of sizes."""
+    moves, seen, index = [], set(), {}
     for k in _PART_SIZES:
         if k >= min(len(a), len(b)):
             break
         for p, q in itertools.product(itertools.combinations(a, k), itertools.combinations(b, k)):
-            rest_a, rest_b = [u for u in a if u not in p], [u for u in b if u not in q]
-            key = frozenset((tuple(sorted(rest_a + list(q))), tuple(sorted(rest_b + list(p)))))
+            rest_a, rest_b = tuple(u for u in a if u not in p), tuple(u for u in b if u not in q)
+            key = frozenset((tuple(sorted(rest_a + q)), tuple(sorted(rest_b + p))))
             if key not in seen:  # moving the complements makes the same two blocks
                 seen.add(key)
-                moves.append((list(p), rest_a, list(q), rest_b))
-    rho = canonical_corrs(corr, [pq for p, ra, q, rb in moves for pq in ((p, ra), (q, rb), (p, rb), (q, ra))])
-    best, best_rise = None, 0.0
-    for i, (p, rest_a, q, rest_b) in enumerate(moves):
-        rise = tetrad_rise(rho[4 * i:4 * i + 2], rho[4 * i + 2:4 * i + 4], rows)
-        if rise is not None and rise > best_rise:
-            best, best_rise = (rest_a + q, rest_b + p), rise
-    return best
+                terms = ((p, rest_a), (q, rest_b), (p, rest_b), (q, rest_a))  # old, old, new, new
+                moves.append((p, rest_a, q, rest_b, [index.setdefault(t, len(index)) for t in terms]))
+    if not moves:
+        return None
+    rho = np.array(canonical_corrs(corr, [(list(p), list(r)) for p, r in index]))
+    at = rho[np.array([m[4] for m in moves])]
+    rises = tetrad_rises(at[:, :2], at[:, 2:], rows)
+    if np.isnan(rises).all():
+        return None
+    p, rest_a, q, rest_b, _ = moves[int(np.nanargmax(rises))]
+    return list(rest_a + q), list(rest_b + p)

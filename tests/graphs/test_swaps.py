@@ -218,12 +218,14 @@ def test_lone_units_are_exchanged_on_the_tetrad_test_where_r2_follows_the_readou
     assert pareto_swaps(one_latent, mixed, build_graph(one_latent)).tolist() == mixed.tolist()
 
 
-def test_tetrad_rise_is_the_summed_log_correlation_beyond_its_standard_errors():
-    assert tetrads.tetrad_rise((0.5, 0.5), (0.6, 0.6), rows=10_000) == pytest.approx(2 * np.log(1.2))
-    assert tetrads.tetrad_rise((0.5, 0.5), (0.6, 0.6), rows=50) is None  # 2 s.e. = 0.74 > 0.36
-    assert tetrads.tetrad_rise((0.6, 0.6), (0.5, 0.5), rows=10_000) is None  # a fall
-    assert tetrads.tetrad_rise((0.5, float("nan")), (0.9, 0.9), rows=10_000) is None
+def test_tetrad_rises_are_the_summed_log_correlations_beyond_their_standard_errors():
+    old, new = np.array([[0.5, 0.5], [0.6, 0.6], [0.5, np.nan]]), np.array([[0.6, 0.6], [0.5, 0.5], [0.9, 0.9]])
+    rises = tetrads.tetrad_rises(old, new, rows=10_000)  # a rise, a fall, a NaN
+    assert rises[0] == pytest.approx(2 * np.log(1.2)) and np.isnan(rises[1:]).all()
+    assert np.isnan(tetrads.tetrad_rises(old[:1], new[:1], rows=50)).all()  # 2 s.e. = 0.74 > 0.36
     assert tetrads.log_rho(0.0, rows=100) == pytest.approx((np.log(0.1), 0.99 / 0.1 / 10))  # floored at 1/√n
+    floored = tetrads.tetrad_rises(np.array([[0.0, 0.5]]), np.array([[0.01, 0.5]]), rows=100)
+    assert np.isnan(floored).all()  # both below the floor: no rise
 
 
 def test_first_canonical_corr_refuses_what_is_not_a_correlation_matrix():
