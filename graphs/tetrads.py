@@ -101,6 +101,7 @@ def tetrad_exchange(corr: torch.Tensor, a: list[int], b: list[int], rows: int):
             if key not in seen:  # moving the complements makes the same two blocks
                 seen.add(key)
                 terms = ((p, rest_a), (q, rest_b), (p, rest_b), (q, rest_a))  # old, old, new, new
+                terms = [min(t, t[::-1]) for t in terms]  # ρ(P, Q) = ρ(Q, P): one key
                 moves.append((p, rest_a, q, rest_b, [index.setdefault(t, len(index)) for t in terms]))
     if not moves:
         return None
