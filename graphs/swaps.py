@@ -322,9 +322,10 @@ def _dissolve_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, neighb
 
 def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, *, gain: float = SWAP_GAIN,
                  block_size: int | None = None) -> torch.Tensor:
-    """``blocks [U]`` (a partition of ``graph``'s nodes) after Pareto swaps judged on the samples ``x [n, U]``,
-    given ``block_size`` Pareto dissolutions into blocks of fewer members, then Pareto part swaps (see the module
-    docstring); labels ``0..J-1``. Above :data:`MAX_SWAP_NODES` units the partition is returned as it is (logged)."""
+    """``blocks [U]`` (a partition of ``graph``'s nodes) after swaps of units (Pareto, or on the tetrad test) judged on
+    the samples ``x [n, U]``, given ``block_size`` Pareto dissolutions into blocks of fewer members, then part swaps
+    (see the module docstring); labels ``0..J-1``. Above :data:`MAX_SWAP_NODES` units the partition is returned as
+    it is (logged)."""
     u = x.shape[1]
     if u != graph.num_nodes or blocks.shape != (u,):
         raise ValueError(f"x has {u} units, the graph {graph.num_nodes} nodes and blocks {tuple(blocks.shape)}; "
@@ -351,6 +352,6 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
         if not made:
             break
     if swaps or gone or part_swaps:
-        log.info("partition: %d Pareto swap(s) of units and %d of parts between adjacent blocks, %d block(s) "
+        log.info("partition: %d swap(s) of units and %d of parts between adjacent blocks, %d block(s) "
                  "dissolved", swaps, part_swaps, gone)
     return torch.unique(out, return_inverse=True)[1] if gone else out
