@@ -66,21 +66,19 @@ def canonical_corrs(corr: torch.Tensor, pairs: list[tuple[list[int], list[int]]]
     return out
 
 
-def log_rho(rho: float, rows: int) -> tuple[float, float]:
-    """``log ρ`` of a correlation measured on ``rows`` rows and its standard error ``(1 − ρ²) / (ρ √rows)``, with
-    ``ρ`` floored at its own standard error near 0, ``1 / √rows`` (below it ``log ρ`` says nothing); NaN for NaN."""
-    if math.isnan(rho):
-        return math.nan, math.nan
-    rho = max(rho, 1 / math.sqrt(rows))
-    return math.log(rho), (1 - rho * rho) / (rho * math.sqrt(rows))
+def log_rho(rho, rows: int):
+    """``log ρ`` of correlations (a float or an array) measured on ``rows`` rows and their standard errors
+    ``(1 − ρ²) / (ρ √rows)``, with ``ρ`` floored at its own standard error near 0, ``1 / √rows`` (below it ``log ρ``
+    says nothing); NaN stays NaN."""
+    rho = np.maximum(np.asarray(rho, dtype=np.float64), 1 / math.sqrt(rows))  # np.maximum keeps NaN
+    return np.log(rho), (1 - rho * rho) / (rho * math.sqrt(rows))
 
 
 def tetrad_rises(old: np.ndarray, new: np.ndarray, rows: int) -> np.ndarray:
     """How far ``log ρ`` summed over each row of ``new [M, 2]`` correlations rises above the same row of ``old [M,
     2]``, ``[M]``, where by more than :data:`TETRAD_Z` standard errors (:func:`log_rho`'s, in quadrature); NaN where
     it does not or a ``ρ`` is NaN."""
-    rho = np.maximum(np.concatenate([old, new], axis=1).astype(np.float64), 1 / math.sqrt(rows))  # NaN stays NaN
-    log, se = np.log(rho), (1 - rho * rho) / (rho * math.sqrt(rows))
+    log, se = log_rho(np.concatenate([old, new], axis=1), rows)
     rise = log[:, 2:].sum(1) - log[:, :2].sum(1)
     with np.errstate(invalid="ignore"):
         return np.where(rise > TETRAD_Z * np.sqrt((se * se).sum(1)), rise, np.nan)
