@@ -68,6 +68,10 @@ sweeps an exchange of one or two units that no Pareto swap makes is made on the 
 0.9: family 0.588 -> 0.545, spin 0.825 -> 0.811) and 220 against 210 (seed 1; 58 better, 3 worse, all failing,
 family at coupling 0.9); at nuisance strength 1, 27 of 48 against 18 and 22. A sweep searches a pair of blocks again
 only once one of them has changed.
+
+Every exchange keeps sizes; given ``block_size``, each sweep of part swaps is followed by a sweep of *departures*
+(:mod:`graphs.departures`): a unit or part moves, or a small block merges, into an adjacent block past
+``block_size`` when tetrads against staying say it reads that block's latent (planted groups of unequal sizes).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ import logging
 import numpy as np
 import torch
 
+from graphs.departures import Reads, departure_sweep
 from graphs.graph import ActivationGraph
 from graphs.moments import StreamingMoments
 from graphs.tetrads import canonical_corrs, first_canonical_corr, tetrad_exchange, tetrad_rises
@@ -159,16 +164,16 @@ class _Halves:
     member list (a swept pair of blocks reads each block's again and again); ``rows``: the number of samples behind
     ``corr`` (the tetrad test's standard errors)."""
 
-    def __init__(self, corr: torch.Tensor, rows: int):
-        self.corr, self.rows = corr, rows
+    def __init__(self, corr: torch.Tensor, rows: int, smallest: int = 4):
+        self.corr, self.rows, self.smallest = corr, rows, smallest
         self._known: dict[tuple[int, ...], tuple | None] = {}
 
     def __call__(self, block: list[int]) -> tuple[list[list[int]], tuple[float, float], float, float] | None:
         """``(parts, (log det of each part), MI between the parts, their first canonical correlation)``; None for a
-        block of fewer than 4 units or more than :data:`MAX_CUT_UNITS`."""
+        block of fewer than ``smallest`` units (4 for part swaps) or more than :data:`MAX_CUT_UNITS`."""
         key = tuple(block)
         if key not in self._known:
-            self._known[key] = self._read(block) if 4 <= len(block) <= MAX_CUT_UNITS else None
+            self._known[key] = self._read(block) if self.smallest <= len(block) <= MAX_CUT_UNITS else None
         return self._known[key]
 
     def _read(self, block: list[int]):
@@ -324,8 +329,8 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
                  block_size: int | None = None) -> torch.Tensor:
     """``blocks [U]`` (a partition of ``graph``'s nodes) after swaps of units (Pareto, or on the tetrad test) judged on
     the samples ``x [n, U]``, given ``block_size`` Pareto dissolutions into blocks of fewer members, then part swaps
-    (see the module docstring); labels ``0..J-1``. Above :data:`MAX_SWAP_NODES` units the partition is returned as
-    it is (logged)."""
+    and, given ``block_size``, departures past it (see the module docstring); labels ``0..J-1``. Above
+    :data:`MAX_SWAP_NODES` units the partition is returned as it is (logged)."""
     u = x.shape[1]
     if u != graph.num_nodes or blocks.shape != (u,):
         raise ValueError(f"x has {u} units, the graph {graph.num_nodes} nodes and blocks {tuple(blocks.shape)}; "
@@ -345,13 +350,16 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
         swaps, gone = swaps + made, gone + dissolved
         if not made and not dissolved:
             break
-    halves, settled = _Halves(corr, x.shape[0]), set()
+    halves, settled, departed = _Halves(corr, x.shape[0]), set(), 0
+    cuts = _Halves(corr, x.shape[0], smallest=2)
+    reads = Reads(corr, x.shape[0], lambda block: None if (read := cuts(block)) is None else read[0])
     for _ in range(_SWEEPS):
         made = _swap_sweep(corr, members, out, graph, gain, halves.best_swap, settled)
-        part_swaps += made
-        if not made:
+        moved = departure_sweep(reads, members, out, neighbours, block_size) if block_size else 0
+        part_swaps, departed = part_swaps + made, departed + moved
+        if not made and not moved:
             break
-    if swaps or gone or part_swaps:
+    if swaps or gone or part_swaps or departed:
         log.info("partition: %d swap(s) of units and %d of parts between adjacent blocks, %d block(s) "
-                 "dissolved", swaps, part_swaps, gone)
-    return torch.unique(out, return_inverse=True)[1] if gone else out
+                 "dissolved, %d part(s) departed", swaps, part_swaps, gone, departed)
+    return torch.unique(out, return_inverse=True)[1] if gone or departed else out
