@@ -12,8 +12,9 @@ With one latent per group every set's readout cancels (:mod:`graphs.tetrads`) an
 r(Q, R) − log r(P, Q) − log r(A, R)`` in the latents' correlations: ``−log r(Q, A) > 0`` for a stray of ``A``'s
 group against a reference as far from both, ``log r(Q, A) < 0`` for a part of ``Q``'s own group. A reference that
 shares a nuisance with ``Q`` or ``A`` inflates its term: the move must pass against every one. And ``A``'s weakest
-cut must relate alike to ``P``, ``Q`` and the references (``log ρ(A₁, S) − log ρ(A₂, S)`` within ``TETRAD_Z``
-standard errors over all of them): a block whose cut separates a stray from the rest draws the stray's group-mates.
+cut must relate alike to ``Q`` and the references (``log ρ(A₁, S) − log ρ(A₂, S)`` within ``TETRAD_Z`` standard
+errors over all of them): a block whose cut separates a stray from the rest draws the stray's group-mates (``P``
+itself is left out: its nuisance partner may sit on one side of the cut).
 
 A whole block smaller than ``block_size`` (no ``Q``) merges into the adjacent block ``A`` whose triad ``log ρ(A₁,
 P) + log ρ(A₂, P) − log ρ(A₁, A₂)`` (``2 log r(A, P)`` plus ``P``'s own readout) beats the runner-up ``R``'s by
@@ -32,7 +33,7 @@ import torch
 
 from graphs.tetrads import TETRAD_Z, canonical_corrs, log_rho
 
-__all__ = ["REFERENCES", "Reads", "departure_sweep"]
+__all__ = ["REFERENCES", "Reads", "absorb_leftovers", "departure_sweep"]
 
 REFERENCES = 3  # the blocks a move is tested against (those the moving part reads best besides its new block)
 
@@ -123,7 +124,7 @@ def _merge(reads: Reads, block: list[int], near: dict, room: int):
     ref = near[runner]
     for one, two in ((a1, a2), (a2, a1)):  # P reads A's latent, not a sibling's: not below 0
         log, se = reads([(one, block), (two, ref), (a1, a2), (block, ref)])
-        if log[0] + log[1] - log[2] - log[3] < -TETRAD_Z * math.sqrt((se * se).sum()):
+        if not log[0] + log[1] - log[2] - log[3] >= -TETRAD_Z * math.sqrt((se * se).sum()):  # NaN fails too
             return None
     others = [near[t] for t in near if t != a]
     return (margin, a) if _homogeneous(reads, near[a], others) else None
@@ -150,10 +151,10 @@ def _departure(reads: Reads, members: dict, out: torch.Tensor, neighbours, j: in
 
 
 def departure_sweep(reads: Reads, members: dict, out: torch.Tensor, neighbours: tuple[torch.Tensor, ...],
-                    block_size: int) -> int:
+                    block_size: int, left: set | None = None) -> int:
     """One pass of departures over the blocks (``members``: ``{block: sorted member list}``, ``out [U]``: each
     unit's block, both updated; ``neighbours``: each unit's graph neighbours); returns how many parts moved. A block
-    left empty is deleted from ``members``."""
+    left empty is deleted from ``members``; one left smaller than half a block is added to ``left``."""
     moved = 0
     for j in sorted(members):
         if j not in members:
@@ -167,5 +168,32 @@ def departure_sweep(reads: Reads, members: dict, out: torch.Tensor, neighbours: 
         out[part] = a
         if not members[j]:
             del members[j]
+        elif left is not None and len(members[j]) < (block_size + 1) // 2:
+            left.add(j)
         moved += 1
     return moved
+
+
+def absorb_leftovers(reads: Reads, members: dict, out: torch.Tensor, neighbours: tuple[torch.Tensor, ...],
+                     block_size: int, left: set) -> int:
+    """Blocks of ``left`` still smaller than half a block (what departures left behind: a block of one has no rest
+    to weigh a move against) join the adjacent block they read best (first canonical correlation) among those that
+    stay under ``2 * block_size``, as the partition absorbs its small leftovers; returns how many joined."""
+    joined = 0
+    for j in sorted(left):
+        if j not in members or len(members[j]) >= (block_size + 1) // 2:
+            continue
+        block = members[j]
+        near = set(out[torch.cat([neighbours[u] for u in block])].tolist()) - {j}
+        near = [t for t in sorted(near) if len(members[t]) + len(block) < 2 * block_size]
+        if not near:
+            continue
+        log = reads([(block, members[t]) for t in near])[0]
+        if np.isnan(log).all():
+            continue
+        a = near[int(np.nanargmax(log))]
+        members[a] = sorted(members[a] + block)
+        out[block] = a
+        del members[j]
+        joined += 1
+    return joined

@@ -63,5 +63,5 @@ def loading_graph(x: torch.Tensor, names: list[str], fallback: ActivationGraph |
     if not with_stderr:
         return graph
     c = corr[graph.edge_index[0], graph.edge_index[1]]
-    relative = (1 - c.square()) / (c.clamp_min(1e-6) * x.shape[0] ** 0.5)
+    relative = (1 - c.square()).clamp_min(0.0) / (c.clamp_min(1e-6) * x.shape[0] ** 0.5)  # |corr| may round past 1
     return graph, (graph.edge_weight.double() * relative).float()

@@ -83,7 +83,7 @@ import logging
 import numpy as np
 import torch
 
-from graphs.departures import Reads, departure_sweep
+from graphs.departures import Reads, absorb_leftovers, departure_sweep
 from graphs.graph import ActivationGraph
 from graphs.moments import StreamingMoments
 from graphs.tetrads import canonical_corrs, first_canonical_corr, tetrad_exchange, tetrad_rises
@@ -350,15 +350,16 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
         swaps, gone = swaps + made, gone + dissolved
         if not made and not dissolved:
             break
-    halves, settled, departed = _Halves(corr, x.shape[0]), set(), 0
+    halves, settled, departed, left = _Halves(corr, x.shape[0]), set(), 0, set()
     cuts = _Halves(corr, x.shape[0], smallest=2)
     reads = Reads(corr, x.shape[0], lambda block: None if (read := cuts(block)) is None else read[0])
     for _ in range(_SWEEPS):
         made = _swap_sweep(corr, members, out, graph, gain, halves.best_swap, settled)
-        moved = departure_sweep(reads, members, out, neighbours, block_size) if block_size else 0
+        moved = departure_sweep(reads, members, out, neighbours, block_size, left) if block_size else 0
         part_swaps, departed = part_swaps + made, departed + moved
         if not made and not moved:
             break
+    departed += absorb_leftovers(reads, members, out, neighbours, block_size, left) if left else 0
     if swaps or gone or part_swaps or departed:
         log.info("partition: %d swap(s) of units and %d of parts between adjacent blocks, %d block(s) "
                  "dissolved, %d part(s) departed", swaps, part_swaps, gone, departed)

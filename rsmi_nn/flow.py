@@ -275,7 +275,8 @@ def _plan(level: int, graph, setting: _Setting, x: torch.Tensor | None = None):
     group closed off by a gap beyond the affinities' standard errors kept whole: with ``"loading"`` at any natural gap
     (``NATURAL_RATIO``) if it fills half a block, else at a decisive one (``DECISIVE_GAP``); with ``"loading-gaps"`` at
     any natural gap. Level 0's partition into blocks of at most ``MAX_SWAP_BLOCK_SIZE`` is then refined by Pareto
-    swaps of units and of blocks' halves, and dissolutions, :func:`graphs.swaps.pareto_swaps`)."""
+    swaps of units and of blocks' halves, dissolutions, and departures past ``block_size``,
+    :func:`graphs.swaps.pareto_swaps`)."""
     from graphs import lattice_blocks, partition
     from graphs.loadings import loading_graph
     from graphs.partitioning import DECISIVE_GAP, NATURAL_RATIO

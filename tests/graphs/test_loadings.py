@@ -73,3 +73,25 @@ def test_the_loading_graphs_standard_errors_shrink_with_the_rows(monkeypatch):
     monkeypatch.setattr(loadings, "MAX_LOADING_NODES", 4)
     top_k = ActivationGraph(names, torch.tensor([[0, 1], [1, 2]]))
     assert loading_graph(x, names, fallback=top_k, with_stderr=True) == (top_k, None)
+
+
+def test_duplicated_variables_get_a_standard_error_of_zero_not_below(monkeypatch):
+    """Two copies of one variable (a block of one unit read by two hidden variables) correlate 1 up to rounding,
+    which can land past 1 (a flow's level 1 did): their standard error is 0, never negative (the partition refuses
+    negative ones)."""
+    import graphs.loadings as loadings
+
+    correlation = loadings.StreamingMoments.correlation
+
+    def past_one(self):
+        corr = correlation(self)
+        corr[0, 5] = corr[5, 0] = 1.0 + 1e-6
+        return corr
+    monkeypatch.setattr(loadings.StreamingMoments, "correlation", past_one)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 5, generator=gen) + torch.randn(2000, 1, generator=gen)
+    x = torch.cat([x, 3.0 * x[:, :1]], dim=1)  # column 5 copies column 0
+    graph, se = loading_graph(x, [f"v{i}" for i in range(6)], with_stderr=True)
+    assert bool(torch.isfinite(se).all()) and bool((se >= 0).all())
+    src, dst = graph.edge_index
+    assert float(se[(src == 0) & (dst == 5)].max()) == 0.0
