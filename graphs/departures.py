@@ -21,7 +21,9 @@ P) + log ρ(A₂, P) − log ρ(A₁, A₂)`` (``2 log r(A, P)`` plus ``P``'s ow
 ``TETRAD_Z`` standard errors, when the tetrads ``log ρ(A₁, P) + log ρ(A₂, R) − log ρ(A₁, A₂) − log ρ(P, R)`` (and
 with ``A₁``, ``A₂`` exchanged) are not below ``−TETRAD_Z`` standard errors (``log r(A, P)`` against a reference as
 far from both: a fragment of ``A``'s group, not a complete small group beside a sibling) and ``A`` is homogeneous.
-Measured in the README (issue 15, "Departures").
+After the sweeps a block that departures left under half a block (a unit whose block-mates all left has no rest to
+weigh a move against) joins the adjacent block it reads best (:func:`absorb_leftovers`), as the partition absorbs
+its small leftovers. Measured in the README (issue 15, "Departures past ``block_size``").
 """
 
 from __future__ import annotations

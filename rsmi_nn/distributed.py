@@ -30,9 +30,16 @@ from graphs.distributed import all_gather_objects, is_active, share, world_size
 __all__ = ["block_share", "gather_blocks", "gather_values", "only_blocks"]
 
 
+# MKL computes a batch of one problem with another kernel than the same problem in a larger batch (other last bits:
+# bmm of 160 of the critics' and filters' shapes on the Zen 4 VM with strict_blas, 2026-12-05, 27 differ for a batch of
+# one, none for two or three), so no rank trains a share of one block: below this share per rank every rank trains all
+MIN_SHARE = 2
+
+
 def block_share(n_blocks: int, *, coupled: bool = False) -> torch.Tensor | None:
-    """This rank's blocks (LongTensor, contiguous), or None: one process, coupled blocks, or fewer blocks than ranks."""
-    if not is_active() or coupled or n_blocks < world_size():
+    """This rank's blocks (LongTensor, contiguous), or None: one process, coupled blocks, or fewer than
+    :data:`MIN_SHARE` blocks per rank (then every rank trains all of them, replicated)."""
+    if not is_active() or coupled or n_blocks < MIN_SHARE * world_size():
         return None
     return torch.tensor(list(share(n_blocks)), dtype=torch.long)
 

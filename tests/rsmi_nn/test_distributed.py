@@ -115,3 +115,16 @@ def test_the_thread_count_does_not_change_the_bytes(single, tmp_path):
     (result,) = spawn_ranks(_flow_threads, (x, str(tmp_path / "run"), 8), tmp_path, world=1)
     assert result[0] == "ok", result[-1]
     assert result[1][0] == files
+
+
+def test_no_rank_trains_a_share_of_one_block(monkeypatch):
+    """MKL runs a batch of one problem on another kernel than the same problem in a batch (other last bits), so a
+    rank never trains one block alone: with fewer than two blocks per rank every rank trains all of them."""
+    import rsmi_nn.distributed as dist
+
+    monkeypatch.setattr(dist, "is_active", lambda: True)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "share", lambda n: range(0, (n + 1) // 2))  # rank 0's share
+    assert dist.block_share(3) is None and dist.block_share(1) is None  # shares of 2 and 1: replicated
+    assert dist.block_share(4).tolist() == [0, 1]
+    assert dist.block_share(8, coupled=True) is None
