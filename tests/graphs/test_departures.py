@@ -16,7 +16,8 @@ MIXED = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 1, 1, 3, 3, 3, 2, 4, 4, 4])
 def _groups_of_sizes(sizes=SIZES, n: int = 8000, seed: int = 0, latent_corr: float = 0.6) -> torch.Tensor:
     """Groups of the given sizes, one after another, each reading its latent (the latents correlate
     ``latent_corr``, sibling groups) with loadings in 0.7-1.3, consecutive pairs of a group sharing a nuisance of
-    strength 1.5 with random signs (a group of odd size ends with a unit of its own). ``[n, sum(sizes)]``."""
+    strength 1.5 with random signs (a group of odd size ends with a unit under a nuisance of its own). ``[n,
+    sum(sizes)]``."""
     g = torch.Generator().manual_seed(seed)
     common = torch.randn(n, generator=g)
     cols = []
