@@ -99,6 +99,7 @@ SWAP_GAIN = 0.02  # relative rise of the two blocks' summed R² a swap must brin
 # the largest block read as two parts (its 2^(b-1) - 1 splits searched: 127 at 8): past the flow's blocks of up to
 # 2 * MAX_SWAP_BLOCK_SIZE - 1 units (natural merges), larger ones take no part swaps
 MAX_CUT_UNITS = 8
+_PART_UNITS = 4  # the smallest block a part swap reads as two parts (departures read blocks of 2 and 3 too)
 _SWEEPS = 5
 
 
@@ -158,19 +159,19 @@ def cross_part_mi(corr: torch.Tensor, p: list[int], q: list[int]) -> float:
 
 
 class _Halves:
-    """Each block of 4 to :data:`MAX_CUT_UNITS` units as two parts, its weakest cut (the split whose parts share the
-    least information: between a group's nuisance sub-groups, or between two groups), with each part's ``log det``,
-    the mutual information between them (:func:`cross_part_mi`) and their first canonical correlation, kept per
-    member list (a swept pair of blocks reads each block's again and again); ``rows``: the number of samples behind
-    ``corr`` (the tetrad test's standard errors)."""
+    """Each block of ``smallest`` (4 unless said) to :data:`MAX_CUT_UNITS` units as two parts, its weakest cut (the
+    split whose parts share the least information: between a group's nuisance sub-groups, or between two groups),
+    with each part's ``log det``, the mutual information between them (:func:`cross_part_mi`) and their first
+    canonical correlation, kept per member list (a swept pair of blocks reads each block's again and again); ``rows``:
+    the number of samples behind ``corr`` (the tetrad test's standard errors)."""
 
-    def __init__(self, corr: torch.Tensor, rows: int, smallest: int = 4):
+    def __init__(self, corr: torch.Tensor, rows: int, smallest: int = _PART_UNITS):
         self.corr, self.rows, self.smallest = corr, rows, smallest
         self._known: dict[tuple[int, ...], tuple | None] = {}
 
     def __call__(self, block: list[int]) -> tuple[list[list[int]], tuple[float, float], float, float] | None:
         """``(parts, (log det of each part), MI between the parts, their first canonical correlation)``; None for a
-        block of fewer than ``smallest`` units (4 for part swaps) or more than :data:`MAX_CUT_UNITS`."""
+        block of fewer than ``smallest`` units or more than :data:`MAX_CUT_UNITS`."""
         key = tuple(block)
         if key not in self._known:
             self._known[key] = self._read(block) if self.smallest <= len(block) <= MAX_CUT_UNITS else None
@@ -193,7 +194,9 @@ class _Halves:
     def best_swap(self, corr: torch.Tensor, a: list[int], b: list[int], gain: float):
         """The part swap between blocks ``a`` and ``b`` that passes the Pareto test on mutual information (the
         largest rise above ``gain`` of it) or else the tetrad test (see the module docstring), as the new ``(a, b)``
-        member lists; None when there is none."""
+        member lists; None when there is none (a block of fewer than 4 units has no parts to swap)."""
+        if min(len(a), len(b)) < _PART_UNITS:
+            return None
         read_a, read_b = self(a), self(b)
         if read_a is None or read_b is None:
             return None
@@ -350,9 +353,9 @@ def pareto_swaps(x: torch.Tensor, blocks: torch.Tensor, graph: ActivationGraph, 
         swaps, gone = swaps + made, gone + dissolved
         if not made and not dissolved:
             break
-    halves, settled, departed, left = _Halves(corr, x.shape[0]), set(), 0, set()
-    cuts = _Halves(corr, x.shape[0], smallest=2)
-    reads = Reads(corr, x.shape[0], lambda block: None if (read := cuts(block)) is None else read[0])
+    # one reading of each block's weakest cut for the part swaps (4 units and more) and the departures (2 and more)
+    halves, settled, departed, left = _Halves(corr, x.shape[0], smallest=2), set(), 0, set()
+    reads = Reads(corr, x.shape[0], lambda block: None if (read := halves(block)) is None else read[0])
     for _ in range(_SWEEPS):
         made = _swap_sweep(corr, members, out, graph, gain, halves.best_swap, settled)
         moved = departure_sweep(reads, members, out, neighbours, block_size, left) if block_size else 0
