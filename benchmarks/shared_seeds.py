@@ -2,9 +2,9 @@
 
 One seed of ``bench_vs_rsmine`` cannot tell a change of the shared step's stopping from the lottery of how a
 near-uniform filter breaks 2–2 ties (the probe moves by up to ~0.01 between filters 0.01 from uniform), so the
-README's table of the shared step's validation interval is five seeds of this: each seed draws its own samples
-(and fresh ones for the probe), trains ``coarse_grain(shared=True)`` with the defaults plus any ``--set``
-options, and reads the uniform block spin through the same probe.
+table of the shared step's validation interval (docs/benchmarks-log.md) is five seeds of this: each seed draws
+its own samples (and fresh ones for the probe), trains ``coarse_grain(shared=True)`` with the defaults plus any
+``--set`` options, and reads the uniform block spin through the same probe.
 
 ``python -m benchmarks.shared_seeds [--seeds 5] [--L 32] [--T 2.269185] [--samples 20000] [--set eval_every=50 ...]``
 """

@@ -218,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="experiments/results/tmr_heldout", help="folder for heldout.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coupling", type=float, action="append",
-                        help="the 12 constructions at this coupling instead (repeatable; README: 0.75, 0.8, 0.85)")
+                        help="the 12 constructions at this coupling instead (repeatable; "
+                             "docs/planted-hierarchy.md: 0.75, 0.8, 0.85)")
     parser.add_argument("--amplitude", type=float,
-                        help="the nuisance's strength instead of 2 (README: a weak nuisance, 0.5-1, cancels signal)")
+                        help="the nuisance's strength instead of 2 (docs/planted-hierarchy.md: a weak nuisance, 0.5-1, "
+                             "cancels signal)")
     args = parser.parse_args(argv)
     if args.quick and (args.coupling or args.amplitude is not None):
         parser.error("--quick runs the sweep as it is; pass --coupling or --amplitude without it")

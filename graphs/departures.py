@@ -23,7 +23,7 @@ with ``A₁``, ``A₂`` exchanged) are not below ``−TETRAD_Z`` standard errors
 far from both: a fragment of ``A``'s group, not a complete small group beside a sibling) and ``A`` is homogeneous.
 After the sweeps a block that departures left under half a block (a unit whose block-mates all left has no rest to
 weigh a move against) joins the adjacent block it reads best (:func:`absorb_leftovers`), as the partition absorbs
-its small leftovers. Measured in the README (issue 15, "Departures past ``block_size``").
+its small leftovers. Measured in docs/planted-hierarchy.md ("Departures past ``block_size``").
 """
 
 from __future__ import annotations

@@ -57,12 +57,12 @@ CLOSING_Z = 2.0
 # errors; clusters of at least half a block at NATURAL_RATIO. On the default MiniLM run's level 1 (1 321 variables,
 # block_size 8): 172 blocks with no closing, 190 closing every cluster at this gap, 214 with half blocks at
 # NATURAL_RATIO, 325 closing every cluster at NATURAL_RATIO; a binary planted tree's level-1 pairs (block_size 4)
-# close at coupling 0.8 and 0.9 only by the half-block rule (gap c^2 = 0.64, 0.81; see README, issue 15).
+# close at coupling 0.8 and 0.9 only by the half-block rule (gap c^2 = 0.64, 0.81; see docs/planted-hierarchy.md).
 DECISIVE_GAP = 0.6
 # a merge past block_size also continues a group at a lower affinity than formed its parts when the two parts are
 # each other's decisive partners: neither has a connection elsewhere above this fraction of theirs. Sibling groups of a
 # planted tree sit at ~c^2 of the within-group affinity (c the coupling: 0.64 at 0.8, 0.81 at 0.9); measured on 240
-# held-out hierarchies (README, issue 15)
+# held-out hierarchies (docs/planted-hierarchy.md)
 GROUP_GAP = 0.75
 # ... and densely linked: at least this fraction of the pairs of nodes across the two parts are edges of the graph (the
 # planted groups' parts: ~1, the same blocks from 0 to 0.9 on all 240; two fragments of a lattice: a boundary, <= 0.5)

@@ -173,7 +173,7 @@ def _step_options(setting: _Setting, level: int):
     block's principal component: the variables carry no nuisance, their common factor within a block is the planted
     latent, and their correlations with each other exceed those with the environment, which the canonical start
     fits (issue 15's third construction at weak coupling from 3 000 rows: level-1 variables 0.25 -> 0.96 of the
-    reachable |corr|; README, "Within the noise")."""
+    reachable |corr|; docs/planted-hierarchy.md, "Within the noise")."""
     opts = setting.options.step_options()
     if setting.lattice_block is not None:
         return opts

@@ -91,7 +91,7 @@ class StepOptions(Options):
       against the block spin's 0.41), on others near-uniform; with a binary H (RSMI's block spin, RSMI-NE's
       relaxed Bernoulli) the probe reads 0.402-0.410 on seeds 0-2 (the uniform filter 0.407-0.409).
       Continuous inputs keep a real-valued H, and so do two-valued units in a flow off a lattice (``run_flow``
-      decides; a ±1 H reached 0.77-0.90 of a planted latent's linear ceiling there, README).
+      decides; a ±1 H reached 0.77-0.90 of a planted latent's linear ceiling there, docs/planted-hierarchy.md).
     - ``noise`` 2.0 for a binarised H (the relaxed Bernoulli of RSMI-NE, ``P(H = +1) = sigmoid(2 pre / noise)``)
       makes the objective smooth in the weights, so the learnt filter is identifiable (the uniform block spin
       on the Ising model at T_c); with 1.0 a 3-spin majority was found as a local optimum on some seeds.
@@ -137,7 +137,8 @@ class StepOptions(Options):
                                   convert=_binarize_shorthand)
     noise: float | None = option(None, "training noise of H: logistic for a binarised H (default 2.0, the relaxed "
                                  "Bernoulli of RSMI-NE), Gaussian of this std for a real-valued H (default 0; "
-                                 "1-2 keeps model outputs better, see README)", kind=float, optional=True, minimum=0)
+                                 "1-2 keeps model outputs better, see docs/faithfulness.md)", kind=float, optional=True,
+                                 minimum=0)
     refit_critic: bool = option(True, "after training H with noise (a binary H's stochastic spin, or Gaussian), "
                                 "go on training the critic on the noiseless H (filters frozen), so the reported MI is "
                                 "the variables' own; false reports the training critic's looser bound (faster)",
@@ -203,7 +204,7 @@ class StepOptions(Options):
         """``eval_every``, the default decided: 50 steps, 25 for a shared filter, whose every step reads
         :data:`rsmi_nn.shared_step.BLOCKS_PER_STEP` blocks' rows and whose validation value is the mean over up to
         16 blocks. 2×2 Ising, L = 32 at T_c, seeds 0-4: the step 3.9 -> 2.3 s on average, the filters' independent
-        probe 0.4057 -> 0.4047 nats (the uniform block spin's 0.4060); README, issue 20."""
+        probe 0.4057 -> 0.4047 nats (the uniform block spin's 0.4060); docs/benchmarks-log.md."""
         if self.eval_every is not None:
             return self.eval_every
         return 25 if self.shared else 50
@@ -215,7 +216,7 @@ class StepOptions(Options):
         ~0.01 nats between evaluations with the critic's calibration, and gains of 0.001-0.003 restarted the
         patience at random: 2×2 Ising, L = 32 at T_c, seeds 0-4, training steps 275-575 -> 275-450, the step
         2.10 -> 1.87 s on average, every probe and own MI the same; L = 24 at T 2.1 / 2.6, four seeds each, 12 of
-        13 cases the same filter, one probe 0.5502 -> 0.5481 (README, issue 20)."""
+        13 cases the same filter, one probe 0.5502 -> 0.5481 (docs/benchmarks-log.md)."""
         if self.min_delta is not None:
             return self.min_delta
         return 0.01 if self.shared else 1e-3
@@ -230,7 +231,7 @@ class StepOptions(Options):
         on average, 21 of 25 filters the same, mean probes 0.4063 -> 0.4062 (L = 32), 0.1940 -> 0.1933 (L = 48, seed
         1 0.1937 -> 0.1903), 0.3958 -> 0.3958 (L = 64). 3 -> 2 (2026-12-03; L = 32 T_c seeds 0-1, L = 24 T 2.1 / 2.6,
         L = 48 T 2.5 seeds 1-2, L = 64 T_c): 25 training steps fewer in each, every filter the same bytes and every probe
-        the same (no gain of 0.01 came after two evaluations without one); README, issue 20."""
+        the same (no gain of 0.01 came after two evaluations without one); docs/benchmarks-log.md."""
         if self.patience is not None:
             return self.patience
         return 2 if self.shared else 10

@@ -108,7 +108,7 @@ def test_the_sweep_at_another_coupling_and_its_bad_values():
 
 
 def test_loading_affinities_keep_a_branching_3_tree_whole_at_level_1():
-    """Spin b3 pairs at coupling 0.85 (README, issue 15): on the top-k |corr| graph the level-1 blocks span groups
+    """Spin b3 pairs at coupling 0.85 (docs/planted-hierarchy.md): on the top-k |corr| graph the level-1 blocks span groups
     (two strong pairs of different groups outrank each pair's weak member); ``coarse_partition="loading"`` keeps
     every planted group whole."""
     from sklearn.metrics import adjusted_rand_score

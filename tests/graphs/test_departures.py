@@ -40,7 +40,7 @@ def _same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 # seed 1 of 0-5 is not repaired: the pair of the group of 6 stays a block of its own (its home's weakest cut cuts off one
-# unit, not a nuisance pair, so the merge triad reads the home as weak; README, issue 15, "Departures")
+# unit, not a nuisance pair, so the merge triad reads the home as weak; docs/planted-hierarchy.md, "Departures")
 @pytest.mark.parametrize("seed", [0, 2, 3, 4, 5])
 def test_groups_of_unequal_sizes_are_reunited_past_block_size(seed, monkeypatch):
     x = _groups_of_sizes(seed=seed)

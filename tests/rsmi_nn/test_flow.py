@@ -182,7 +182,7 @@ def test_how_far_a_flow_goes_is_not_compared_on_resume():
 def test_two_valued_units_get_a_binary_h_on_a_lattice_only():
     """``binarize="auto"``: Ising spins on their lattice are coarse-grained into block spins; ±1 units of a planted
     hierarchy on a co-occurrence graph keep a real-valued H, which reads the group's latent as well as its best linear
-    read-out (a binary H reached 0.77-0.90 of it; README)."""
+    read-out (a binary H reached 0.77-0.90 of it; docs/planted-hierarchy.md)."""
     from experiments.tmr_heldout import sample_heldout
     from experiments.tmr_scores import multiple_corr
     from graphs import build_graph

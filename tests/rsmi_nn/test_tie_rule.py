@@ -37,7 +37,7 @@ def test_near_uniform_filters_snap_with_their_signs_and_others_stay():
 
 
 def test_two_components_are_left_as_learnt():
-    """Their sign patterns split the ties jointly: snapping a near-uniform column of two lost I(H;E) (README)."""
+    """Their sign patterns split the ties jointly: snapping a near-uniform column of two lost I(H;E) (docs/benchmarks-log.md)."""
     mask = torch.ones(1, 4, dtype=torch.bool)
     filt = _filter(torch.tensor([[[0.5, 0.23], [0.47, 0.7], [0.54, 0.11], [0.49, 0.66]]]), mask)
     before = filt.unit_weight().clone()
