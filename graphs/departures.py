@@ -21,9 +21,11 @@ P) + log ρ(A₂, P) − log ρ(A₁, A₂)`` (``2 log r(A, P)`` plus ``P``'s ow
 ``TETRAD_Z`` standard errors, when the tetrads ``log ρ(A₁, P) + log ρ(A₂, R) − log ρ(A₁, A₂) − log ρ(P, R)`` (and
 with ``A₁``, ``A₂`` exchanged) are not below ``−TETRAD_Z`` standard errors (``log r(A, P)`` against a reference as
 far from both: a fragment of ``A``'s group, not a complete small group beside a sibling) and ``A`` is homogeneous.
-After the sweeps a block that departures left under half a block (a unit whose block-mates all left has no rest to
-weigh a move against) joins the adjacent block it reads best (:func:`absorb_leftovers`), as the partition absorbs
-its small leftovers. Measured in docs/planted-hierarchy.md ("Departures past ``block_size``").
+After the sweeps a block that departures left at half a block merges on its triad alone (a fragment: the
+same-latent tetrads misread it when its home's halves carry nuisances it shares), and one left under half a block (a
+unit whose block-mates all left has no rest to weigh a move against) joins the adjacent block it reads best
+(:func:`absorb_leftovers`), as the partition absorbs its small leftovers. Measured in docs/planted-hierarchy.md
+("Departures past ``block_size``", "Half blocks left behind").
 """
 
 from __future__ import annotations
@@ -110,9 +112,10 @@ def _triad(reads: Reads, home: list[int], part: list[int]):
     return None if np.isnan(log).any() else (log[0] + log[1] - log[2], se, cut)
 
 
-def _merge(reads: Reads, block: list[int], near: dict, room: int):
+def _merge(reads: Reads, block: list[int], near: dict, room: int, same_latent: bool = True):
     """The adjacent block that the whole ``block`` merges into and the margin of its triad over the runner-up's
-    (module docstring); None when there is none."""
+    (module docstring); None when there is none. ``same_latent=False`` skips the tetrads that tell a complete small
+    group from a fragment (for half blocks that departures left behind: fragments)."""
     triads = {t: tr for t in near if (tr := _triad(reads, near[t], block)) is not None}
     if len(triads) < 2:
         return None
@@ -124,7 +127,7 @@ def _merge(reads: Reads, block: list[int], near: dict, room: int):
     if margin <= 0:
         return None
     ref = near[runner]
-    for one, two in ((a1, a2), (a2, a1)):  # P reads A's latent, not a sibling's: not below 0
+    for one, two in ((a1, a2), (a2, a1)) if same_latent else ():  # P reads A's latent, not a sibling's: not below 0
         log, se = reads([(one, block), (two, ref), (a1, a2), (block, ref)])
         if not log[0] + log[1] - log[2] - log[3] >= -TETRAD_Z * math.sqrt((se * se).sum()):  # NaN fails too
             return None
@@ -156,7 +159,7 @@ def departure_sweep(reads: Reads, members: dict, out: torch.Tensor, neighbours: 
                     block_size: int, left: set | None = None) -> int:
     """One pass of departures over the blocks (``members``: ``{block: sorted member list}``, ``out [U]``: each
     unit's block, both updated; ``neighbours``: each unit's graph neighbours); returns how many parts moved. A block
-    left empty is deleted from ``members``; one left smaller than half a block is added to ``left``."""
+    left empty is deleted from ``members``; one left with half a block or less is added to ``left``."""
     moved = 0
     for j in sorted(members):
         if j not in members:
@@ -170,7 +173,7 @@ def departure_sweep(reads: Reads, members: dict, out: torch.Tensor, neighbours: 
         out[part] = a
         if not members[j]:
             del members[j]
-        elif left is not None and len(members[j]) < (block_size + 1) // 2:
+        elif left is not None and len(members[j]) <= block_size // 2:
             left.add(j)
         moved += 1
     return moved
@@ -178,24 +181,41 @@ def departure_sweep(reads: Reads, members: dict, out: torch.Tensor, neighbours: 
 
 def absorb_leftovers(reads: Reads, members: dict, out: torch.Tensor, neighbours: tuple[torch.Tensor, ...],
                      block_size: int, left: set) -> int:
-    """Blocks of ``left`` still smaller than half a block (what departures left behind: a block of one has no rest
-    to weigh a move against) join the adjacent block they read best (first canonical correlation) among those that
-    stay under ``2 * block_size``, as the partition absorbs its small leftovers; returns how many joined."""
+    """Blocks of ``left`` that departures left behind join an adjacent block that stays under ``2 * block_size``; returns
+    how many joined. First a block of exactly half a block (even ``block_size``) merges where its triad is decisive
+    (:func:`_merge` without the same-latent tetrads: its block-mates left for their own group, so it is a fragment of
+    another, and halves of its home that carry a nuisance it shares can read it below a sibling); then a block still
+    smaller than half a block (a block of one has no rest to weigh a move against) joins the block it reads best
+    (first canonical correlation), as the partition absorbs its small leftovers."""
     joined = 0
+    for j in sorted(left):
+        if j not in members or 2 * len(members[j]) != block_size:
+            continue
+        found = _merge(reads, members[j], _adjacent(members, out, neighbours, j), 2 * block_size, same_latent=False)
+        if found is not None:
+            _join(members, out, j, found[1])
+            joined += 1
     for j in sorted(left):
         if j not in members or len(members[j]) >= (block_size + 1) // 2:
             continue
-        block = members[j]
-        near = set(out[torch.cat([neighbours[u] for u in block])].tolist()) - {j}
-        near = [t for t in sorted(near) if len(members[t]) + len(block) < 2 * block_size]
+        near = [t for t, m in _adjacent(members, out, neighbours, j).items() if len(m) + len(members[j]) < 2 * block_size]
         if not near:
             continue
-        log = reads([(block, members[t]) for t in near])[0]
-        if np.isnan(log).all():
-            continue
-        a = near[int(np.nanargmax(log))]
-        members[a] = sorted(members[a] + block)
-        out[block] = a
-        del members[j]
-        joined += 1
+        log = reads([(members[j], members[t]) for t in near])[0]
+        if not np.isnan(log).all():
+            _join(members, out, j, near[int(np.nanargmax(log))])
+            joined += 1
     return joined
+
+
+def _adjacent(members: dict, out: torch.Tensor, neighbours, j: int) -> dict:
+    """``{block: members}`` of the blocks other than ``j`` that a unit of block ``j`` neighbours, in label order."""
+    near = set(out[torch.cat([neighbours[u] for u in members[j]])].tolist()) - {j}
+    return {t: members[t] for t in sorted(near)}
+
+
+def _join(members: dict, out: torch.Tensor, j: int, a: int) -> None:
+    """Block ``j`` joins block ``a`` (``members`` and ``out`` updated, ``j`` deleted)."""
+    members[a] = sorted(members[a] + members[j])
+    out[members[j]] = a
+    del members[j]
