@@ -21,8 +21,9 @@ P) + log ρ(A₂, P) − log ρ(A₁, A₂)`` (``2 log r(A, P)`` plus ``P``'s ow
 ``TETRAD_Z`` standard errors, when the tetrads ``log ρ(A₁, P) + log ρ(A₂, R) − log ρ(A₁, A₂) − log ρ(P, R)`` (and
 with ``A₁``, ``A₂`` exchanged) are not below ``−TETRAD_Z`` standard errors (``log r(A, P)`` against a reference as
 far from both: a fragment of ``A``'s group, not a complete small group beside a sibling) and ``A`` is homogeneous.
-After the sweeps a block that departures left at half a block merges on its triad alone (a fragment: the
-same-latent tetrads misread it when its home's halves carry nuisances it shares), and one left under half a block (a
+After the sweeps a block of two or more units that departures left at half a block merges on its triad and the
+home's homogeneity without the same-latent tetrads (a fragment: they misread it when its home's halves carry nuisances
+it shares), and one left under half a block (a
 unit whose block-mates all left has no rest to weigh a move against) joins the adjacent block it reads best
 (:func:`absorb_leftovers`), as the partition absorbs its small leftovers. Measured in docs/planted-hierarchy.md
 ("Departures past ``block_size``", "Half blocks left behind").
@@ -182,14 +183,14 @@ def departure_sweep(reads: Reads, members: dict, out: torch.Tensor, neighbours: 
 def absorb_leftovers(reads: Reads, members: dict, out: torch.Tensor, neighbours: tuple[torch.Tensor, ...],
                      block_size: int, left: set) -> int:
     """Blocks of ``left`` that departures left behind join an adjacent block that stays under ``2 * block_size``; returns
-    how many joined. First a block of exactly half a block (even ``block_size``) merges where its triad is decisive
+    how many joined. First a block of exactly half a block (``block_size`` even, >= 4) merges where its triad is decisive
     (:func:`_merge` without the same-latent tetrads: its block-mates left for their own group, so it is a fragment of
     another, and halves of its home that carry a nuisance it shares can read it below a sibling); then a block still
     smaller than half a block (a block of one has no rest to weigh a move against) joins the block it reads best
     (first canonical correlation), as the partition absorbs its small leftovers."""
     joined = 0
     for j in sorted(left):
-        if j not in members or 2 * len(members[j]) != block_size:
+        if j not in members or 2 * len(members[j]) != block_size or len(members[j]) < 2:
             continue
         found = _merge(reads, members[j], _adjacent(members, out, neighbours, j), 2 * block_size, same_latent=False)
         if found is not None:
