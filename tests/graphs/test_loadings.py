@@ -18,6 +18,18 @@ def test_triad_loadings_are_exact_on_a_one_factor_tree():
     assert torch.allclose(triad_loadings(_tree_corr(r, groups, 0.72)), r, atol=1e-12)
 
 
+def test_triad_loadings_hold_when_a_weak_variables_strongest_partners_lie_in_another_group():
+    """One group reads its latent far better (0.95 against 0.5): a weak variable's two strongest partners are both in
+    that group, and their triad alone reads r² as 0.25 · 0.64² (r 0.32); the median over partners k of the best
+    partner j's triads does not (sample_tmr, groups of 3, level 1: docs/planted-hierarchy.md)."""
+    r = torch.tensor([0.95] * 4 + [0.5] * 12, dtype=torch.float64)
+    groups = torch.arange(16) // 4
+    corr = _tree_corr(r, groups, 0.64)
+    assert torch.allclose(triad_loadings(corr), r, atol=1e-12)
+    two_strongest = corr[4, 0] * corr[4, 1] / corr[0, 1]
+    assert abs(float(two_strongest.sqrt()) - 0.32) < 0.001  # what the loading was read as before
+
+
 def test_the_loading_graph_reads_the_groups_correlation():
     """Samples of three groups (one weak variable each): every pair joined, weight ~1 inside a group, ~0.72 across;
     raw |corr| ranks two strong variables of different groups above a weak one and its own group."""
