@@ -38,7 +38,7 @@ import torch
 
 from graphs.tetrads import TETRAD_Z, canonical_corrs, log_rho
 
-__all__ = ["REFERENCES", "Reads", "absorb_leftovers", "departure_sweep"]
+__all__ = ["REFERENCES", "Reads", "absorb_leftovers", "adjacent_blocks", "departure_sweep"]
 
 REFERENCES = 3  # the blocks a move is tested against (those the moving part reads best besides its new block)
 
@@ -148,8 +148,7 @@ def _departure(reads: Reads, members: dict, out: torch.Tensor, neighbours, j: in
     best = None
     for part in parts:
         rest = [u for u in block if u not in part]
-        near = set(out[torch.cat([neighbours[u] for u in part])].tolist()) - {j}
-        near = {t: members[t] for t in sorted(near)}
+        near = {t: members[t] for t in adjacent_blocks(out, neighbours, part, j)}
         found = _move(reads, part, rest, near, 2 * block_size) if rest else _merge(reads, part, near, 2 * block_size)
         if found is not None and (best is None or found[0] > best[0]):
             best = (found[0], part, found[1])
@@ -169,12 +168,8 @@ def departure_sweep(reads: Reads, members: dict, out: torch.Tensor, neighbours: 
         if found is None:
             continue
         part, a = found
-        members[j] = [u for u in members[j] if u not in part]
-        members[a] = sorted(members[a] + part)
-        out[part] = a
-        if not members[j]:
-            del members[j]
-        elif left is not None and len(members[j]) <= block_size // 2:
+        _transfer(members, out, part, j, a)
+        if left is not None and j in members and len(members[j]) <= block_size // 2:
             left.add(j)
         moved += 1
     return moved
@@ -192,31 +187,35 @@ def absorb_leftovers(reads: Reads, members: dict, out: torch.Tensor, neighbours:
     for j in sorted(left):
         if j not in members or 2 * len(members[j]) != block_size or len(members[j]) < 2:
             continue
-        found = _merge(reads, members[j], _adjacent(members, out, neighbours, j), 2 * block_size, same_latent=False)
+        near = {t: members[t] for t in adjacent_blocks(out, neighbours, members[j], j)}
+        found = _merge(reads, members[j], near, 2 * block_size, same_latent=False)
         if found is not None:
-            _join(members, out, j, found[1])
+            _transfer(members, out, members[j], j, found[1])
             joined += 1
     for j in sorted(left):
         if j not in members or len(members[j]) >= (block_size + 1) // 2:
             continue
-        near = [t for t, m in _adjacent(members, out, neighbours, j).items() if len(m) + len(members[j]) < 2 * block_size]
+        near = [t for t in adjacent_blocks(out, neighbours, members[j], j)
+                if len(members[t]) + len(members[j]) < 2 * block_size]
         if not near:
             continue
         log = reads([(members[j], members[t]) for t in near])[0]
         if not np.isnan(log).all():
-            _join(members, out, j, near[int(np.nanargmax(log))])
+            _transfer(members, out, members[j], j, near[int(np.nanargmax(log))])
             joined += 1
     return joined
 
 
-def _adjacent(members: dict, out: torch.Tensor, neighbours, j: int) -> dict:
-    """``{block: members}`` of the blocks other than ``j`` that a unit of block ``j`` neighbours, in label order."""
-    near = set(out[torch.cat([neighbours[u] for u in members[j]])].tolist()) - {j}
-    return {t: members[t] for t in sorted(near)}
+def adjacent_blocks(out: torch.Tensor, neighbours, units: list[int], own: int) -> list[int]:
+    """The labels (sorted) of the blocks other than ``own`` that a unit of ``units`` neighbours in the graph (``out
+    [U]``: each unit's block; ``neighbours``: each unit's graph neighbours)."""
+    return sorted(set(out[torch.cat([neighbours[u] for u in units])].tolist()) - {own})
 
 
-def _join(members: dict, out: torch.Tensor, j: int, a: int) -> None:
-    """Block ``j`` joins block ``a`` (``members`` and ``out`` updated, ``j`` deleted)."""
-    members[a] = sorted(members[a] + members[j])
-    out[members[j]] = a
-    del members[j]
+def _transfer(members: dict, out: torch.Tensor, units: list[int], j: int, a: int) -> None:
+    """``units`` of block ``j`` join block ``a`` (``members`` and ``out`` updated; ``j`` deleted once empty)."""
+    members[j] = [u for u in members[j] if u not in units]
+    members[a] = sorted(members[a] + list(units))
+    out[units] = a
+    if not members[j]:
+        del members[j]

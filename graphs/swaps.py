@@ -83,7 +83,7 @@ import logging
 import numpy as np
 import torch
 
-from graphs.departures import Reads, absorb_leftovers, departure_sweep
+from graphs.departures import Reads, absorb_leftovers, adjacent_blocks, departure_sweep
 from graphs.graph import ActivationGraph
 from graphs.moments import StreamingMoments
 from graphs.tetrads import canonical_corrs, first_canonical_corr, tetrad_exchange, tetrad_rises
@@ -239,13 +239,13 @@ class _Halves:
         return keep_a + take_a, keep_b + take_b
 
 
-def _placement(corr: torch.Tensor, order: list[int], old: dict, members: dict, near: set, block_size: int):
+def _placement(corr: torch.Tensor, order: list[int], old: dict, members: dict, near: list[int], block_size: int):
     """Each unit of ``order`` in turn placed into the block of ``near`` with room (counting the units placed before
     it) whose members predict it best, as ``{block: placed units}``; None as soon as a unit is predicted no better
     there than its ``old`` ``R²``."""
     added: dict[int, list[int]] = {}
     for u in order:
-        room = [t for t in sorted(near) if len(members[t]) + len(added.get(t, ())) < block_size]
+        room = [t for t in near if len(members[t]) + len(added.get(t, ())) < block_size]
         r2 = [float(unit_r2(corr, torch.tensor([u] + members[t] + added.get(t, [])))[0]) for t in room]
         if not r2 or max(r2) <= old[u]:
             return None
@@ -267,11 +267,11 @@ def _dissolution_gain(corr: torch.Tensor, added: dict, old: dict, members: dict)
     return (after - before) / max(before, 1e-12)
 
 
-def _best_dissolution(corr: torch.Tensor, s: int, members: dict, near: set, block_size: int, gain: float):
+def _best_dissolution(corr: torch.Tensor, s: int, members: dict, near: list[int], block_size: int, gain: float):
     """Block ``s``'s members placed into adjacent blocks with room (``{block: new member list}``) where each is
     predicted better than in ``s``, no member of a receiving block worse, and the summed ``R²`` of the blocks
     involved rises by more than ``gain`` (relative to it); None when there is no such placement. ``near``: the blocks
-    other than ``s`` holding a graph neighbour of one of its members. Members are placed one at a time, each where
+    other than ``s`` holding a graph neighbour of one of its members, in label order. Members are placed one at a time, each where
     it is predicted best, weakest first and strongest first (a weak unit may be predicted better only once a
     stronger unit of its group has joined it): the Pareto placement of the larger gain."""
     old = dict(zip(members[s], unit_r2(corr, torch.tensor(members[s])).tolist()))
@@ -316,8 +316,7 @@ def _dissolve_sweep(corr: torch.Tensor, members: dict, out: torch.Tensor, neighb
     mean_r2 = {j: float(unit_r2(corr, torch.tensor(m)).mean()) for j, m in members.items()}
     gone = 0
     for s in sorted(members, key=mean_r2.get):
-        near = set(out[torch.cat([neighbours[u] for u in members[s]])].tolist()) - {s}
-        placed = _best_dissolution(corr, s, members, near, block_size, gain)
+        placed = _best_dissolution(corr, s, members, adjacent_blocks(out, neighbours, members[s], s), block_size, gain)
         if placed is None:
             continue
         for t, new in placed.items():
