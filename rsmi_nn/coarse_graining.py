@@ -119,8 +119,10 @@ class CoarseGrainResult:
         """Coarse variables ``[N, J * hidden]`` (column ``j * hidden + c``) of samples ``x [N, U]``.
 
         Binarised filters give exactly ±1. Rows are processed in chunks of at most ``chunk_size``, fewer where the
-        chunk's gathered blocks would pass :data:`TRANSFORM_CHUNK_BYTES` (memory does not grow with N); the numbers
-        do not depend on the chunking.
+        chunk's gathered blocks would pass :data:`TRANSFORM_CHUNK_BYTES` (memory does not grow with N). Linear
+        filters sum in float64 and round once, so a row's numbers do not depend on the chunking (float32 products
+        did on AVX-512 CPUs, whose MKL kernels round otherwise at other row counts); an ``"mlp"`` filter's
+        float32 products may differ there in the last bits.
         """
         x = check_samples(x, name="x", min_samples=1, allow_constant=True)
         if x.shape[1] != self.mean.numel():
@@ -129,7 +131,9 @@ class CoarseGrainResult:
         chunk_size = check_positive_int(chunk_size, name="chunk_size")
         dev = self.filters.device if self.model is None else next(self.model.buffers()).device
         mean, std, vis, filters = self.mean.to(dev), self.std.to(dev), self.visible.to(dev), self.filters.to(dev)
-        rows = max(1, min(chunk_size, TRANSFORM_CHUNK_BYTES // (vis.numel() * x.element_size())))
+        wide = None if self.model is not None else filters.double()
+        row_bytes = vis.numel() * (x.element_size() + (0 if wide is None else 8))  # gathered, and its float64 copy
+        rows = max(1, min(chunk_size, TRANSFORM_CHUNK_BYTES // row_bytes))
         out = None
         z_buf, unit_major, gathered = Scratch(), Scratch(), Scratch()  # reused by every chunk: faulted in once
         for start in range(0, x.shape[0], rows):
@@ -139,7 +143,7 @@ class CoarseGrainResult:
             if self.model is not None:
                 h = self.model(v, hard=True)
             else:
-                h = torch.bmm(v, filters)
+                h = torch.bmm(v.double(), wide).to(v.dtype)  # see the docstring: one rounding, whatever the rows
                 if self.binarize is not None:
                     h = hard_sign(h)
             if out is None:
