@@ -130,8 +130,8 @@ class CoarseGrainResult:
                              "pass samples of the same units")
         chunk_size = check_positive_int(chunk_size, name="chunk_size")
         dev = self.filters.device if self.model is None else next(self.model.buffers()).device
-        mean, std, vis, filters = self.mean.to(dev), self.std.to(dev), self.visible.to(dev), self.filters.to(dev)
-        wide = None if self.model is not None else filters.double()
+        mean, std, vis = self.mean.to(dev), self.std.to(dev), self.visible.to(dev)
+        wide = None if self.model is not None else self.filters.to(dev, torch.float64)
         row_bytes = vis.numel() * (x.element_size() + (0 if wide is None else 8))  # gathered, and its float64 copy
         rows = max(1, min(chunk_size, TRANSFORM_CHUNK_BYTES // row_bytes))
         out = None
