@@ -135,7 +135,7 @@ class CoarseGrainResult:
         row_bytes = vis.numel() * (x.element_size() + (0 if wide is None else 8))  # gathered, and its float64 copy
         rows = max(1, min(chunk_size, TRANSFORM_CHUNK_BYTES // row_bytes))
         out = None
-        z_buf, unit_major, gathered = Scratch(), Scratch(), Scratch()  # reused by every chunk: faulted in once
+        z_buf, unit_major, gathered, wide_v = Scratch(), Scratch(), Scratch(), Scratch()  # reused: faulted in once
         for start in range(0, x.shape[0], rows):
             chunk = x[start:start + rows].to(dev)
             z = torch.sub(chunk, mean, out=z_buf.take(chunk.shape, chunk)).div_(std)
@@ -143,7 +143,9 @@ class CoarseGrainResult:
             if self.model is not None:
                 h = self.model(v, hard=True)
             else:
-                h = torch.bmm(v.double(), wide).to(v.dtype)  # see the docstring: one rounding, whatever the rows
+                # float64 sums rounded once (see the docstring); the float64 copy in a reused buffer: a fresh one a
+                # chunk cost 27 ms against 1.4 ms (1 321 blocks x 84 rows x 25 units, Intel AVX-512 VM, 2026-12-05)
+                h = torch.bmm(wide_v.take(v.shape, wide).copy_(v), wide).to(v.dtype)
                 if self.binarize is not None:
                     h = hard_sign(h)
             if out is None:
