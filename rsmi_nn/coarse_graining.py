@@ -119,10 +119,9 @@ class CoarseGrainResult:
         """Coarse variables ``[N, J * hidden]`` (column ``j * hidden + c``) of samples ``x [N, U]``.
 
         Binarised filters give exactly ±1. Rows are processed in chunks of at most ``chunk_size``, fewer where the
-        chunk's gathered blocks would pass :data:`TRANSFORM_CHUNK_BYTES` (memory does not grow with N). Linear
-        filters sum in float64 and round once, so a row's numbers do not depend on the chunking (float32 products
-        did on AVX-512 CPUs, whose MKL kernels round otherwise at other row counts); an ``"mlp"`` filter's
-        float32 products may differ there in the last bits.
+        chunk's gathered blocks would pass :data:`TRANSFORM_CHUNK_BYTES` (memory does not grow with N). The filters
+        are evaluated in float64 and rounded once, so a row's numbers do not depend on the chunking (float32
+        products did on AVX-512 CPUs, whose MKL kernels round otherwise at other row counts).
         """
         x = check_samples(x, name="x", min_samples=1, allow_constant=True)
         if x.shape[1] != self.mean.numel():
@@ -131,27 +130,31 @@ class CoarseGrainResult:
         chunk_size = check_positive_int(chunk_size, name="chunk_size")
         dev = self.filters.device if self.model is None else next(self.model.buffers()).device
         mean, std, vis = self.mean.to(dev), self.std.to(dev), self.visible.to(dev)
-        wide = None if self.model is not None else self.filters.to(dev, torch.float64)
-        row_bytes = vis.numel() * (x.element_size() + (0 if wide is None else 8))  # gathered, and its float64 copy
-        rows = max(1, min(chunk_size, TRANSFORM_CHUNK_BYTES // row_bytes))
+        evaluate, wide = self._float64_filters(dev), torch.empty((), dtype=torch.float64, device=dev)
+        rows = max(1, min(chunk_size, TRANSFORM_CHUNK_BYTES // (vis.numel() * (x.element_size() + 8))))  # + float64
         out = None
         z_buf, unit_major, gathered, wide_v = Scratch(), Scratch(), Scratch(), Scratch()  # reused: faulted in once
         for start in range(0, x.shape[0], rows):
             chunk = x[start:start + rows].to(dev)
             z = torch.sub(chunk, mean, out=z_buf.take(chunk.shape, chunk)).div_(std)
             v = gather(UnitMajor.from_rows(z, unit_major), vis, scratch=gathered)
-            if self.model is not None:
-                h = self.model(v, hard=True)
-            else:
-                # float64 sums rounded once (see the docstring); the float64 copy in a reused buffer: a fresh one a
-                # chunk cost 27 ms against 1.4 ms (1 321 blocks x 84 rows x 25 units, Intel AVX-512 VM, 2026-12-05)
-                h = torch.bmm(wide_v.take(v.shape, wide).copy_(v), wide).to(v.dtype)
-                if self.binarize is not None:
-                    h = hard_sign(h)
+            # the float64 copy in a reused buffer: a fresh one a chunk cost 27 ms against 1.4 ms (1 321 blocks x 84
+            # rows x 25 units, Intel AVX-512 VM, 2026-12-05)
+            h = evaluate(wide_v.take(v.shape, wide).copy_(v)).to(v.dtype)
             if out is None:
                 out = torch.empty(x.shape[0], *h.shape[::2], dtype=h.dtype)
             out[start:start + rows].copy_(h.transpose(0, 1))
         return out.view(x.shape[0], -1)
+
+    def _float64_filters(self, dev: torch.device):
+        """``v [J, rows, max_visible]`` (float64) -> H ``[J, rows, hidden]`` (float64): the linear filters'
+        products, or the MLP filter run on float64 copies of its weights; binarised H is exactly ±1."""
+        if self.model is None:
+            w = self.filters.to(dev, torch.float64)
+            return lambda v: torch.bmm(v, w) if self.binarize is None else hard_sign(torch.bmm(v, w))
+        state = {name: t.double() if t.is_floating_point() else t
+                 for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]}
+        return lambda v: torch.func.functional_call(self.model, state, (v,), {"hard": True})
 
 
 def _sign_convention(w: torch.Tensor) -> torch.Tensor:

@@ -214,6 +214,23 @@ def test_transform_is_the_filters_on_standardised_units_whatever_the_chunks(monk
         res.transform(x, chunk_size=0)
 
 
+def test_an_mlp_filter_transform_is_its_float32_forward_whatever_the_chunks():
+    """An MLP filter's coarse variables: its forward in float64, rounded once — within float32 rounding of the float32
+    forward, and the same bits whatever the chunk of rows and whichever rows are transformed with them."""
+    from rsmi_nn.training import UnitMajor, gather
+
+    x, _ = _two_problem_samples(1000, seed=3)
+    res = coarse_grain(x, _two_problem_regions(), hidden=2, filter="mlp", seed=0, steps=20, eval_every=10)
+    h = res.transform(x)
+    v = gather(UnitMajor.from_rows((x - res.mean) / res.std), res.visible)
+    with torch.no_grad():
+        ref = res.model(v, hard=True).transpose(0, 1).reshape(x.shape[0], -1)
+    assert ref.std() > 0.1
+    torch.testing.assert_close(h, ref, rtol=1e-5, atol=1e-5)
+    assert res.transform(x, chunk_size=7).numpy().tobytes() == h.numpy().tobytes()
+    assert res.transform(x[13:20]).numpy().tobytes() == h[13:20].numpy().tobytes()
+
+
 def test_batched_blocks_train_independently():
     """Two different problems in one batch each reach their own optimum, as when trained alone."""
     x, cov = _two_problem_samples(5000, seed=0)
